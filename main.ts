@@ -1,0 +1,92 @@
+/**
+ * sluice: an egress policy proxy. This file only parses the command line and
+ * wires the parts together; every behaviour lives in policy/ or lib/.
+ *
+ * @module
+ */
+import { Command, CommanderError } from "commander";
+import denoJson from "./deno.json" with { type: "json" };
+import { runCheck } from "./lib/cli/check.ts";
+import { parseHeaderArgs, runExplain } from "./lib/cli/explain.ts";
+import { readPolicyFile } from "./lib/policy_file.ts";
+
+/** Exit codes: 0 ok, 1 invalid input (policy), 2 usage, 3 denied (explain). */
+const EXIT_USAGE = 2;
+
+const out = (s: string) => console.log(s);
+const err = (s: string) => console.error(s);
+
+function example(...lines: string[]): string {
+  return `\nExample:\n${lines.map((l) => `  ${l}`).join("\n")}\n`;
+}
+
+function buildProgram(): Command {
+  const program = new Command()
+    .name("sluice")
+    .description(
+      "An egress policy proxy: workloads reach only the network their policy allows,\n" +
+        "and only ever hold placeholders for credentials.",
+    )
+    .version(`sluice ${denoJson.version} (deno ${Deno.version.deno})`, "-V, --version")
+    .showHelpAfterError("(run with --help for usage)")
+    .exitOverride()
+    .configureOutput({ writeOut: (s) => Deno.stdout.writeSync(new TextEncoder().encode(s)), writeErr: (s) => Deno.stderr.writeSync(new TextEncoder().encode(s)) });
+
+  program
+    .command("check")
+    .description("validate policies and print a normalized summary (exit 0 valid, 1 invalid)")
+    .argument("<policy...>", "policy files (YAML or JSON)")
+    .option("-q, --quiet", "print nothing on success")
+    .addHelpText("after", example("sluice check examples/ai-agent.yaml", "sluice check -q /etc/sluice/policy.yaml && echo valid"))
+    .action(async (files: string[], opts: { quiet?: boolean }) => {
+      Deno.exitCode = await runCheck(files, opts, out, err);
+    });
+
+  program
+    .command("explain")
+    .description("show what sluice would do with a request, and why (exit 0 allowed, 3 denied)")
+    .argument("[method]", "HTTP method (default GET)")
+    .argument("<url>", "the request URL")
+    .requiredOption("-p, --policy <file>", "policy file")
+    .option("-H, --header <header>", 'request header "Name: value" (repeatable)', collect, [])
+    .option("--json", "print the explanation as JSON")
+    .addHelpText(
+      "after",
+      example(
+        "sluice explain --policy examples/ai-agent.yaml https://api.openai.com/v1/models",
+        "sluice explain -p ci.yaml PUT https://registry.npmjs.org/pkg -H 'Authorization: Bearer npm-sluice-...'",
+      ),
+    )
+    .action(async (a: string | undefined, b: string | undefined, opts: { policy: string; header: string[]; json?: boolean }) => {
+      const [method, url] = b === undefined ? ["GET", a!] : [a!, b];
+      const headers = parseHeaderArgs(opts.header);
+      if (typeof headers === "string") {
+        err(headers);
+        Deno.exitCode = EXIT_USAGE;
+        return;
+      }
+      const loaded = await readPolicyFile(opts.policy);
+      const [text, code] = runExplain(loaded.compiled, { method, url, headers, json: !!opts.json });
+      out(text);
+      Deno.exitCode = code;
+    });
+
+  return program;
+}
+
+function collect(value: string, previous: string[]): string[] {
+  return [...previous, value];
+}
+
+if (import.meta.main) {
+  try {
+    await buildProgram().parseAsync(Deno.args, { from: "user" });
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      // --help and --version arrive here too, with exit code 0.
+      Deno.exit(e.exitCode === 0 ? 0 : EXIT_USAGE);
+    }
+    err((e as Error).message);
+    Deno.exit(1);
+  }
+}

@@ -1,0 +1,653 @@
+/**
+ * Validation: turns a located YAML/JSON tree into a normalized `Policy`,
+ * collecting every problem at once (never stopping at the first).
+ *
+ * Unknown keys are errors (with "did you mean"): a misspelt `deny:` silently
+ * ignored would be a hole in the policy, so anything unrecognised is refused.
+ *
+ * @module
+ */
+import { closest, type Loc, type PolicyIssue } from "./errors.ts";
+import { type HostPattern, hostMatches, parseHostPattern } from "./host.ts";
+import {
+  formatRule,
+  type LongFormField,
+  parseDestination,
+  parseLongRule,
+  parsePort,
+  parseRuleString,
+  type RuleProblem,
+} from "./rules.ts";
+import type { MapEntry, SourceNode } from "./source.ts";
+import type {
+  Credential,
+  CredentialHost,
+  CredentialPlace,
+  CredentialSource,
+  Endpoint,
+  LocatedPattern,
+  NetRule,
+  Policy,
+  UpstreamHostTls,
+} from "./types.ts";
+
+type Scalar = string | number | boolean | null;
+
+/** Collects issues and offers typed accessors that report wrong shapes. */
+class Reader {
+  readonly issues: PolicyIssue[] = [];
+
+  error(node: { loc: Loc; path: string }, message: string, hint?: string): void {
+    this.issues.push({ severity: "error", loc: node.loc, path: node.path, message, hint });
+  }
+
+  warn(node: { loc: Loc; path: string }, message: string, hint?: string): void {
+    this.issues.push({ severity: "warning", loc: node.loc, path: node.path, message, hint });
+  }
+
+  /** The entries of a map node, with unknown keys reported. */
+  map(node: SourceNode, known: readonly string[]): Map<string, SourceNode> | undefined {
+    if (node.kind !== "map") {
+      this.error(node, `expected a mapping (key: value), found ${describe(node)}`);
+      return undefined;
+    }
+    const out = new Map<string, SourceNode>();
+    for (const e of node.entries) {
+      if (!known.includes(e.key)) this.unknownKey(node, e, known);
+      else out.set(e.key, e.value);
+    }
+    return out;
+  }
+
+  unknownKey(parent: SourceNode, e: MapEntry, known: readonly string[]): void {
+    const near = closest(e.key, known);
+    const path = parent.path ? `${parent.path}.${e.key}` : e.key;
+    this.issues.push({
+      severity: "error",
+      loc: e.keyLoc,
+      path,
+      message: `unknown key "${e.key}"`,
+      hint: near ? `did you mean "${near}"?` : `expected one of: ${known.join(", ")}`,
+    });
+  }
+
+  seq(node: SourceNode | undefined): SourceNode[] {
+    if (!node || (node.kind === "scalar" && node.value === null)) return [];
+    if (node.kind !== "seq") {
+      this.error(node, `expected a list, found ${describe(node)}`, "write [a, b] or one `- item` per line");
+      return [];
+    }
+    return node.items;
+  }
+
+  string(node: SourceNode | undefined): string | undefined {
+    if (!node) return undefined;
+    if (node.kind !== "scalar" || node.value === null || typeof node.value === "boolean") {
+      this.error(node, `expected a string, found ${describe(node)}`);
+      return undefined;
+    }
+    return String(node.value);
+  }
+
+  bool(node: SourceNode | undefined): boolean | undefined {
+    if (!node) return undefined;
+    if (node.kind !== "scalar" || typeof node.value !== "boolean") {
+      this.error(node, `expected true or false, found ${describe(node)}`);
+      return undefined;
+    }
+    return node.value;
+  }
+
+  oneOf<T extends string>(node: SourceNode | undefined, options: readonly T[]): T | undefined {
+    if (!node) return undefined;
+    const s = node.kind === "scalar" ? String(node.value) : undefined;
+    if (s === undefined || !options.includes(s as T)) {
+      const near = s !== undefined ? closest(s, options) : undefined;
+      this.error(
+        node,
+        `expected one of ${options.join(" | ")}, found ${describe(node)}`,
+        near ? `did you mean "${near}"?` : undefined,
+      );
+      return undefined;
+    }
+    return s as T;
+  }
+
+  port(node: SourceNode): number | undefined {
+    const v = node.kind === "scalar" && (typeof node.value === "number" || typeof node.value === "string")
+      ? node.value
+      : undefined;
+    if (v === undefined) {
+      this.error(node, `expected a port number, found ${describe(node)}`);
+      return undefined;
+    }
+    const p = parsePort(v);
+    if (typeof p !== "number") {
+      this.error(node, p.message, p.hint);
+      return undefined;
+    }
+    return p;
+  }
+
+  problem(node: { loc: Loc; path: string }, p: RuleProblem): void {
+    if (p.severity === "warning") this.warn(node, p.message, p.hint);
+    else this.error(node, p.message, p.hint);
+  }
+}
+
+function describe(node: SourceNode): string {
+  if (node.kind === "map") return "a mapping";
+  if (node.kind === "seq") return "a list";
+  if (node.value === null) return "nothing";
+  return typeof node.value === "string" ? `"${node.value}"` : String(node.value);
+}
+
+const TOP_KEYS = ["version", "network", "credentials", "tls", "listen", "enforce", "audit"] as const;
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+const HEADER_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+/** Headers that describe the connection or message framing: injecting them would corrupt the request. */
+const FORBIDDEN_INJECT = ["host", "content-length", "transfer-encoding", "connection", "upgrade", "te", "trailer", "keep-alive", "proxy-connection"];
+const PLACES: readonly CredentialPlace[] = ["header", "query", "path", "body"];
+const MIN_PLACEHOLDER = 8;
+
+/**
+ * Validates a located tree into a normalized `Policy`.
+ *
+ * @param root the document root from `readPolicySource`
+ * @param file the file name used in locations
+ * @returns the policy (only meaningful when no issue is an error) and every issue found
+ */
+export function validatePolicy(root: SourceNode, file: string): { policy: Policy; issues: PolicyIssue[] } {
+  const r = new Reader();
+  const top = r.map(root, TOP_KEYS) ?? new Map<string, SourceNode>();
+
+  const version = top.get("version");
+  if (!version) {
+    r.error(root, "the policy has no `version`", "add `version: 1` as the first line");
+  } else if (!(version.kind === "scalar" && (version.value === 1 || version.value === "1"))) {
+    r.error(version, `unsupported version ${describe(version)}`, "this sluice reads `version: 1`");
+  }
+
+  const network = readNetwork(r, top.get("network"), root.loc);
+  const tls = readTls(r, top.get("tls"));
+  const credentials = readCredentials(r, top.get("credentials"));
+  const listen = readListen(r, top.get("listen"));
+  const enforce = readEnforce(r, top.get("enforce"));
+  const audit = readAudit(r, top.get("audit"));
+
+  const policy: Policy = { file, version: 1, network, credentials, tls, listen, enforce, audit };
+  crossCheck(r, policy);
+  return { policy, issues: r.issues };
+}
+
+function readNetwork(r: Reader, node: SourceNode | undefined, rootLoc: Loc): Policy["network"] {
+  const out: Policy["network"] = { default: "deny", allow: [], deny: [], private: "deny" };
+  if (!node) {
+    r.error({ loc: rootLoc, path: "network" }, "the policy has no `network` section", "add `network: { default: deny, allow: [...] }`");
+    return out;
+  }
+  const m = r.map(node, ["default", "allow", "deny", "private"]);
+  if (!m) return out;
+  const def = m.get("default");
+  out.default = r.oneOf(def, ["deny", "allow"] as const) ?? "deny";
+  out.defaultLoc = def?.loc;
+  const priv = m.get("private");
+  out.private = r.oneOf(priv, ["deny", "allow"] as const) ?? "deny";
+  out.privateLoc = priv?.loc;
+  let id = 0;
+  const rules: NetRule[] = [];
+  for (const list of ["allow", "deny"] as const) {
+    r.seq(m.get(list)).forEach((item, index) => {
+      const rule = readRule(r, item);
+      if (rule) {
+        rules.push({ ...rule, list, index, source: formatRule(rule), loc: item.loc, id: 0 });
+      }
+    });
+  }
+  // Ids follow file order so "the first rule that matches" means what the user reads.
+  rules.sort((a, b) => a.loc.line - b.loc.line || a.loc.col - b.loc.col);
+  for (const rule of rules) rule.id = id++;
+  out.allow = rules.filter((x) => x.list === "allow");
+  out.deny = rules.filter((x) => x.list === "deny");
+  return out;
+}
+
+function readRule(r: Reader, item: SourceNode) {
+  if (item.kind === "scalar") {
+    const text = item.value === null ? "" : String(item.value);
+    const problems: RuleProblem[] = [];
+    const rule = parseRuleString(text, problems);
+    problems.forEach((p) => r.problem(item, p));
+    return rule;
+  }
+  const m = r.map(item, ["host", "ports", "methods", "paths"]);
+  if (!m) return undefined;
+  const hostNode = m.get("host");
+  const host = r.string(hostNode);
+  if (!hostNode) r.error(item, "a long-form rule needs `host`", "e.g. host: uploads.example.com");
+  if (host === undefined) return undefined;
+  const list = (key: LongFormField) => {
+    const n = m.get(key);
+    if (!n) return undefined;
+    // `ports: 443` and `methods: GET` are forgiven as one-element lists.
+    const items = n.kind === "scalar" ? [n] : r.seq(n);
+    return items.map((i) => (i.kind === "scalar" ? i.value : null))
+      .map((v) => (v === null ? "" : v)) as (string | number)[];
+  };
+  const problems: Array<RuleProblem & { field: LongFormField; index?: number }> = [];
+  const rule = parseLongRule(
+    {
+      host,
+      ports: list("ports"),
+      methods: list("methods")?.map(String),
+      paths: list("paths")?.map(String),
+    },
+    problems,
+  );
+  for (const p of problems) {
+    const fieldNode = m.get(p.field) ?? item;
+    const at = fieldNode.kind === "seq" && p.index !== undefined ? fieldNode.items[p.index] ?? fieldNode : fieldNode;
+    r.problem(at, p);
+  }
+  return rule;
+}
+
+function readPatterns(r: Reader, node: SourceNode | undefined, what: string): LocatedPattern[] {
+  const out: LocatedPattern[] = [];
+  for (const item of r.seq(node)) {
+    const s = r.string(item);
+    if (s === undefined) continue;
+    const p = parseHostPattern(s.trim());
+    if (!p.ok) r.error(item, `${what}: ${p.message}`, p.hint);
+    else out.push({ pattern: p.value, source: s, loc: item.loc });
+  }
+  return out;
+}
+
+function readPaths(r: Reader, node: SourceNode | undefined): string[] {
+  const out: string[] = [];
+  for (const item of r.seq(node)) {
+    const s = r.string(item);
+    if (s === undefined) continue;
+    if (!s.startsWith("/")) r.error(item, `"${s}" is not an absolute path`, "write the full path, starting with /");
+    else out.push(s);
+  }
+  return out;
+}
+
+function readTls(r: Reader, node: SourceNode | undefined): Policy["tls"] {
+  const out: Policy["tls"] = { intercept: true, passthrough: [], upstream: { verify: true, ca: [], hosts: [] } };
+  if (!node) return out;
+  const m = r.map(node, ["intercept", "passthrough", "ca", "upstream"]);
+  if (!m) return out;
+  out.intercept = r.bool(m.get("intercept")) ?? true;
+  out.passthrough = readPatterns(r, m.get("passthrough"), "passthrough host");
+  const caNode = m.get("ca");
+  if (caNode) {
+    const ca = r.map(caNode, ["cert", "key"]);
+    if (ca) {
+      const cert = r.string(ca.get("cert"));
+      const key = r.string(ca.get("key"));
+      if (!ca.get("cert") || !ca.get("key")) {
+        r.error(
+          caNode,
+          `tls.ca needs both \`cert\` and \`key\` (only \`${ca.get("cert") ? "cert" : "key"}\` is set)`,
+          "give both paths, or remove tls.ca to let sluice generate its own CA",
+        );
+      } else if (cert !== undefined && key !== undefined) {
+        for (const [k, v] of [["cert", cert], ["key", key]] as const) {
+          if (!v.startsWith("/")) r.error(ca.get(k)!, `"${v}" is not an absolute path`, "write the full path, starting with /");
+        }
+        out.ca = { cert, key };
+      }
+    }
+  }
+  const upNode = m.get("upstream");
+  if (upNode) {
+    const up = r.map(upNode, ["verify", "ca", "hosts"]);
+    if (up) {
+      out.upstream.verify = r.bool(up.get("verify")) ?? true;
+      out.upstream.ca = readPaths(r, up.get("ca"));
+      const hosts: UpstreamHostTls[] = [];
+      for (const item of r.seq(up.get("hosts"))) {
+        const h = r.map(item, ["match", "ca", "verify"]);
+        if (!h) continue;
+        const matchNode = h.get("match");
+        const match = r.string(matchNode);
+        if (!matchNode) {
+          r.error(item, "an upstream host entry needs `match`", `e.g. { match: "*.corp.example", ca: [...] }`);
+          continue;
+        }
+        if (match === undefined) continue;
+        const p = parseHostPattern(match);
+        if (!p.ok) {
+          r.error(matchNode, p.message, p.hint);
+          continue;
+        }
+        const verify = r.bool(h.get("verify"));
+        const ca = readPaths(r, h.get("ca"));
+        if (verify === false && ca.length > 0) {
+          r.warn(item, "`ca` is ignored when `verify: false`", "remove one of the two");
+        }
+        if (verify === undefined && ca.length === 0) {
+          r.warn(item, "this entry changes nothing", "set `ca:` or `verify:`");
+        }
+        hosts.push({ match: p.value, ca, verify, loc: item.loc });
+      }
+      out.upstream.hosts = hosts;
+    }
+  }
+  return out;
+}
+
+function readCredentials(r: Reader, node: SourceNode | undefined): Credential[] {
+  if (!node || (node.kind === "scalar" && node.value === null)) return [];
+  if (node.kind !== "map") {
+    r.error(node, `expected a mapping of credential names, found ${describe(node)}`, "write `credentials: { NAME: { from: ..., hosts: [...] } }`");
+    return [];
+  }
+  const out: Credential[] = [];
+  for (const e of node.entries) {
+    const at = { loc: e.keyLoc, path: `credentials.${e.key}` };
+    if (!ENV_NAME.test(e.key)) {
+      r.error(at, `"${e.key}" is not a valid credential name`, "use an environment variable name: letters, digits and _, not starting with a digit");
+    }
+    const m = r.map(e.value, ["from", "hosts", "placeholder", "in", "inject", "on_violation"]);
+    if (!m) continue;
+    const fromNode = m.get("from");
+    const from = fromNode ? readSource(r, fromNode) : undefined;
+    if (!fromNode) r.error(at, "the credential has no `from`", "e.g. from: env:NPM_TOKEN");
+    const hostsNode = m.get("hosts");
+    const hosts: CredentialHost[] = [];
+    for (const item of r.seq(hostsNode)) {
+      const s = r.string(item);
+      if (s === undefined) continue;
+      const d = parseDestination(s.trim());
+      if ("message" in d) {
+        r.error(item, d.message, d.hint);
+      } else if (d.target.kind === "cidr") {
+        r.error(item, "a credential host cannot be a CIDR", "name the exact hosts the secret is for: a range would send it to any machine there");
+      } else {
+        const pattern: HostPattern = d.target.kind === "host" ? d.target.pattern : { kind: "exact", name: d.target.ip.text };
+        hosts.push({ pattern, port: d.port, source: s, loc: item.loc });
+      }
+    }
+    if (hosts.length === 0 && !r.issues.some((i) => i.path.startsWith(`credentials.${e.key}.hosts`))) {
+      r.error(hostsNode ?? at, "the credential has no `hosts`", "list the hosts the real value may be sent to, e.g. hosts: [api.openai.com]");
+    }
+    const phNode = m.get("placeholder");
+    const placeholder = r.string(phNode);
+    if (phNode && placeholder !== undefined) {
+      if (placeholder.length < MIN_PLACEHOLDER) {
+        r.error(phNode, `the placeholder is ${placeholder.length} characters long; at least ${MIN_PLACEHOLDER} are needed`, "a short placeholder could match ordinary request data; leave it out to get a generated one");
+      } else if (!/^[\x21-\x7e]+$/.test(placeholder)) {
+        r.error(phNode, "the placeholder may hold only printable ASCII without spaces", "use letters, digits and - _");
+      }
+    }
+    const inNode = m.get("in");
+    let places: CredentialPlace[] = ["header", "query"];
+    if (inNode) {
+      places = [];
+      const items = inNode.kind === "scalar" ? [inNode] : r.seq(inNode);
+      for (const item of items) {
+        const p = r.oneOf(item, PLACES);
+        if (p && !places.includes(p)) places.push(p);
+      }
+    }
+    let inject: Credential["inject"];
+    const injNode = m.get("inject");
+    if (injNode) {
+      const inj = r.map(injNode, ["header", "value"]);
+      if (inj) {
+        const header = r.string(inj.get("header"));
+        const value = r.string(inj.get("value"));
+        if (!inj.get("header") || !inj.get("value")) {
+          r.error(injNode, "inject needs `header` and `value`", `e.g. { header: Authorization, value: "Bearer \${secret}" }`);
+        }
+        if (header !== undefined) {
+          if (!HEADER_NAME.test(header)) r.error(inj.get("header")!, `"${header}" is not a valid header name`);
+          else if (FORBIDDEN_INJECT.includes(header.toLowerCase())) {
+            r.error(inj.get("header")!, `sluice will not inject "${header}": it controls the connection or message framing`);
+          }
+        }
+        if (value !== undefined) {
+          const refs = [...value.matchAll(/\$\{([^}]*)\}/g)].map((x) => x[1]);
+          if (!refs.includes("secret")) {
+            r.error(inj.get("value")!, "the inject template has no ${secret}", `write where the real value goes, e.g. "Bearer \${secret}"`);
+          }
+          for (const ref of refs.filter((x) => x !== "secret")) {
+            r.error(inj.get("value")!, `unknown template variable \${${ref}}`, "only ${secret} is available");
+          }
+        }
+        if (header !== undefined && value !== undefined) inject = { header, value };
+      }
+    }
+    if (inNode && places.length === 0 && !inject) {
+      r.warn(inNode, "with an empty `in` and no `inject`, this credential is never used", "list where placeholders appear, e.g. in: [header]");
+    }
+    const onViolation = r.oneOf(m.get("on_violation"), ["block", "block_and_terminate"] as const) ?? "block";
+    if (from) {
+      out.push({ name: e.key, loc: e.keyLoc, from, hosts, placeholder, in: places, inject, onViolation });
+    }
+  }
+  // Placeholders must be unambiguous: neither equal nor one inside another,
+  // or a scan could not tell which credential a match belongs to.
+  const fixed = out.filter((c) => c.placeholder !== undefined);
+  for (let i = 0; i < fixed.length; i++) {
+    for (let j = 0; j < fixed.length; j++) {
+      if (i === j) continue;
+      const a = fixed[i], b = fixed[j];
+      if (a.placeholder === b.placeholder ? i < j : b.placeholder!.includes(a.placeholder!)) {
+        const entry = node.entries.find((x) => x.key === b.name)!;
+        r.error(
+          { loc: entry.keyLoc, path: `credentials.${b.name}.placeholder` },
+          a.placeholder === b.placeholder
+            ? `the placeholder is the same as credential ${a.name}'s`
+            : `the placeholder contains credential ${a.name}'s placeholder`,
+          "every credential needs its own distinct placeholder",
+        );
+      }
+    }
+  }
+  return out;
+}
+
+function readSource(r: Reader, node: SourceNode): CredentialSource | undefined {
+  const s = r.string(node);
+  if (s === undefined) return undefined;
+  const colon = s.indexOf(":");
+  const scheme = colon === -1 ? "" : s.slice(0, colon);
+  const rest = colon === -1 ? s : s.slice(colon + 1);
+  const hint = "write env:NAME, file:/absolute/path or credential:NAME";
+  switch (scheme) {
+    case "env":
+      if (!ENV_NAME.test(rest)) {
+        r.error(node, `"${rest}" is not an environment variable name`, hint);
+        return undefined;
+      }
+      return { kind: "env", name: rest };
+    case "file":
+      if (!rest.startsWith("/")) {
+        r.error(node, `"${rest}" is not an absolute path`, "file: sources need an absolute path, e.g. file:/etc/sluice/token");
+        return undefined;
+      }
+      return { kind: "file", path: rest };
+    case "credential":
+      if (!rest || rest.includes("/")) {
+        r.error(node, `"${rest}" is not a systemd credential name`, "use the name given to LoadCredential=, without slashes");
+        return undefined;
+      }
+      return { kind: "credential", name: rest };
+    default: {
+      const near = closest(scheme, ["env", "file", "credential"]);
+      r.error(node, `unknown credential source "${s}"`, near ? `did you mean "${near}:${rest}"?` : hint);
+      return undefined;
+    }
+  }
+}
+
+function readEndpoint(r: Reader, node: SourceNode | undefined): Endpoint | undefined {
+  if (!node) return undefined;
+  if (node.kind === "scalar" && typeof node.value === "number") {
+    const port = r.port(node);
+    return port === undefined ? undefined : { port, loc: node.loc };
+  }
+  const s = r.string(node);
+  if (s === undefined) return undefined;
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s]+))?:(\d+)$/.exec(s) ?? (/^\d+$/.test(s) ? [s, undefined, undefined, s] : null);
+  if (!m) {
+    r.error(node, `"${s}" is not a listen address`, "write host:port, [ipv6]:port or a port number, e.g. 127.0.0.1:3128");
+    return undefined;
+  }
+  const p = parsePort(m[3]);
+  if (typeof p !== "number") {
+    r.error(node, p.message, p.hint);
+    return undefined;
+  }
+  return { hostname: m[1] ?? m[2], port: p, loc: node.loc };
+}
+
+function readListen(r: Reader, node: SourceNode | undefined): Policy["listen"] {
+  const out: Policy["listen"] = {};
+  if (!node) return out;
+  const m = r.map(node, ["proxy", "transparent", "dns", "admin"]);
+  if (!m) return out;
+  out.proxy = readEndpoint(r, m.get("proxy"));
+  out.dns = readEndpoint(r, m.get("dns"));
+  out.admin = readEndpoint(r, m.get("admin"));
+  const t = m.get("transparent");
+  if (t) {
+    const tm = r.map(t, ["https", "http"]);
+    if (tm) out.transparent = { https: readEndpoint(r, tm.get("https")), http: readEndpoint(r, tm.get("http")) };
+  }
+  const seen = new Map<string, string>();
+  const named: [string, Endpoint | undefined][] = [
+    ["proxy", out.proxy],
+    ["transparent.https", out.transparent?.https],
+    ["transparent.http", out.transparent?.http],
+    ["admin", out.admin],
+  ];
+  for (const [name, ep] of named) {
+    if (!ep) continue;
+    const key = `${ep.hostname ?? "*"}:${ep.port}`;
+    const other = seen.get(String(ep.port));
+    if (other) r.error({ loc: ep.loc, path: `listen.${name}` }, `port ${ep.port} is also used by listen.${other}`, "give each listener its own port");
+    seen.set(String(ep.port), name);
+    void key;
+  }
+  return out;
+}
+
+function readEnforce(r: Reader, node: SourceNode | undefined): Policy["enforce"] {
+  const out: Policy["enforce"] = {
+    backend: "auto",
+    subjects: { users: [], cgroups: [], interfaces: [] },
+    ports: { http: [80], https: [443] },
+    dns: "proxy",
+    other: "drop",
+  };
+  if (!node) return out;
+  const m = r.map(node, ["backend", "subjects", "ports", "dns", "other"]);
+  if (!m) return out;
+  out.backend = r.oneOf(m.get("backend"), ["auto", "nftables", "iptables", "none"] as const) ?? "auto";
+  out.dns = r.oneOf(m.get("dns"), ["proxy", "allow", "block"] as const) ?? "proxy";
+  out.other = r.oneOf(m.get("other"), ["drop", "allow"] as const) ?? "drop";
+  const subj = m.get("subjects");
+  if (subj) {
+    const s = r.map(subj, ["users", "cgroups", "interfaces"]);
+    if (s) {
+      const users: (string | number)[] = [];
+      for (const item of r.seq(s.get("users"))) {
+        if (item.kind === "scalar" && typeof item.value === "number" && Number.isInteger(item.value) && item.value >= 0) {
+          users.push(item.value);
+        } else {
+          const u = r.string(item);
+          if (u !== undefined && !/^[a-z_][a-z0-9_.-]*\$?$/i.test(u)) r.error(item, `"${u}" is not a user name or uid`);
+          else if (u !== undefined) users.push(u);
+        }
+      }
+      const cgroups: string[] = [];
+      for (const item of r.seq(s.get("cgroups"))) {
+        const c = r.string(item);
+        if (c === undefined) continue;
+        if (c.startsWith("/") || c.includes("..") || c === "") r.error(item, `"${c}" is not a cgroup path`, "give the path below the cgroup2 root without a leading /, e.g. system.slice/build.service");
+        else cgroups.push(c);
+      }
+      const interfaces: string[] = [];
+      for (const item of r.seq(s.get("interfaces"))) {
+        const i = r.string(item);
+        if (i === undefined) continue;
+        if (!/^[A-Za-z0-9_.+-]{1,15}$/.test(i)) r.error(item, `"${i}" is not an interface name`, "interface names are 1 to 15 letters, digits or . _ - +");
+        else interfaces.push(i);
+      }
+      out.subjects = { users, cgroups, interfaces };
+    }
+  }
+  const portsNode = m.get("ports");
+  if (portsNode) {
+    const p = r.map(portsNode, ["http", "https"]);
+    if (p) {
+      for (const k of ["http", "https"] as const) {
+        const n = p.get(k);
+        if (!n) continue;
+        const items = n.kind === "scalar" ? [n] : r.seq(n);
+        out.ports[k] = items.map((i) => r.port(i)).filter((x): x is number => x !== undefined);
+      }
+      const both = out.ports.http.filter((x) => out.ports.https.includes(x));
+      if (both.length) r.error(portsNode, `port ${both[0]} is listed for both http and https`, "each port is redirected to one listener");
+    }
+  }
+  return out;
+}
+
+function readAudit(r: Reader, node: SourceNode | undefined): Policy["audit"] {
+  const out = { log: "stderr" };
+  if (!node) return out;
+  const m = r.map(node, ["log"]);
+  const logNode = m?.get("log");
+  const log = r.string(logNode);
+  if (logNode && log !== undefined) {
+    if (log !== "stderr" && log !== "stdout" && !log.startsWith("/")) {
+      r.error(logNode, `"${log}" is not stderr, stdout or an absolute path`, "write audit.log: /var/log/sluice/audit.jsonl");
+    } else out.log = log;
+  }
+  return out;
+}
+
+/** Checks that need the whole policy: contradictions between sections. */
+function crossCheck(r: Reader, policy: Policy): void {
+  const needsInspection = [...policy.network.allow, ...policy.network.deny].filter((x) => x.methods || x.paths);
+  const passthrough = policy.tls.passthrough;
+  for (const rule of needsInspection) {
+    const at = { loc: rule.loc, path: `network.${rule.list}[${rule.index}]` };
+    if (!policy.tls.intercept) {
+      r.error(at, `"${rule.source}" has methods or paths, which need TLS interception, but tls.intercept is false`, "set tls.intercept: true, or drop the methods/paths from the rule");
+      continue;
+    }
+    if (rule.target.kind !== "host") continue;
+    const hostPattern = rule.target.pattern;
+    const clash = passthrough.find((p) => patternsOverlap(p.pattern, hostPattern));
+    if (clash) {
+      r.error(at, `"${rule.source}" has methods or paths, but ${clash.source} is in tls.passthrough (${clash.loc.file}:${clash.loc.line}), where requests cannot be seen`, "remove the host from tls.passthrough, or drop the methods/paths");
+    }
+  }
+  for (const c of policy.credentials) {
+    for (const h of c.hosts) {
+      const at = { loc: h.loc, path: `credentials.${c.name}.hosts` };
+      const clash = passthrough.find((p) => patternsOverlap(p.pattern, h.pattern));
+      if (clash) {
+        r.warn(at, `${h.source} is also in tls.passthrough: sluice cannot see inside that TLS, so ${c.name} is never substituted there`, "remove it from tls.passthrough");
+      } else if (!policy.tls.intercept) {
+        r.warn(at, `tls.intercept is false: ${c.name} can only be substituted in plain HTTP`, "set tls.intercept: true");
+      }
+    }
+  }
+}
+
+/** Whether two host patterns can match a common name. */
+export function patternsOverlap(a: HostPattern, b: HostPattern): boolean {
+  if (a.kind === "exact" && b.kind === "exact") return a.name === b.name;
+  if (a.kind === "exact") return hostMatches(b, a.name);
+  if (b.kind === "exact") return hostMatches(a, b.name);
+  return a.suffix === b.suffix || hostMatches(a, "x." + b.suffix) || hostMatches(b, "x." + a.suffix);
+}
