@@ -1,0 +1,239 @@
+/**
+ * The only place sluice touches undocumented Deno internals: per-handshake certificate selection
+ * for a TLS listener, and the native HTTP server run on one already-accepted connection.
+ *
+ * Both are internal to Deno 2.9.6 and may change in any upgrade. Call
+ * {@link assertInternalsAvailable} at startup so a changed runtime fails with a clear message
+ * instead of misbehaving, and keep test/lib/deno_internal_test.ts green: it pins the behaviour
+ * the data path relies on.
+ *
+ * Facts measured on Deno 2.9.6 (test/lib/deno_internal_test.ts checks each of them):
+ * - `Deno.listenTls` with a resolver under {@link SNI_RESOLVER} needs NO default `cert`/`key`;
+ *   the resolver is the only source of certificates.
+ * - The resolver runs once per handshake, when the server first reads from the connection (not
+ *   on `accept()`). It may return a Promise. A client that sends no SNI (for example curl to an
+ *   IP address) makes it receive the empty string `""`, not undefined.
+ * - Deno caches the resolver's outcome per server name for the listener's whole life, in an
+ *   unbounded map, failures included: the resolver runs once per distinct name, a name that
+ *   failed once fails forever, and a certificate is never re-asked for (so it must outlive the
+ *   listener, or the listener must be replaced to rotate certificates or bound the memory that
+ *   client-chosen names use).
+ * - Throwing (or rejecting) in the resolver aborts that one handshake: the client gets a TLS
+ *   alert, and the serve call's `finished` rejects with
+ *   `Http: InvalidData: Failed: <your message>`. Plain-text garbage rejects it with
+ *   `Http: InvalidData: received corrupt message of type InvalidContentType`, a client that
+ *   hangs up early with `Http: ConnectionReset: connection reset`.
+ * - `Deno[Deno.internal].serveHttpOnConnection(conn, signal, handler, onError, onListen)`:
+ *   `onListen` is called synchronously with the scheme ("https://" for a TlsConn, "http://" for
+ *   a TcpConn); it returns `{ addr, finished, shutdown, ref, unref }`. It serves HTTP/1.1 and,
+ *   when ALPN selected "h2", HTTP/2 (the listener needs `alpnProtocols: ["h2", "http/1.1"]`).
+ *   `onError` answers a request whose handler threw.
+ * - Each call adds a listener to `signal` that is never removed when the connection ends, and
+ *   aborting a signal after its connection closed throws `BadResource: Bad resource ID` from that
+ *   listener, an uncaught error that kills the process (it cannot be caught around `abort()`).
+ *   `shutdown()` instead resolves in every state: on a closed connection, on an idle keep-alive
+ *   one (closes it at once), and with a request in flight (which completes first). So
+ *   {@link serveHttpOnConnection} never aborts Deno's signal: the caller's abort calls
+ *   `shutdown()`, and the abort listener is removed when the connection ends.
+ *
+ * @module
+ */
+
+/** The symbol key under which `Deno.listenTls` accepts a per-handshake certificate resolver. */
+export const SNI_RESOLVER: symbol = Symbol.for("unstableSniResolver");
+
+/** A certificate chain and its private key, both PEM. */
+export type TlsKeyPair = { cert: string; key: string };
+
+/**
+ * Picks the certificate for a server name. `serverName` is the SNI as sent, or `""` when the
+ * client sent none. Throw to abort the handshake. Called once per distinct name per listener:
+ * Deno replays the outcome, failures included, to later handshakes.
+ */
+export type SniResolver = (serverName: string) => TlsKeyPair | Promise<TlsKeyPair>;
+
+/** Options of {@link listenTlsWithResolver}. */
+export interface ListenTlsWithResolverOptions {
+  /** The address to bind, e.g. "127.0.0.1". */
+  hostname: string;
+  /** The port to bind; 0 picks a free one (read it back from `listener.addr`). */
+  port: number;
+  /** Called once per handshake to pick the certificate. */
+  resolver: SniResolver;
+  /** ALPN protocols to offer, in preference order; `["h2", "http/1.1"]` enables HTTP/2. */
+  alpnProtocols?: string[];
+}
+
+/** The handler of {@link serveHttpOnConnection}; `info.remoteAddr` is the connection's peer. */
+export type ConnectionHandler = (
+  req: Request,
+  info: Deno.ServeHandlerInfo<Deno.NetAddr>,
+) => Response | Promise<Response>;
+
+/** Options of {@link serveHttpOnConnection}. */
+export interface ServeHttpOnConnectionOptions {
+  /**
+   * Told why a connection ended abnormally: failed handshake (including a throwing resolver),
+   * non-TLS bytes, a peer reset. Never called for a normal close. Errors it throws are ignored.
+   */
+  onConnectionError?: (error: unknown) => void;
+}
+
+/** What {@link serveHttpOnConnection} returns. */
+export interface ServedConnection {
+  /** Settles when the connection is closed. Never rejects: failures go to `onConnectionError`. */
+  finished: Promise<void>;
+  /** Stops accepting requests on this connection, lets in-flight ones finish, then closes. */
+  shutdown(): Promise<void>;
+}
+
+/** Thrown by {@link assertInternalsAvailable} when this Deno lacks an internal sluice needs. */
+export class DenoInternalsError extends Error {
+  /**
+   * @param message what is missing and what to do
+   */
+  constructor(message: string) {
+    super(message);
+    this.name = "DenoInternalsError";
+  }
+}
+
+/** The subset of `Deno[Deno.internal]` used here, as found in Deno 2.9.6. */
+interface Internals {
+  resolverSymbol?: symbol;
+  serveHttpOnConnection?: (
+    conn: Deno.Conn,
+    signal: AbortSignal,
+    handler: ConnectionHandler,
+    onError: (error: unknown) => Response | Promise<Response>,
+    onListen: (scheme: string) => void,
+  ) => { finished: Promise<void>; shutdown(): Promise<void> };
+}
+
+/** The Deno version this module was written and tested against. */
+const TESTED_DENO = "2.9.6";
+
+function internals(): Internals | undefined {
+  const deno = Deno as unknown as Record<symbol, unknown> & { internal?: symbol };
+  const key = deno.internal;
+  if (typeof key !== "symbol") return undefined;
+  const value = deno[key];
+  return typeof value === "object" && value !== null ? value as Internals : undefined;
+}
+
+function missing(what: string): DenoInternalsError {
+  return new DenoInternalsError(
+    `Deno ${Deno.version.deno} lacks the internal ${what} that sluice's TLS data path needs ` +
+      `(written for Deno ${TESTED_DENO}); run sluice with Deno ${TESTED_DENO} or port ` +
+      `lib/deno_internal.ts to this version`,
+  );
+}
+
+/**
+ * Check that the Deno internals this module wraps exist with the expected shape. Call it once
+ * at startup so an incompatible runtime fails immediately with a message naming what is
+ * missing, rather than on the first connection.
+ *
+ * @throws {DenoInternalsError} naming the missing internal and the running Deno version
+ */
+export function assertInternalsAvailable(): void {
+  const deno = Deno as unknown as { internal?: unknown };
+  if (typeof deno.internal !== "symbol") throw missing("symbol Deno.internal");
+  const i = internals();
+  if (i === undefined) throw missing("object Deno[Deno.internal]");
+  if (typeof i.serveHttpOnConnection !== "function") {
+    throw missing("function Deno[Deno.internal].serveHttpOnConnection");
+  }
+  // 2.9.6 takes (conn, signal, handler, onError, onListen); a different arity means the
+  // arguments may no longer mean what we pass.
+  if (i.serveHttpOnConnection.length !== 5) {
+    throw missing(
+      `5-argument serveHttpOnConnection(conn, signal, handler, onError, onListen) ` +
+        `(found ${i.serveHttpOnConnection.length} arguments)`,
+    );
+  }
+  // Deno.listenTls reads the resolver under this key; if Deno moved it, a resolver passed under
+  // SNI_RESOLVER would be silently ignored.
+  if (i.resolverSymbol !== SNI_RESOLVER) {
+    throw missing(`Deno[Deno.internal].resolverSymbol equal to Symbol.for("unstableSniResolver")`);
+  }
+}
+
+/**
+ * Listen for TLS connections whose certificate is chosen per handshake by `resolver`, from the
+ * client's SNI. No default certificate is needed.
+ *
+ * @param opts address, port, resolver and ALPN protocols
+ * @returns the listener; serve its connections with {@link serveHttpOnConnection}
+ * @throws {Deno.errors.AddrInUse} and the other errors of `Deno.listenTls`
+ */
+export function listenTlsWithResolver(opts: ListenTlsWithResolverOptions): Deno.TlsListener {
+  const options: Deno.ListenTlsOptions & { [key: symbol]: SniResolver } = {
+    hostname: opts.hostname,
+    port: opts.port,
+    [SNI_RESOLVER]: opts.resolver,
+  };
+  if (opts.alpnProtocols !== undefined) options.alpnProtocols = opts.alpnProtocols;
+  // The public type demands cert and key; with a resolver Deno 2.9.6 needs neither.
+  return Deno.listenTls(options as unknown as Deno.ListenTlsOptions & Deno.TlsCertifiedKeyPem);
+}
+
+/**
+ * Serve HTTP/1.1 and HTTP/2 (if ALPN chose "h2") on one accepted connection with Deno's native
+ * HTTP server, the same one `Deno.serve` uses. For a connection from
+ * {@link listenTlsWithResolver} this is what runs the TLS handshake (and so the resolver).
+ *
+ * @param conn an accepted connection (TlsConn, or TcpConn for plain HTTP)
+ * @param signal aborting it shuts this connection down gracefully (in-flight requests finish,
+ *   an idle keep-alive connection closes at once); safe to share among many connections
+ * @param handler answers each request
+ * @param onError answers a request whose handler threw or rejected
+ * @param options `onConnectionError` hears why a connection failed
+ * @returns `finished`, which never rejects, and `shutdown`
+ * @throws {DenoInternalsError} if this Deno lacks serveHttpOnConnection
+ */
+export function serveHttpOnConnection(
+  conn: Deno.Conn,
+  signal: AbortSignal,
+  handler: ConnectionHandler,
+  onError: (error: unknown) => Response | Promise<Response>,
+  options: ServeHttpOnConnectionOptions = {},
+): ServedConnection {
+  const serve = internals()?.serveHttpOnConnection;
+  if (typeof serve !== "function") {
+    throw missing("function Deno[Deno.internal].serveHttpOnConnection");
+  }
+  if (signal.aborted) {
+    // The caller is already shutting down: do not start a handshake it would have to wait for.
+    try {
+      conn.close();
+    } catch {
+      // Already closed: nothing to release.
+    }
+    return { finished: Promise.resolve(), shutdown: () => Promise.resolve() };
+  }
+  // Deno's own signal is never aborted (see the module comment); the caller's abort becomes a
+  // shutdown(), which tolerates connections that already closed.
+  const served = serve(conn, new AbortController().signal, handler, onError, () => {});
+  const onAbort = (): void => {
+    served.shutdown().catch((error: unknown) => report(options, error));
+  };
+  signal.addEventListener("abort", onAbort, { once: true });
+  const finished = served.finished.then(
+    () => {},
+    (error: unknown) => {
+      // A failed handshake or a garbage client must not become an unhandled rejection, which
+      // would kill the whole process.
+      report(options, error);
+    },
+  ).finally(() => signal.removeEventListener("abort", onAbort));
+  return { finished, shutdown: () => served.shutdown() };
+}
+
+function report(options: ServeHttpOnConnectionOptions, error: unknown): void {
+  try {
+    options.onConnectionError?.(error);
+  } catch {
+    // A reporting failure must not take the process down either.
+  }
+}
