@@ -30,14 +30,23 @@ function buildProgram(): Command {
     .version(`sluice ${denoJson.version} (deno ${Deno.version.deno})`, "-V, --version")
     .showHelpAfterError("(run with --help for usage)")
     .exitOverride()
-    .configureOutput({ writeOut: (s) => Deno.stdout.writeSync(new TextEncoder().encode(s)), writeErr: (s) => Deno.stderr.writeSync(new TextEncoder().encode(s)) });
+    .configureOutput({
+      writeOut: (s) => Deno.stdout.writeSync(new TextEncoder().encode(s)),
+      writeErr: (s) => Deno.stderr.writeSync(new TextEncoder().encode(s)),
+    });
 
   program
     .command("check")
     .description("validate policies and print a normalized summary (exit 0 valid, 1 invalid)")
     .argument("<policy...>", "policy files (YAML or JSON)")
     .option("-q, --quiet", "print nothing on success")
-    .addHelpText("after", example("sluice check examples/ai-agent.yaml", "sluice check -q /etc/sluice/policy.yaml && echo valid"))
+    .addHelpText(
+      "after",
+      example(
+        "sluice check examples/ai-agent.yaml",
+        "sluice check -q /etc/sluice/policy.yaml && echo valid",
+      ),
+    )
     .action(async (files: string[], opts: { quiet?: boolean }) => {
       Deno.exitCode = await runCheck(files, opts, out, err);
     });
@@ -45,8 +54,7 @@ function buildProgram(): Command {
   program
     .command("explain")
     .description("show what sluice would do with a request, and why (exit 0 allowed, 3 denied)")
-    .argument("[method]", "HTTP method (default GET)")
-    .argument("<url>", "the request URL")
+    .argument("<request...>", "[METHOD] URL: the method (default GET) and the request URL")
     .requiredOption("-p, --policy <file>", "policy file")
     .option("-H, --header <header>", 'request header "Name: value" (repeatable)', collect, [])
     .option("--json", "print the explanation as JSON")
@@ -57,19 +65,33 @@ function buildProgram(): Command {
         "sluice explain -p ci.yaml PUT https://registry.npmjs.org/pkg -H 'Authorization: Bearer npm-sluice-...'",
       ),
     )
-    .action(async (a: string | undefined, b: string | undefined, opts: { policy: string; header: string[]; json?: boolean }) => {
-      const [method, url] = b === undefined ? ["GET", a!] : [a!, b];
-      const headers = parseHeaderArgs(opts.header);
-      if (typeof headers === "string") {
-        err(headers);
-        Deno.exitCode = EXIT_USAGE;
-        return;
-      }
-      const loaded = await readPolicyFile(opts.policy);
-      const [text, code] = runExplain(loaded.compiled, { method, url, headers, json: !!opts.json });
-      out(text);
-      Deno.exitCode = code;
-    });
+    .action(
+      async (request: string[], opts: { policy: string; header: string[]; json?: boolean }) => {
+        if (request.length > 2) {
+          err(
+            `explain takes [METHOD] URL, got ${request.length} arguments; quote a URL with spaces`,
+          );
+          Deno.exitCode = EXIT_USAGE;
+          return;
+        }
+        const [method, url] = request.length === 1 ? ["GET", request[0]] : [request[0], request[1]];
+        const headers = parseHeaderArgs(opts.header);
+        if (typeof headers === "string") {
+          err(headers);
+          Deno.exitCode = EXIT_USAGE;
+          return;
+        }
+        const loaded = await readPolicyFile(opts.policy);
+        const [text, code] = runExplain(loaded.compiled, {
+          method,
+          url,
+          headers,
+          json: !!opts.json,
+        });
+        out(text);
+        Deno.exitCode = code;
+      },
+    );
 
   return program;
 }

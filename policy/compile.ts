@@ -10,7 +10,7 @@
  * @module
  */
 import { formatLine } from "./errors.ts";
-import { type HostPattern, hostMatches, parentSuffixes } from "./host.ts";
+import { hostMatches, type HostPattern, parentSuffixes } from "./host.ts";
 import type { Credential, NetRule, Policy, UpstreamHostTls } from "./types.ts";
 
 /** A rule index: host rules by exact name and by wildcard suffix, IP rules by text, CIDRs listed. */

@@ -12,7 +12,14 @@
  *
  * @module
  */
-import { cidrContains, classifyIp, type Ip, isPrivateClass, parseIpLoose, unmapIp } from "./address.ts";
+import {
+  cidrContains,
+  classifyIp,
+  type Ip,
+  isPrivateClass,
+  parseIpLoose,
+  unmapIp,
+} from "./address.ts";
 import {
   type CompiledPolicy,
   hostCandidates,
@@ -60,10 +67,14 @@ export type ConnectionDecision = Decision & {
  * URL): an IP literal in any form a URL accepts (so `0x7f.1` is 127.0.0.1
  * and cannot sneak past an IP rule), a bracketed IPv6 address, or a DNS name.
  */
-export function parseDestinationHost(raw: string): Destination | { kind: "invalid"; reason: string } {
+export function parseDestinationHost(
+  raw: string,
+): Destination | { kind: "invalid"; reason: string } {
   const ip = parseIpLoose(raw);
   if (ip) return { kind: "ip", ip: unmapIp(ip) };
-  if (raw.startsWith("[")) return { kind: "invalid", reason: `"${raw}" is not a valid IPv6 address` };
+  if (raw.startsWith("[")) {
+    return { kind: "invalid", reason: `"${raw}" is not a valid IPv6 address` };
+  }
   const n = normalizeHostname(raw);
   if (!n.ok) return { kind: "invalid", reason: n.message };
   return { kind: "name", name: n.value };
@@ -224,7 +235,12 @@ export function decideRequest(compiled: CompiledPolicy, req: RequestInfo): Decis
     ),
   );
   if (deny) {
-    return { verdict: "deny", code: "deny-rule", reason: `${what} is denied by rule "${deny.source}"`, rule: ruleRef(deny) };
+    return {
+      verdict: "deny",
+      code: "deny-rule",
+      reason: `${what} is denied by rule "${deny.source}"`,
+      rule: ruleRef(deny),
+    };
   }
   const allow = first(
     candidates(compiled.allow, req.dest).filter((r) =>
@@ -232,7 +248,12 @@ export function decideRequest(compiled: CompiledPolicy, req: RequestInfo): Decis
     ),
   );
   if (allow) {
-    return { verdict: "allow", code: "allow-rule", reason: `${what} is allowed by rule "${allow.source}"`, rule: ruleRef(allow) };
+    return {
+      verdict: "allow",
+      code: "allow-rule",
+      reason: `${what} is allowed by rule "${allow.source}"`,
+      rule: ruleRef(allow),
+    };
   }
   return defaultDecision(compiled, what);
 }
@@ -244,12 +265,24 @@ export function decideRequest(compiled: CompiledPolicy, req: RequestInfo): Decis
  * names it. This is what stops `evil.example -> 169.254.169.254` (DNS
  * rebinding, SSRF to metadata services).
  */
-export function decideAddress(compiled: CompiledPolicy, address: Ip, port: number, host?: string): Decision {
+export function decideAddress(
+  compiled: CompiledPolicy,
+  address: Ip,
+  port: number,
+  host?: string,
+): Decision {
   const ip = unmapIp(address);
   const label = host ? `${host} (${ip.text})` : ip.text;
-  const deny = first(ipCandidates(compiled.deny, ip).filter((r) => portMatches(r, port) && !r.methods && !r.paths));
+  const deny = first(
+    ipCandidates(compiled.deny, ip).filter((r) => portMatches(r, port) && !r.methods && !r.paths),
+  );
   if (deny) {
-    return { verdict: "deny", code: "deny-rule", reason: `address ${label} is denied by rule "${deny.source}"`, rule: ruleRef(deny) };
+    return {
+      verdict: "deny",
+      code: "deny-rule",
+      reason: `address ${label} is denied by rule "${deny.source}"`,
+      rule: ruleRef(deny),
+    };
   }
   const cls = classifyIp(ip);
   if (compiled.policy.network.private === "deny" && isPrivateClass(cls)) {
@@ -262,9 +295,19 @@ export function decideAddress(compiled: CompiledPolicy, address: Ip, port: numbe
         rule: compiled.privateRef,
       };
     }
-    return { verdict: "allow", code: "allow-rule", reason: `${cls} address ${ip.text} is named by rule "${allow.source}"`, rule: ruleRef(allow) };
+    return {
+      verdict: "allow",
+      code: "allow-rule",
+      reason: `${cls} address ${ip.text} is named by rule "${allow.source}"`,
+      rule: ruleRef(allow),
+    };
   }
-  return { verdict: "allow", code: "allow-rule", reason: `${ip.text} is a ${cls} address`, rule: compiled.privateRef };
+  return {
+    verdict: "allow",
+    code: "allow-rule",
+    reason: `${ip.text} is a ${cls} address`,
+    rule: compiled.privateRef,
+  };
 }
 
 /** Whether a credential may be sent to this host and port. */

@@ -53,7 +53,12 @@ export type Explanation = {
   error?: string;
 };
 
-const DEFAULT_PORTS: Record<string, number> = { "http:": 80, "https:": 443, "ws:": 80, "wss:": 443 };
+const DEFAULT_PORTS: Record<string, number> = {
+  "http:": 80,
+  "https:": 443,
+  "ws:": 80,
+  "wss:": 443,
+};
 
 /**
  * Explains how sluice would treat a request.
@@ -83,12 +88,20 @@ export function explain(compiled: CompiledPolicy, input: ExplainInput): Explanat
   try {
     url = new URL(/^[a-z][a-z0-9+.-]*:\/\//i.test(input.url) ? input.url : `https://${input.url}`);
   } catch {
-    return { ...base, error: `"${input.url}" is not a URL; write it like https://api.example.com/path` };
+    return {
+      ...base,
+      error: `"${input.url}" is not a URL; write it like https://api.example.com/path`,
+    };
   }
-  if (!/^[a-z][a-z0-9+.-]*:\/\//i.test(input.url)) base.notes.push("no scheme given: assumed https://");
+  if (!/^[a-z][a-z0-9+.-]*:\/\//i.test(input.url)) {
+    base.notes.push("no scheme given: assumed https://");
+  }
   const port = url.port ? Number(url.port) : DEFAULT_PORTS[url.protocol];
   if (port === undefined) {
-    return { ...base, error: `sluice proxies http, https, ws and wss; "${url.protocol}" URLs are not HTTP` };
+    return {
+      ...base,
+      error: `sluice proxies http, https, ws and wss; "${url.protocol}" URLs are not HTTP`,
+    };
   }
   const parsed = parseDestinationHost(url.hostname);
   if (parsed.kind === "invalid") return { ...base, error: parsed.reason };
@@ -104,11 +117,17 @@ export function explain(compiled: CompiledPolicy, input: ExplainInput): Explanat
     return { ...out, decidedBy: "connection", verdict: "deny" };
   }
   if (secure && connection.tls === "passthrough") {
-    out.notes.push("TLS is passed through: sluice cannot see requests or credentials on this connection");
+    out.notes.push(
+      "TLS is passed through: sluice cannot see requests or credentials on this connection",
+    );
     if (dest.kind === "ip") out.address = decideAddress(compiled, dest.ip, port);
     else out.notes.push("the address check runs after DNS, when sluice connects");
     const denied = out.address?.verdict === "deny";
-    return { ...out, decidedBy: denied ? "address" : "allowed", verdict: denied ? "deny" : "allow" };
+    return {
+      ...out,
+      decidedBy: denied ? "address" : "allowed",
+      verdict: denied ? "deny" : "allow",
+    };
   }
 
   out.request = decideRequest(compiled, { method, dest, port, path });
@@ -118,7 +137,9 @@ export function explain(compiled: CompiledPolicy, input: ExplainInput): Explanat
     out.address = decideAddress(compiled, dest.ip, port);
     if (out.address.verdict === "deny") return { ...out, decidedBy: "address", verdict: "deny" };
   } else {
-    out.notes.push("the address check (private ranges, IP deny rules) runs after DNS, when sluice connects");
+    out.notes.push(
+      "the address check (private ranges, IP deny rules) runs after DNS, when sluice connects",
+    );
   }
 
   const found = findPlaceholders(input, url, compiled);
@@ -129,12 +150,18 @@ export function explain(compiled: CompiledPolicy, input: ExplainInput): Explanat
     if (c.inject) out.credentials.injected.push({ name: c.name, header: c.inject.header });
   }
   for (const c of creds.violations) {
-    out.credentials.violations.push({ name: c.name, places: found.get(c.name)!, hosts: c.hosts.map((h) => h.source) });
+    out.credentials.violations.push({
+      name: c.name,
+      places: found.get(c.name)!,
+      hosts: c.hosts.map((h) => h.source),
+    });
   }
   if (!secure && creds.substitute.length) {
     out.notes.push("plain HTTP: the real value would cross the network unencrypted");
   }
-  if (out.credentials.violations.length) return { ...out, decidedBy: "credentials", verdict: "deny" };
+  if (out.credentials.violations.length) {
+    return { ...out, decidedBy: "credentials", verdict: "deny" };
+  }
   return { ...out, decidedBy: "allowed", verdict: "allow" };
 }
 
@@ -142,7 +169,11 @@ export function explain(compiled: CompiledPolicy, input: ExplainInput): Explanat
  * Finds credential placeholders in the places sluice inspects: header values
  * (also inside `Basic` credentials, which are base64), the query and the path.
  */
-function findPlaceholders(input: ExplainInput, url: URL, compiled: CompiledPolicy): Map<string, Place[]> {
+function findPlaceholders(
+  input: ExplainInput,
+  url: URL,
+  compiled: CompiledPolicy,
+): Map<string, Place[]> {
   const found = new Map<string, Place[]>();
   const add = (name: string, place: Place) => {
     const list = found.get(name) ?? [];

@@ -45,7 +45,10 @@ export function normalizeHostname(raw: string): Parsed<string> {
     name = name.toLowerCase();
   }
   if (name.length > 253) {
-    return { ok: false, message: `the host name is ${name.length} characters long; the limit is 253` };
+    return {
+      ok: false,
+      message: `the host name is ${name.length} characters long; the limit is 253`,
+    };
   }
   for (const label of name.split(".")) {
     if (!LABEL.test(label)) {
@@ -87,19 +90,19 @@ export function parseHostPattern(raw: string): Parsed<HostPattern> {
       hint: "set `network.default: allow` to allow every destination",
     };
   }
-  if (raw.startsWith("*.")) {
-    const rest = normalizeHostname(raw.slice(2));
-    if (!rest.ok) return rest;
-    return { ok: true, value: { kind: "wildcard", suffix: rest.value } };
-  }
-  if (raw.includes("*")) {
-    const parts = raw.split(".");
-    const fix = parts.filter((p) => !p.includes("*")).join(".");
+  const starLabels = raw.split(".").filter((l) => l.includes("*"));
+  if (starLabels.length > 1 || (starLabels.length === 1 && !raw.startsWith("*."))) {
+    const fix = raw.split(".").filter((l) => l && !l.includes("*")).join(".");
     return {
       ok: false,
       message: `"${raw}": a wildcard may only be the whole first label`,
       hint: fix ? `use "*.${fix}"` : undefined,
     };
+  }
+  if (raw.startsWith("*.")) {
+    const rest = normalizeHostname(raw.slice(2));
+    if (!rest.ok) return rest;
+    return { ok: true, value: { kind: "wildcard", suffix: rest.value } };
   }
   const exact = normalizeHostname(raw);
   if (!exact.ok) return exact;

@@ -4,8 +4,8 @@
  * @module
  */
 import { decideConnection } from "./decide.ts";
-import { compilePolicy, type CompiledPolicy } from "./compile.ts";
-import { type PolicyIssue, PolicyError } from "./errors.ts";
+import { type CompiledPolicy, compilePolicy } from "./compile.ts";
+import { PolicyError, type PolicyIssue } from "./errors.ts";
 import { readPolicySource } from "./source.ts";
 import { validatePolicy } from "./validate.ts";
 import type { Policy } from "./types.ts";
@@ -55,7 +55,8 @@ function checkCredentialHosts(compiled: CompiledPolicy, policy: Policy): PolicyI
           severity: "error",
           loc: h.loc,
           path: `credentials.${c.name}.hosts`,
-          message: `${c.name} may be sent to ${h.source}, but the network policy denies it (${d.reason}, ${d.rule.at})`,
+          message:
+            `${c.name} may be sent to ${h.source}, but the network policy denies it (${d.reason}, ${d.rule.at})`,
           hint: `add "${h.source}" to network.allow, or remove it from the credential's hosts`,
         });
       }

@@ -51,11 +51,17 @@ export const KNOWN_METHODS: readonly string[] = [
 export function parsePort(text: string | number): number | RuleProblem {
   const s = String(text);
   if (!/^\d{1,5}$/.test(s)) {
-    return { message: `"${s}" is not a port number`, hint: "ports are whole numbers from 1 to 65535" };
+    return {
+      message: `"${s}" is not a port number`,
+      hint: "ports are whole numbers from 1 to 65535",
+    };
   }
   const n = Number(s);
   if (n < 1 || n > 65535) {
-    return { message: `port ${n} is out of range`, hint: "ports are whole numbers from 1 to 65535" };
+    return {
+      message: `port ${n} is out of range`,
+      hint: "ports are whole numbers from 1 to 65535",
+    };
   }
   return n;
 }
@@ -69,7 +75,10 @@ export function parseMethods(list: readonly string[], problems: RuleProblem[]): 
   for (const raw of list) {
     const m = raw.trim().toUpperCase();
     if (m === "*") {
-      problems.push({ message: `"*" is not a method`, hint: "leave methods out to allow every method" });
+      problems.push({
+        message: `"*" is not a method`,
+        hint: "leave methods out to allow every method",
+      });
       continue;
     }
     if (!TOKEN.test(m)) {
@@ -81,7 +90,9 @@ export function parseMethods(list: readonly string[], problems: RuleProblem[]): 
       problems.push({
         severity: "warning",
         message: `"${m}" is not a standard HTTP method`,
-        hint: near ? `did you mean ${near}?` : "it will only match requests using exactly that method",
+        hint: near
+          ? `did you mean ${near}?`
+          : "it will only match requests using exactly that method",
       });
     }
     if (!out.includes(m)) out.push(m);
@@ -117,7 +128,10 @@ export function parseDestination(
     const target = ipOrCidr(inner);
     if ("message" in target) return target;
     if (target.kind === "ip" && target.ip.family !== 6) {
-      return { message: `"${inner}" in brackets must be an IPv6 address`, hint: `write ${inner} without brackets` };
+      return {
+        message: `"${inner}" in brackets must be an IPv6 address`,
+        hint: `write ${inner} without brackets`,
+      };
     }
     return { target, port };
   }
@@ -316,14 +330,17 @@ export function formatRule(rule: ParsedRule): string {
     : t.kind === "ip"
     ? t.ip.text
     : t.cidr.text;
-  const bracket = (t.kind === "ip" && t.ip.family === 6) || (t.kind === "cidr" && t.cidr.family === 6);
+  const bracket = (t.kind === "ip" && t.ip.family === 6) ||
+    (t.kind === "cidr" && t.cidr.family === 6);
   if (rule.ports) {
     const ports = rule.ports.length === 1 ? String(rule.ports[0]) : `{${rule.ports.join(",")}}`;
     dest = bracket ? `[${dest}]:${ports}` : `${dest}:${ports}`;
   }
   const methods = rule.methods ? `${rule.methods.join(",")} ` : "";
   const paths = rule.paths
-    ? (rule.paths.length === 1 ? rule.paths[0].source : `{${rule.paths.map((p) => p.source).join(",")}}`)
+    ? (rule.paths.length === 1
+      ? rule.paths[0].source
+      : `{${rule.paths.map((p) => p.source).join(",")}}`)
     : "";
   return `${methods}${dest}${paths}`;
 }

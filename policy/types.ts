@@ -45,7 +45,12 @@ export type CredentialSource =
 export type CredentialPlace = "header" | "query" | "path" | "body";
 
 /** A host a credential may be sent to; `port` null means any port. */
-export type CredentialHost = { pattern: HostPattern; port: number | null; source: string; loc: Loc };
+export type CredentialHost = {
+  pattern: HostPattern;
+  port: number | null;
+  source: string;
+  loc: Loc;
+};
 
 /** One entry of `credentials`. Never holds the secret value itself. */
 export type Credential = {

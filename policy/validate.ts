@@ -8,7 +8,7 @@
  * @module
  */
 import { closest, type Loc, type PolicyIssue } from "./errors.ts";
-import { type HostPattern, hostMatches, parseHostPattern } from "./host.ts";
+import { hostMatches, type HostPattern, parseHostPattern } from "./host.ts";
 import {
   formatRule,
   type LongFormField,
@@ -74,7 +74,11 @@ class Reader {
   seq(node: SourceNode | undefined): SourceNode[] {
     if (!node || (node.kind === "scalar" && node.value === null)) return [];
     if (node.kind !== "seq") {
-      this.error(node, `expected a list, found ${describe(node)}`, "write [a, b] or one `- item` per line");
+      this.error(
+        node,
+        `expected a list, found ${describe(node)}`,
+        "write [a, b] or one `- item` per line",
+      );
       return [];
     }
     return node.items;
@@ -114,9 +118,10 @@ class Reader {
   }
 
   port(node: SourceNode): number | undefined {
-    const v = node.kind === "scalar" && (typeof node.value === "number" || typeof node.value === "string")
-      ? node.value
-      : undefined;
+    const v =
+      node.kind === "scalar" && (typeof node.value === "number" || typeof node.value === "string")
+        ? node.value
+        : undefined;
     if (v === undefined) {
       this.error(node, `expected a port number, found ${describe(node)}`);
       return undefined;
@@ -142,11 +147,29 @@ function describe(node: SourceNode): string {
   return typeof node.value === "string" ? `"${node.value}"` : String(node.value);
 }
 
-const TOP_KEYS = ["version", "network", "credentials", "tls", "listen", "enforce", "audit"] as const;
+const TOP_KEYS = [
+  "version",
+  "network",
+  "credentials",
+  "tls",
+  "listen",
+  "enforce",
+  "audit",
+] as const;
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const HEADER_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 /** Headers that describe the connection or message framing: injecting them would corrupt the request. */
-const FORBIDDEN_INJECT = ["host", "content-length", "transfer-encoding", "connection", "upgrade", "te", "trailer", "keep-alive", "proxy-connection"];
+const FORBIDDEN_INJECT = [
+  "host",
+  "content-length",
+  "transfer-encoding",
+  "connection",
+  "upgrade",
+  "te",
+  "trailer",
+  "keep-alive",
+  "proxy-connection",
+];
 const PLACES: readonly CredentialPlace[] = ["header", "query", "path", "body"];
 const MIN_PLACEHOLDER = 8;
 
@@ -157,7 +180,10 @@ const MIN_PLACEHOLDER = 8;
  * @param file the file name used in locations
  * @returns the policy (only meaningful when no issue is an error) and every issue found
  */
-export function validatePolicy(root: SourceNode, file: string): { policy: Policy; issues: PolicyIssue[] } {
+export function validatePolicy(
+  root: SourceNode,
+  file: string,
+): { policy: Policy; issues: PolicyIssue[] } {
   const r = new Reader();
   const top = r.map(root, TOP_KEYS) ?? new Map<string, SourceNode>();
 
@@ -183,7 +209,11 @@ export function validatePolicy(root: SourceNode, file: string): { policy: Policy
 function readNetwork(r: Reader, node: SourceNode | undefined, rootLoc: Loc): Policy["network"] {
   const out: Policy["network"] = { default: "deny", allow: [], deny: [], private: "deny" };
   if (!node) {
-    r.error({ loc: rootLoc, path: "network" }, "the policy has no `network` section", "add `network: { default: deny, allow: [...] }`");
+    r.error(
+      { loc: rootLoc, path: "network" },
+      "the policy has no `network` section",
+      "add `network: { default: deny, allow: [...] }`",
+    );
     return out;
   }
   const m = r.map(node, ["default", "allow", "deny", "private"]);
@@ -246,7 +276,9 @@ function readRule(r: Reader, item: SourceNode) {
   );
   for (const p of problems) {
     const fieldNode = m.get(p.field) ?? item;
-    const at = fieldNode.kind === "seq" && p.index !== undefined ? fieldNode.items[p.index] ?? fieldNode : fieldNode;
+    const at = fieldNode.kind === "seq" && p.index !== undefined
+      ? fieldNode.items[p.index] ?? fieldNode
+      : fieldNode;
     r.problem(at, p);
   }
   return rule;
@@ -269,14 +301,19 @@ function readPaths(r: Reader, node: SourceNode | undefined): string[] {
   for (const item of r.seq(node)) {
     const s = r.string(item);
     if (s === undefined) continue;
-    if (!s.startsWith("/")) r.error(item, `"${s}" is not an absolute path`, "write the full path, starting with /");
-    else out.push(s);
+    if (!s.startsWith("/")) {
+      r.error(item, `"${s}" is not an absolute path`, "write the full path, starting with /");
+    } else out.push(s);
   }
   return out;
 }
 
 function readTls(r: Reader, node: SourceNode | undefined): Policy["tls"] {
-  const out: Policy["tls"] = { intercept: true, passthrough: [], upstream: { verify: true, ca: [], hosts: [] } };
+  const out: Policy["tls"] = {
+    intercept: true,
+    passthrough: [],
+    upstream: { verify: true, ca: [], hosts: [] },
+  };
   if (!node) return out;
   const m = r.map(node, ["intercept", "passthrough", "ca", "upstream"]);
   if (!m) return out;
@@ -291,12 +328,20 @@ function readTls(r: Reader, node: SourceNode | undefined): Policy["tls"] {
       if (!ca.get("cert") || !ca.get("key")) {
         r.error(
           caNode,
-          `tls.ca needs both \`cert\` and \`key\` (only \`${ca.get("cert") ? "cert" : "key"}\` is set)`,
+          `tls.ca needs both \`cert\` and \`key\` (only \`${
+            ca.get("cert") ? "cert" : "key"
+          }\` is set)`,
           "give both paths, or remove tls.ca to let sluice generate its own CA",
         );
       } else if (cert !== undefined && key !== undefined) {
         for (const [k, v] of [["cert", cert], ["key", key]] as const) {
-          if (!v.startsWith("/")) r.error(ca.get(k)!, `"${v}" is not an absolute path`, "write the full path, starting with /");
+          if (!v.startsWith("/")) {
+            r.error(
+              ca.get(k)!,
+              `"${v}" is not an absolute path`,
+              "write the full path, starting with /",
+            );
+          }
         }
         out.ca = { cert, key };
       }
@@ -315,7 +360,11 @@ function readTls(r: Reader, node: SourceNode | undefined): Policy["tls"] {
         const matchNode = h.get("match");
         const match = r.string(matchNode);
         if (!matchNode) {
-          r.error(item, "an upstream host entry needs `match`", `e.g. { match: "*.corp.example", ca: [...] }`);
+          r.error(
+            item,
+            "an upstream host entry needs `match`",
+            `e.g. { match: "*.corp.example", ca: [...] }`,
+          );
           continue;
         }
         if (match === undefined) continue;
@@ -343,14 +392,22 @@ function readTls(r: Reader, node: SourceNode | undefined): Policy["tls"] {
 function readCredentials(r: Reader, node: SourceNode | undefined): Credential[] {
   if (!node || (node.kind === "scalar" && node.value === null)) return [];
   if (node.kind !== "map") {
-    r.error(node, `expected a mapping of credential names, found ${describe(node)}`, "write `credentials: { NAME: { from: ..., hosts: [...] } }`");
+    r.error(
+      node,
+      `expected a mapping of credential names, found ${describe(node)}`,
+      "write `credentials: { NAME: { from: ..., hosts: [...] } }`",
+    );
     return [];
   }
   const out: Credential[] = [];
   for (const e of node.entries) {
     const at = { loc: e.keyLoc, path: `credentials.${e.key}` };
     if (!ENV_NAME.test(e.key)) {
-      r.error(at, `"${e.key}" is not a valid credential name`, "use an environment variable name: letters, digits and _, not starting with a digit");
+      r.error(
+        at,
+        `"${e.key}" is not a valid credential name`,
+        "use an environment variable name: letters, digits and _, not starting with a digit",
+      );
     }
     const m = r.map(e.value, ["from", "hosts", "placeholder", "in", "inject", "on_violation"]);
     if (!m) continue;
@@ -366,22 +423,42 @@ function readCredentials(r: Reader, node: SourceNode | undefined): Credential[] 
       if ("message" in d) {
         r.error(item, d.message, d.hint);
       } else if (d.target.kind === "cidr") {
-        r.error(item, "a credential host cannot be a CIDR", "name the exact hosts the secret is for: a range would send it to any machine there");
+        r.error(
+          item,
+          "a credential host cannot be a CIDR",
+          "name the exact hosts the secret is for: a range would send it to any machine there",
+        );
       } else {
-        const pattern: HostPattern = d.target.kind === "host" ? d.target.pattern : { kind: "exact", name: d.target.ip.text };
+        const pattern: HostPattern = d.target.kind === "host"
+          ? d.target.pattern
+          : { kind: "exact", name: d.target.ip.text };
         hosts.push({ pattern, port: d.port, source: s, loc: item.loc });
       }
     }
-    if (hosts.length === 0 && !r.issues.some((i) => i.path.startsWith(`credentials.${e.key}.hosts`))) {
-      r.error(hostsNode ?? at, "the credential has no `hosts`", "list the hosts the real value may be sent to, e.g. hosts: [api.openai.com]");
+    if (
+      hosts.length === 0 && !r.issues.some((i) => i.path.startsWith(`credentials.${e.key}.hosts`))
+    ) {
+      r.error(
+        hostsNode ?? at,
+        "the credential has no `hosts`",
+        "list the hosts the real value may be sent to, e.g. hosts: [api.openai.com]",
+      );
     }
     const phNode = m.get("placeholder");
     const placeholder = r.string(phNode);
     if (phNode && placeholder !== undefined) {
       if (placeholder.length < MIN_PLACEHOLDER) {
-        r.error(phNode, `the placeholder is ${placeholder.length} characters long; at least ${MIN_PLACEHOLDER} are needed`, "a short placeholder could match ordinary request data; leave it out to get a generated one");
+        r.error(
+          phNode,
+          `the placeholder is ${placeholder.length} characters long; at least ${MIN_PLACEHOLDER} are needed`,
+          "a short placeholder could match ordinary request data; leave it out to get a generated one",
+        );
       } else if (!/^[\x21-\x7e]+$/.test(placeholder)) {
-        r.error(phNode, "the placeholder may hold only printable ASCII without spaces", "use letters, digits and - _");
+        r.error(
+          phNode,
+          "the placeholder may hold only printable ASCII without spaces",
+          "use letters, digits and - _",
+        );
       }
     }
     const inNode = m.get("in");
@@ -402,32 +479,62 @@ function readCredentials(r: Reader, node: SourceNode | undefined): Credential[] 
         const header = r.string(inj.get("header"));
         const value = r.string(inj.get("value"));
         if (!inj.get("header") || !inj.get("value")) {
-          r.error(injNode, "inject needs `header` and `value`", `e.g. { header: Authorization, value: "Bearer \${secret}" }`);
+          r.error(
+            injNode,
+            "inject needs `header` and `value`",
+            `e.g. { header: Authorization, value: "Bearer \${secret}" }`,
+          );
         }
         if (header !== undefined) {
-          if (!HEADER_NAME.test(header)) r.error(inj.get("header")!, `"${header}" is not a valid header name`);
-          else if (FORBIDDEN_INJECT.includes(header.toLowerCase())) {
-            r.error(inj.get("header")!, `sluice will not inject "${header}": it controls the connection or message framing`);
+          if (!HEADER_NAME.test(header)) {
+            r.error(inj.get("header")!, `"${header}" is not a valid header name`);
+          } else if (FORBIDDEN_INJECT.includes(header.toLowerCase())) {
+            r.error(
+              inj.get("header")!,
+              `sluice will not inject "${header}": it controls the connection or message framing`,
+            );
           }
         }
         if (value !== undefined) {
           const refs = [...value.matchAll(/\$\{([^}]*)\}/g)].map((x) => x[1]);
           if (!refs.includes("secret")) {
-            r.error(inj.get("value")!, "the inject template has no ${secret}", `write where the real value goes, e.g. "Bearer \${secret}"`);
+            r.error(
+              inj.get("value")!,
+              "the inject template has no ${secret}",
+              `write where the real value goes, e.g. "Bearer \${secret}"`,
+            );
           }
           for (const ref of refs.filter((x) => x !== "secret")) {
-            r.error(inj.get("value")!, `unknown template variable \${${ref}}`, "only ${secret} is available");
+            r.error(
+              inj.get("value")!,
+              `unknown template variable \${${ref}}`,
+              "only ${secret} is available",
+            );
           }
         }
         if (header !== undefined && value !== undefined) inject = { header, value };
       }
     }
     if (inNode && places.length === 0 && !inject) {
-      r.warn(inNode, "with an empty `in` and no `inject`, this credential is never used", "list where placeholders appear, e.g. in: [header]");
+      r.warn(
+        inNode,
+        "with an empty `in` and no `inject`, this credential is never used",
+        "list where placeholders appear, e.g. in: [header]",
+      );
     }
-    const onViolation = r.oneOf(m.get("on_violation"), ["block", "block_and_terminate"] as const) ?? "block";
+    const onViolation = r.oneOf(m.get("on_violation"), ["block", "block_and_terminate"] as const) ??
+      "block";
     if (from) {
-      out.push({ name: e.key, loc: e.keyLoc, from, hosts, placeholder, in: places, inject, onViolation });
+      out.push({
+        name: e.key,
+        loc: e.keyLoc,
+        from,
+        hosts,
+        placeholder,
+        in: places,
+        inject,
+        onViolation,
+      });
     }
   }
   // Placeholders must be unambiguous: neither equal nor one inside another,
@@ -468,19 +575,31 @@ function readSource(r: Reader, node: SourceNode): CredentialSource | undefined {
       return { kind: "env", name: rest };
     case "file":
       if (!rest.startsWith("/")) {
-        r.error(node, `"${rest}" is not an absolute path`, "file: sources need an absolute path, e.g. file:/etc/sluice/token");
+        r.error(
+          node,
+          `"${rest}" is not an absolute path`,
+          "file: sources need an absolute path, e.g. file:/etc/sluice/token",
+        );
         return undefined;
       }
       return { kind: "file", path: rest };
     case "credential":
       if (!rest || rest.includes("/")) {
-        r.error(node, `"${rest}" is not a systemd credential name`, "use the name given to LoadCredential=, without slashes");
+        r.error(
+          node,
+          `"${rest}" is not a systemd credential name`,
+          "use the name given to LoadCredential=, without slashes",
+        );
         return undefined;
       }
       return { kind: "credential", name: rest };
     default: {
       const near = closest(scheme, ["env", "file", "credential"]);
-      r.error(node, `unknown credential source "${s}"`, near ? `did you mean "${near}:${rest}"?` : hint);
+      r.error(
+        node,
+        `unknown credential source "${s}"`,
+        near ? `did you mean "${near}:${rest}"?` : hint,
+      );
       return undefined;
     }
   }
@@ -494,9 +613,14 @@ function readEndpoint(r: Reader, node: SourceNode | undefined): Endpoint | undef
   }
   const s = r.string(node);
   if (s === undefined) return undefined;
-  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s]+))?:(\d+)$/.exec(s) ?? (/^\d+$/.test(s) ? [s, undefined, undefined, s] : null);
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s]+))?:(\d+)$/.exec(s) ??
+    (/^\d+$/.test(s) ? [s, undefined, undefined, s] : null);
   if (!m) {
-    r.error(node, `"${s}" is not a listen address`, "write host:port, [ipv6]:port or a port number, e.g. 127.0.0.1:3128");
+    r.error(
+      node,
+      `"${s}" is not a listen address`,
+      "write host:port, [ipv6]:port or a port number, e.g. 127.0.0.1:3128",
+    );
     return undefined;
   }
   const p = parsePort(m[3]);
@@ -518,7 +642,12 @@ function readListen(r: Reader, node: SourceNode | undefined): Policy["listen"] {
   const t = m.get("transparent");
   if (t) {
     const tm = r.map(t, ["https", "http"]);
-    if (tm) out.transparent = { https: readEndpoint(r, tm.get("https")), http: readEndpoint(r, tm.get("http")) };
+    if (tm) {
+      out.transparent = {
+        https: readEndpoint(r, tm.get("https")),
+        http: readEndpoint(r, tm.get("http")),
+      };
+    }
   }
   const seen = new Map<string, string>();
   const named: [string, Endpoint | undefined][] = [
@@ -531,7 +660,13 @@ function readListen(r: Reader, node: SourceNode | undefined): Policy["listen"] {
     if (!ep) continue;
     const key = `${ep.hostname ?? "*"}:${ep.port}`;
     const other = seen.get(String(ep.port));
-    if (other) r.error({ loc: ep.loc, path: `listen.${name}` }, `port ${ep.port} is also used by listen.${other}`, "give each listener its own port");
+    if (other) {
+      r.error(
+        { loc: ep.loc, path: `listen.${name}` },
+        `port ${ep.port} is also used by listen.${other}`,
+        "give each listener its own port",
+      );
+    }
     seen.set(String(ep.port), name);
     void key;
   }
@@ -549,7 +684,8 @@ function readEnforce(r: Reader, node: SourceNode | undefined): Policy["enforce"]
   if (!node) return out;
   const m = r.map(node, ["backend", "subjects", "ports", "dns", "other"]);
   if (!m) return out;
-  out.backend = r.oneOf(m.get("backend"), ["auto", "nftables", "iptables", "none"] as const) ?? "auto";
+  out.backend = r.oneOf(m.get("backend"), ["auto", "nftables", "iptables", "none"] as const) ??
+    "auto";
   out.dns = r.oneOf(m.get("dns"), ["proxy", "allow", "block"] as const) ?? "proxy";
   out.other = r.oneOf(m.get("other"), ["drop", "allow"] as const) ?? "drop";
   const subj = m.get("subjects");
@@ -558,27 +694,41 @@ function readEnforce(r: Reader, node: SourceNode | undefined): Policy["enforce"]
     if (s) {
       const users: (string | number)[] = [];
       for (const item of r.seq(s.get("users"))) {
-        if (item.kind === "scalar" && typeof item.value === "number" && Number.isInteger(item.value) && item.value >= 0) {
+        if (
+          item.kind === "scalar" && typeof item.value === "number" &&
+          Number.isInteger(item.value) && item.value >= 0
+        ) {
           users.push(item.value);
         } else {
           const u = r.string(item);
-          if (u !== undefined && !/^[a-z_][a-z0-9_.-]*\$?$/i.test(u)) r.error(item, `"${u}" is not a user name or uid`);
-          else if (u !== undefined) users.push(u);
+          if (u !== undefined && !/^[a-z_][a-z0-9_.-]*\$?$/i.test(u)) {
+            r.error(item, `"${u}" is not a user name or uid`);
+          } else if (u !== undefined) users.push(u);
         }
       }
       const cgroups: string[] = [];
       for (const item of r.seq(s.get("cgroups"))) {
         const c = r.string(item);
         if (c === undefined) continue;
-        if (c.startsWith("/") || c.includes("..") || c === "") r.error(item, `"${c}" is not a cgroup path`, "give the path below the cgroup2 root without a leading /, e.g. system.slice/build.service");
-        else cgroups.push(c);
+        if (c.startsWith("/") || c.includes("..") || c === "") {
+          r.error(
+            item,
+            `"${c}" is not a cgroup path`,
+            "give the path below the cgroup2 root without a leading /, e.g. system.slice/build.service",
+          );
+        } else cgroups.push(c);
       }
       const interfaces: string[] = [];
       for (const item of r.seq(s.get("interfaces"))) {
         const i = r.string(item);
         if (i === undefined) continue;
-        if (!/^[A-Za-z0-9_.+-]{1,15}$/.test(i)) r.error(item, `"${i}" is not an interface name`, "interface names are 1 to 15 letters, digits or . _ - +");
-        else interfaces.push(i);
+        if (!/^[A-Za-z0-9_.+-]{1,15}$/.test(i)) {
+          r.error(
+            item,
+            `"${i}" is not an interface name`,
+            "interface names are 1 to 15 letters, digits or . _ - +",
+          );
+        } else interfaces.push(i);
       }
       out.subjects = { users, cgroups, interfaces };
     }
@@ -594,7 +744,13 @@ function readEnforce(r: Reader, node: SourceNode | undefined): Policy["enforce"]
         out.ports[k] = items.map((i) => r.port(i)).filter((x): x is number => x !== undefined);
       }
       const both = out.ports.http.filter((x) => out.ports.https.includes(x));
-      if (both.length) r.error(portsNode, `port ${both[0]} is listed for both http and https`, "each port is redirected to one listener");
+      if (both.length) {
+        r.error(
+          portsNode,
+          `port ${both[0]} is listed for both http and https`,
+          "each port is redirected to one listener",
+        );
+      }
     }
   }
   return out;
@@ -608,7 +764,11 @@ function readAudit(r: Reader, node: SourceNode | undefined): Policy["audit"] {
   const log = r.string(logNode);
   if (logNode && log !== undefined) {
     if (log !== "stderr" && log !== "stdout" && !log.startsWith("/")) {
-      r.error(logNode, `"${log}" is not stderr, stdout or an absolute path`, "write audit.log: /var/log/sluice/audit.jsonl");
+      r.error(
+        logNode,
+        `"${log}" is not stderr, stdout or an absolute path`,
+        "write audit.log: /var/log/sluice/audit.jsonl",
+      );
     } else out.log = log;
   }
   return out;
@@ -616,19 +776,29 @@ function readAudit(r: Reader, node: SourceNode | undefined): Policy["audit"] {
 
 /** Checks that need the whole policy: contradictions between sections. */
 function crossCheck(r: Reader, policy: Policy): void {
-  const needsInspection = [...policy.network.allow, ...policy.network.deny].filter((x) => x.methods || x.paths);
+  const needsInspection = [...policy.network.allow, ...policy.network.deny].filter((x) =>
+    x.methods || x.paths
+  );
   const passthrough = policy.tls.passthrough;
   for (const rule of needsInspection) {
     const at = { loc: rule.loc, path: `network.${rule.list}[${rule.index}]` };
     if (!policy.tls.intercept) {
-      r.error(at, `"${rule.source}" has methods or paths, which need TLS interception, but tls.intercept is false`, "set tls.intercept: true, or drop the methods/paths from the rule");
+      r.error(
+        at,
+        `"${rule.source}" has methods or paths, which need TLS interception, but tls.intercept is false`,
+        "set tls.intercept: true, or drop the methods/paths from the rule",
+      );
       continue;
     }
     if (rule.target.kind !== "host") continue;
     const hostPattern = rule.target.pattern;
     const clash = passthrough.find((p) => patternsOverlap(p.pattern, hostPattern));
     if (clash) {
-      r.error(at, `"${rule.source}" has methods or paths, but ${clash.source} is in tls.passthrough (${clash.loc.file}:${clash.loc.line}), where requests cannot be seen`, "remove the host from tls.passthrough, or drop the methods/paths");
+      r.error(
+        at,
+        `"${rule.source}" has methods or paths, but ${clash.source} is in tls.passthrough (${clash.loc.file}:${clash.loc.line}), where requests cannot be seen`,
+        "remove the host from tls.passthrough, or drop the methods/paths",
+      );
     }
   }
   for (const c of policy.credentials) {
@@ -636,9 +806,17 @@ function crossCheck(r: Reader, policy: Policy): void {
       const at = { loc: h.loc, path: `credentials.${c.name}.hosts` };
       const clash = passthrough.find((p) => patternsOverlap(p.pattern, h.pattern));
       if (clash) {
-        r.warn(at, `${h.source} is also in tls.passthrough: sluice cannot see inside that TLS, so ${c.name} is never substituted there`, "remove it from tls.passthrough");
+        r.warn(
+          at,
+          `${h.source} is also in tls.passthrough: sluice cannot see inside that TLS, so ${c.name} is never substituted there`,
+          "remove it from tls.passthrough",
+        );
       } else if (!policy.tls.intercept) {
-        r.warn(at, `tls.intercept is false: ${c.name} can only be substituted in plain HTTP`, "set tls.intercept: true");
+        r.warn(
+          at,
+          `tls.intercept is false: ${c.name} can only be substituted in plain HTTP`,
+          "set tls.intercept: true",
+        );
       }
     }
   }
@@ -649,5 +827,6 @@ export function patternsOverlap(a: HostPattern, b: HostPattern): boolean {
   if (a.kind === "exact" && b.kind === "exact") return a.name === b.name;
   if (a.kind === "exact") return hostMatches(b, a.name);
   if (b.kind === "exact") return hostMatches(a, b.name);
-  return a.suffix === b.suffix || hostMatches(a, "x." + b.suffix) || hostMatches(b, "x." + a.suffix);
+  return a.suffix === b.suffix || hostMatches(a, "x." + b.suffix) ||
+    hostMatches(b, "x." + a.suffix);
 }

@@ -2,7 +2,7 @@
  * Decision tables. Each case names what it pins; the expected rule line pins
  * precedence (which rule decided), not just the verdict.
  */
-import { assertEquals } from "node:assert/strict";
+import { assertEquals } from "../_assert.ts";
 import { parseIp } from "../../policy/address.ts";
 import {
   decideAddress,
@@ -24,34 +24,148 @@ function dest(host: string): Destination {
 }
 
 /** [name, host, port, verdict, inspect, rule line or "default", tls] */
-const connections: [string, string, number, "allow" | "deny", boolean, number | string, string][] = [
-  ["allows a host rule on any port", "api.openai.com", 8443, "allow", false, 5, "intercept"],
-  ["matches names case-insensitively", "API.OpenAI.COM", 443, "allow", false, 5, "intercept"],
-  ["ignores a trailing dot", "api.openai.com.", 443, "allow", false, 5, "intercept"],
-  ["allows host:port on its port", "registry.npmjs.org", 443, "allow", false, 6, "intercept"],
-  ["denies host:port on another port", "registry.npmjs.org", 80, "deny", false, "default", "intercept"],
-  ["allows a subdomain of a wildcard", "raw.githubusercontent.com", 443, "allow", false, 7, "intercept"],
-  ["allows a deep subdomain of a wildcard", "a.b.githubusercontent.com", 443, "allow", false, 7, "intercept"],
-  ["does not give a wildcard's apex", "githubusercontent.com", 443, "deny", false, "default", "intercept"],
-  ["does not match a lookalike suffix", "evilgithubusercontent.com", 443, "deny", false, "default", "intercept"],
-  ["allows an IPv4 literal rule", "203.0.113.7", 443, "allow", false, 8, "intercept"],
-  ["allows a bracketed IPv6 rule on its port", "[2001:db8::1]", 8443, "allow", false, 9, "intercept"],
-  ["matches IPv6 in non-canonical form", "[2001:DB8:0:0:0:0:0:1]", 8443, "allow", false, 9, "intercept"],
-  ["denies IPv6 rule on another port", "[2001:db8::1]", 443, "deny", false, "default", "intercept"],
-  ["allows a CIDR member on its port", "10.20.3.4", 5432, "allow", false, 10, "intercept"],
-  ["denies a CIDR member on another port", "10.20.3.4", 443, "deny", false, "default", "intercept"],
-  ["denies outside a CIDR", "10.21.0.1", 5432, "deny", false, "default", "intercept"],
-  ["needs inspection for a short HTTP rule", "api.github.com", 443, "allow", true, 11, "intercept"],
-  ["needs inspection for a long HTTP rule", "uploads.example.com", 443, "allow", true, 12, "intercept"],
-  ["denies a long HTTP rule's host on another port", "uploads.example.com", 80, "allow", false, 17, "intercept"],
-  ["lets a deny wildcard win over an allow wildcard", "db.internal.example.com", 443, "deny", false, 22, "intercept"],
-  ["lets a deny IP win", "169.254.169.254", 80, "deny", false, 21, "intercept"],
-  ["inspects a host that an HTTP deny rule names", "example.com", 443, "allow", true, 16, "intercept"],
-  ["denies by default", "evil.example.net", 443, "deny", false, "default", "intercept"],
-  ["marks passthrough hosts", "swscan.apple.com", 443, "deny", false, "default", "passthrough"],
-  ["reads hex IPv4 as the address it is", "0xcb.0.113.7", 443, "allow", false, 8, "intercept"],
-  ["unmaps IPv4-mapped IPv6", "[::ffff:203.0.113.7]", 443, "allow", false, 8, "intercept"],
-];
+const connections: [string, string, number, "allow" | "deny", boolean, number | string, string][] =
+  [
+    ["allows a host rule on any port", "api.openai.com", 8443, "allow", false, 5, "intercept"],
+    ["matches names case-insensitively", "API.OpenAI.COM", 443, "allow", false, 5, "intercept"],
+    ["ignores a trailing dot", "api.openai.com.", 443, "allow", false, 5, "intercept"],
+    ["allows host:port on its port", "registry.npmjs.org", 443, "allow", false, 6, "intercept"],
+    [
+      "denies host:port on another port",
+      "registry.npmjs.org",
+      80,
+      "deny",
+      false,
+      "default",
+      "intercept",
+    ],
+    [
+      "allows a subdomain of a wildcard",
+      "raw.githubusercontent.com",
+      443,
+      "allow",
+      false,
+      7,
+      "intercept",
+    ],
+    [
+      "allows a deep subdomain of a wildcard",
+      "a.b.githubusercontent.com",
+      443,
+      "allow",
+      false,
+      7,
+      "intercept",
+    ],
+    [
+      "does not give a wildcard's apex",
+      "githubusercontent.com",
+      443,
+      "deny",
+      false,
+      "default",
+      "intercept",
+    ],
+    [
+      "does not match a lookalike suffix",
+      "evilgithubusercontent.com",
+      443,
+      "deny",
+      false,
+      "default",
+      "intercept",
+    ],
+    ["allows an IPv4 literal rule", "203.0.113.7", 443, "allow", false, 8, "intercept"],
+    [
+      "allows a bracketed IPv6 rule on its port",
+      "[2001:db8::1]",
+      8443,
+      "allow",
+      false,
+      9,
+      "intercept",
+    ],
+    [
+      "matches IPv6 in non-canonical form",
+      "[2001:DB8:0:0:0:0:0:1]",
+      8443,
+      "allow",
+      false,
+      9,
+      "intercept",
+    ],
+    [
+      "denies IPv6 rule on another port",
+      "[2001:db8::1]",
+      443,
+      "deny",
+      false,
+      "default",
+      "intercept",
+    ],
+    ["allows a CIDR member on its port", "10.20.3.4", 5432, "allow", false, 10, "intercept"],
+    [
+      "denies a CIDR member on another port",
+      "10.20.3.4",
+      443,
+      "deny",
+      false,
+      "default",
+      "intercept",
+    ],
+    ["denies outside a CIDR", "10.21.0.1", 5432, "deny", false, "default", "intercept"],
+    [
+      "needs inspection for a short HTTP rule",
+      "api.github.com",
+      443,
+      "allow",
+      true,
+      11,
+      "intercept",
+    ],
+    [
+      "needs inspection for a long HTTP rule",
+      "uploads.example.com",
+      443,
+      "allow",
+      true,
+      12,
+      "intercept",
+    ],
+    [
+      "denies a long HTTP rule's host on another port",
+      "uploads.example.com",
+      80,
+      "deny",
+      false,
+      "default",
+      "intercept",
+    ],
+    [
+      "lets a deny wildcard win over an allow wildcard",
+      "db.internal.example.com",
+      8443,
+      "deny",
+      false,
+      22,
+      "intercept",
+    ],
+    ["lets a deny IP win", "169.254.169.254", 80, "deny", false, 21, "intercept"],
+    [
+      "inspects a host that an HTTP deny rule names",
+      "example.com",
+      443,
+      "allow",
+      true,
+      16,
+      "intercept",
+    ],
+    ["denies by default", "evil.example.net", 443, "deny", false, "default", "intercept"],
+    ["marks passthrough hosts", "swscan.apple.com", 443, "deny", false, "default", "passthrough"],
+    ["reads hex IPv4 as the address it is", "0xcb.0.113.7", 443, "allow", false, 8, "intercept"],
+    ["allows a wildcard on its port only", "a.example.com", 8443, "allow", false, 17, "intercept"],
+    ["unmaps IPv4-mapped IPv6", "[::ffff:203.0.113.7]", 443, "allow", false, 8, "intercept"],
+  ];
 for (const [name, host, port, verdict, inspect, line, tls] of connections) {
   Deno.test(`decideConnection() ${name}`, () => {
     const d = decideConnection(compiled, dest(host), port);
@@ -60,7 +174,7 @@ for (const [name, host, port, verdict, inspect, line, tls] of connections) {
       {
         verdict,
         inspect,
-        at: line === "default" ? `${FILE} (built-in default)` : `${FILE}:${line}`,
+        at: line === "default" ? `${FILE}:3` : `${FILE}:${line}`,
         tls,
       },
     );
@@ -69,30 +183,130 @@ for (const [name, host, port, verdict, inspect, line, tls] of connections) {
 
 /** [name, method, host, port, path, verdict, rule line or "default" or code] */
 const requests: [string, string, string, number, string, "allow" | "deny", number | string][] = [
-  ["allows a method and path under **", "GET", "api.github.com", 443, "/repos/acme/widgets/pulls", "allow", 11],
+  [
+    "allows a method and path under **",
+    "GET",
+    "api.github.com",
+    443,
+    "/repos/acme/widgets/pulls",
+    "allow",
+    11,
+  ],
   ["allows HEAD listed with GET", "HEAD", "api.github.com", 443, "/repos/acme/x", "allow", 11],
   ["denies a method not listed", "POST", "api.github.com", 443, "/repos/acme/x", "deny", "default"],
-  ["denies a path outside the glob", "GET", "api.github.com", 443, "/repos/other/x", "deny", "default"],
-  ["does not let a sibling prefix match", "GET", "api.github.com", 443, "/repos/acmex/y", "deny", "default"],
-  ["removes dot segments before matching", "GET", "api.github.com", 443, "/repos/acme/../other/x", "deny", "default"],
-  ["decodes %2e%2e before removing dot segments", "GET", "api.github.com", 443, "/repos/acme/%2e%2e/other", "deny", "default"],
-  ["decodes mixed-case %2E%2e", "GET", "api.github.com", 443, "/repos/acme/%2E%2e/other", "deny", "default"],
-  ["ignores the query", "GET", "api.github.com", 443, "/repos/acme/x?next=/repos/other", "allow", 11],
+  [
+    "denies a path outside the glob",
+    "GET",
+    "api.github.com",
+    443,
+    "/repos/other/x",
+    "deny",
+    "default",
+  ],
+  [
+    "does not let a sibling prefix match",
+    "GET",
+    "api.github.com",
+    443,
+    "/repos/acmex/y",
+    "deny",
+    "default",
+  ],
+  [
+    "removes dot segments before matching",
+    "GET",
+    "api.github.com",
+    443,
+    "/repos/acme/../other/x",
+    "deny",
+    "default",
+  ],
+  [
+    "decodes %2e%2e before removing dot segments",
+    "GET",
+    "api.github.com",
+    443,
+    "/repos/acme/%2e%2e/other",
+    "deny",
+    "default",
+  ],
+  [
+    "decodes mixed-case %2E%2e",
+    "GET",
+    "api.github.com",
+    443,
+    "/repos/acme/%2E%2e/other",
+    "deny",
+    "default",
+  ],
+  [
+    "ignores the query",
+    "GET",
+    "api.github.com",
+    443,
+    "/repos/acme/x?next=/repos/other",
+    "allow",
+    11,
+  ],
   ["treats methods case-insensitively", "get", "api.github.com", 443, "/repos/acme/x", "allow", 11],
-  ["lets an HTTP deny win inside an allowed subtree", "POST", "api.github.com", 443, "/repos/acme/secret/k", "deny", 24],
-  ["matches * within one segment", "PUT", "uploads.example.com", 443, "/bucket/b1/objects/a/b", "allow", 12],
-  ["does not let * cross a slash", "PUT", "uploads.example.com", 443, "/bucket/b1/b2/objects/a", "deny", "default"],
-  ["checks the long form's port", "PUT", "uploads.example.com", 8443, "/bucket/b1/objects/a", "deny", "default"],
+  [
+    "lets an HTTP deny win inside an allowed subtree",
+    "POST",
+    "api.github.com",
+    443,
+    "/repos/acme/secret/k",
+    "deny",
+    24,
+  ],
+  [
+    "matches * within one segment",
+    "PUT",
+    "uploads.example.com",
+    443,
+    "/bucket/b1/objects/a/b",
+    "allow",
+    12,
+  ],
+  [
+    "does not let * cross a slash",
+    "PUT",
+    "uploads.example.com",
+    443,
+    "/bucket/b1/b2/objects/a",
+    "deny",
+    "default",
+  ],
+  [
+    "checks the long form's port",
+    "PUT",
+    "uploads.example.com",
+    80,
+    "/bucket/b1/objects/a",
+    "deny",
+    "default",
+  ],
   ["denies DELETE by an HTTP deny rule", "DELETE", "example.com", 443, "/anything", "deny", 23],
   ["allows GET where only DELETE is denied", "GET", "example.com", 443, "/anything", "allow", 16],
   ["denies an unparseable path", "GET", "api.openai.com", 443, "/a/%zz", "deny", "invalid-path"],
-  ["allows a plain host rule for any request", "POST", "api.openai.com", 443, "/v1/chat", "allow", 5],
+  [
+    "allows a plain host rule for any request",
+    "POST",
+    "api.openai.com",
+    443,
+    "/v1/chat",
+    "allow",
+    5,
+  ],
 ];
 for (const [name, method, host, port, path, verdict, line] of requests) {
   Deno.test(`decideRequest() ${name}`, () => {
     const d = decideRequest(compiled, { method, dest: dest(host), port, path });
     const got = typeof line === "string" && line !== "default" ? d.code : d.rule.at;
-    const want = line === "default" ? `${FILE} (built-in default)` : typeof line === "number" ? `${FILE}:${line}` : line;
+    const want = line === "default"
+      ? `${FILE}:3`
+      : typeof line === "number"
+      ? `${FILE}:${line}`
+      : line;
     assertEquals({ verdict: d.verdict, got }, { verdict, got: want });
   });
 }
@@ -102,13 +316,25 @@ const addresses: [string, string, number, "allow" | "deny", string][] = [
   ["allows a public address", "93.184.216.34", 443, "allow", "allow-rule"],
   ["denies loopback", "127.0.0.1", 443, "deny", "private-address"],
   ["denies RFC1918", "10.1.2.3", 443, "deny", "private-address"],
-  ["denies the metadata address by its deny rule first", "169.254.169.254", 80, "deny", "deny-rule"],
+  [
+    "denies the metadata address by its deny rule first",
+    "169.254.169.254",
+    80,
+    "deny",
+    "deny-rule",
+  ],
   ["denies other link-local", "169.254.1.1", 80, "deny", "private-address"],
   ["denies CGNAT", "100.64.0.1", 443, "deny", "private-address"],
   ["denies ULA", "fd12::1", 443, "deny", "private-address"],
   ["denies IPv4-mapped loopback", "::ffff:127.0.0.1", 443, "deny", "private-address"],
   ["denies IPv6 link-local", "fe80::1", 443, "deny", "private-address"],
-  ["allows a private address named by an IP rule on its port", "192.168.1.10", 8080, "allow", "allow-rule"],
+  [
+    "allows a private address named by an IP rule on its port",
+    "192.168.1.10",
+    8080,
+    "allow",
+    "allow-rule",
+  ],
   ["denies that address on another port", "192.168.1.10", 8081, "deny", "private-address"],
   ["allows a private address inside an allowed CIDR", "10.20.9.9", 5432, "allow", "allow-rule"],
   ["denies 0.0.0.0", "0.0.0.0", 443, "deny", "private-address"],
@@ -133,10 +359,23 @@ Deno.test("decideAddress() allows private addresses when private: allow", () => 
 /** [name, host, port, found, substitute, violations] */
 const creds: [string, string, number, string[], string[], string[]][] = [
   ["offers a credential to its host", "api.openai.com", 443, [], ["OPENAI_API_KEY"], []],
-  ["flags a placeholder sent to another host", "api.github.com", 443, ["OPENAI_API_KEY"], [], ["OPENAI_API_KEY"]],
-  ["is not a violation at the credential's own host", "api.openai.com", 443, ["OPENAI_API_KEY"], ["OPENAI_API_KEY"], []],
-  ["respects a credential host's port", "uploads.example.com", 8443, ["UPLOAD_TOKEN"], [], ["UPLOAD_TOKEN"]],
-  ["offers a port-scoped credential on its port", "uploads.example.com", 443, [], ["UPLOAD_TOKEN"], []],
+  ["flags a placeholder sent to another host", "api.github.com", 443, ["OPENAI_API_KEY"], [], [
+    "OPENAI_API_KEY",
+  ]],
+  ["is not a violation at the credential's own host", "api.openai.com", 443, ["OPENAI_API_KEY"], [
+    "OPENAI_API_KEY",
+  ], []],
+  ["respects a credential host's port", "uploads.example.com", 8443, ["UPLOAD_TOKEN"], [], [
+    "UPLOAD_TOKEN",
+  ]],
+  [
+    "offers a port-scoped credential on its port",
+    "uploads.example.com",
+    443,
+    [],
+    ["UPLOAD_TOKEN"],
+    [],
+  ],
   ["does not offer to a subdomain of an exact host", "x.api.openai.com", 443, [], [], []],
 ];
 for (const [name, host, port, found, substitute, violations] of creds) {

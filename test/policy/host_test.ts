@@ -1,5 +1,10 @@
-import { assertEquals } from "node:assert/strict";
-import { hostMatches, normalizeHostname, parentSuffixes, parseHostPattern } from "../../policy/host.ts";
+import { assertEquals } from "../_assert.ts";
+import {
+  hostMatches,
+  normalizeHostname,
+  parentSuffixes,
+  parseHostPattern,
+} from "../../policy/host.ts";
 
 const normalize: [string, string, string | null][] = [
   ["lowercases", "API.OpenAI.com", "api.openai.com"],
