@@ -25,7 +25,7 @@ export function summarize(loaded: Loaded): string {
     lines.push(`  ${r.list.padEnd(5)} ${r.source}  (${r.loc.file}:${r.loc.line})`);
   }
   if (rules.length === 0) lines.push("  (no rules)");
-  lines.push(`credentials: ${p.credentials.length === 0 ? "none" : ""}`);
+  lines.push(p.credentials.length === 0 ? "credentials: none" : "credentials:");
   for (const c of p.credentials) {
     const from = c.from.kind === "file" ? `file:${c.from.path}` : `${c.from.kind}:${c.from.name}`;
     const extra = [
