@@ -9,6 +9,8 @@ import denoJson from "./deno.json" with { type: "json" };
 import { runCheck } from "./lib/cli/check.ts";
 import { parseHeaderArgs, runExplain } from "./lib/cli/explain.ts";
 import { readPolicyFile } from "./lib/policy_file.ts";
+import { existingCa, formatCa, runCaExport, runCaInit } from "./lib/cli/ca.ts";
+import { runServe } from "./lib/cli/serve.ts";
 
 /** Exit codes: 0 ok, 1 invalid input (policy), 2 usage, 3 denied (explain). */
 const EXIT_USAGE = 2;
@@ -92,6 +94,73 @@ function buildProgram(): Command {
         Deno.exitCode = code;
       },
     );
+
+  program
+    .command("serve")
+    .description(
+      "run the proxy: explicit (HTTP_PROXY/CONNECT) and transparent listeners, enforcing the policy",
+    )
+    .requiredOption("-p, --policy <file>", "policy file")
+    .option("--proxy <addr>", "explicit proxy address (default: listen.proxy, else 127.0.0.1:3128)")
+    .option(
+      "--transparent-https <addr>",
+      "transparent TLS listener (default: listen.transparent.https)",
+    )
+    .option(
+      "--transparent-http <addr>",
+      "transparent HTTP listener (default: listen.transparent.http)",
+    )
+    .option(
+      "--state <dir>",
+      "state directory for the CA (default: $SLUICE_STATE_DIR, $STATE_DIRECTORY, ...)",
+    )
+    .option("--ephemeral-ca", "use a CA generated in memory, never written to disk")
+    .option(
+      "--resolve <name=addr>",
+      "resolve NAME to ADDR instead of asking DNS (repeatable)",
+      collect,
+      [],
+    )
+    .option("--audit-log <target>", "stderr, stdout or a file (default: audit.log from the policy)")
+    .addHelpText(
+      "after",
+      example(
+        "sluice serve --policy examples/ai-agent.yaml",
+        'HTTPS_PROXY=http://127.0.0.1:3128 curl --cacert "$(sluice ca export --out ca.crt; echo ca.crt)" https://api.openai.com/',
+      ),
+    )
+    .action(async (opts) => {
+      Deno.exitCode = await runServe({ ...opts, resolve: opts.resolve ?? [] }, err);
+    });
+
+  const ca = program.command("ca").description(
+    "manage the local CA that signs interception certificates",
+  );
+  ca.command("init")
+    .description("create the CA in the state directory (key written 0600); keeps an existing one")
+    .option("--state <dir>", "state directory")
+    .option("--force", "replace an existing CA (clients must trust the new one)")
+    .addHelpText("after", example("sluice ca init --state /var/lib/sluice"))
+    .action(async (opts: { state?: string; force?: boolean }) => out(await runCaInit(opts)));
+  ca.command("show")
+    .description("print the CA's subject, SHA-256 fingerprint and validity")
+    .option("--state <dir>", "state directory")
+    .addHelpText("after", example("sluice ca show"))
+    .action(async (opts: { state?: string }) => out(formatCa(await existingCa(opts.state))));
+  ca.command("export")
+    .description(
+      "write the CA's PUBLIC certificate (for trust stores, NODE_EXTRA_CA_CERTS, containers)",
+    )
+    .option("--state <dir>", "state directory")
+    .option("-o, --out <file>", "write to a file instead of stdout")
+    .addHelpText(
+      "after",
+      example("sluice ca export --out /usr/local/share/ca-certificates/sluice.crt"),
+    )
+    .action(async (opts: { state?: string; out?: string }) => {
+      const pem = await runCaExport(opts);
+      if (pem) out(pem);
+    });
 
   return program;
 }

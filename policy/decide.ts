@@ -44,7 +44,12 @@ export type ReasonCode =
   | "private-address"
   | "invalid-host"
   | "invalid-path"
-  | "passthrough-uninspectable";
+  | "passthrough-uninspectable"
+  // Data-path reasons, decided outside the policy but reported the same way:
+  | "host-mismatch"
+  | "missing-sni"
+  | "not-tls"
+  | "timeout";
 
 /** The result of any decision. */
 export type Decision = {

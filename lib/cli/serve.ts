@@ -1,0 +1,91 @@
+/**
+ * `sluice serve`: flags and policy to a running server, plus signal handling.
+ *
+ * @module
+ */
+import type { Endpoint } from "../../policy/types.ts";
+import { AuditLog } from "../audit.ts";
+import { type ListenAddr, startServer } from "../serve.ts";
+import { readPolicyFile } from "../policy_file.ts";
+import { OverrideResolver, parseResolveOverrides, SystemResolver } from "../resolver.ts";
+import { obtainCa } from "./ca.ts";
+import { formatIssue } from "../../policy/mod.ts";
+
+/** Flags of `sluice serve`. */
+export type ServeFlags = {
+  policy: string;
+  proxy?: string;
+  transparentHttps?: string;
+  transparentHttp?: string;
+  state?: string;
+  ephemeralCa?: boolean;
+  resolve: string[];
+  auditLog?: string;
+};
+
+/** Parses `host:port`, `[v6]:port` or a bare port (loopback). */
+export function parseListen(text: string, what: string): ListenAddr {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s]+))?:?(\d{1,5})$/.exec(text);
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port > 65535) {
+    throw new Error(
+      `${what} "${text}" is not an address; write host:port or a port, e.g. 127.0.0.1:3128`,
+    );
+  }
+  return { hostname: m[1] ?? m[2] ?? "127.0.0.1", port };
+}
+
+function fromEndpoint(e: Endpoint | undefined): ListenAddr | undefined {
+  return e ? { hostname: e.hostname ?? "127.0.0.1", port: e.port } : undefined;
+}
+
+/** Runs the server until SIGINT/SIGTERM. */
+export async function runServe(flags: ServeFlags, log: (s: string) => void): Promise<number> {
+  const loaded = await readPolicyFile(flags.policy);
+  for (const w of loaded.warnings) log(formatIssue(w));
+  const policy = loaded.compiled.policy;
+  const { ca, origin } = await obtainCa(policy, {
+    state: flags.state,
+    ephemeral: flags.ephemeralCa,
+  });
+  const audit = await AuditLog.open(flags.auditLog ?? policy.audit.log);
+  const overrides = parseResolveOverrides(flags.resolve);
+  const resolver = overrides.size
+    ? new OverrideResolver(overrides, new SystemResolver())
+    : new SystemResolver();
+  const server = await startServer({
+    compiled: loaded.compiled,
+    ca,
+    audit,
+    resolver,
+    proxy: flags.proxy ? parseListen(flags.proxy, "--proxy") : fromEndpoint(policy.listen.proxy) ??
+      { hostname: "127.0.0.1", port: 3128 },
+    transparentHttps: flags.transparentHttps
+      ? parseListen(flags.transparentHttps, "--transparent-https")
+      : fromEndpoint(policy.listen.transparent?.https),
+    transparentHttp: flags.transparentHttp
+      ? parseListen(flags.transparentHttp, "--transparent-http")
+      : fromEndpoint(policy.listen.transparent?.http),
+    log,
+  });
+  const a = server.addrs;
+  const show = (x?: Deno.NetAddr) => (x ? `${x.hostname}:${x.port}` : "off");
+  log(
+    `sluice: serving ${flags.policy}; proxy ${show(a.proxy)}; transparent https ${
+      show(a.transparentHttps)
+    }, ` +
+      `http ${show(a.transparentHttp)}; CA ${origin}`,
+  );
+  const stopped = Promise.withResolvers<string>();
+  const onSignal = (name: string) => () => stopped.resolve(name);
+  const handlers: [Deno.Signal, () => void][] = [["SIGINT", onSignal("SIGINT")], [
+    "SIGTERM",
+    onSignal("SIGTERM"),
+  ]];
+  for (const [sig, h] of handlers) Deno.addSignalListener(sig, h);
+  const why = await stopped.promise;
+  for (const [sig, h] of handlers) Deno.removeSignalListener(sig, h);
+  log(`sluice: ${why}, shutting down`);
+  await server.close();
+  return 0;
+}

@@ -1,0 +1,240 @@
+/**
+ * The request stage: every HTTP request sluice can see (intercepted HTTPS,
+ * plain HTTP through the explicit or transparent listeners) is decided here
+ * and, if allowed, forwarded upstream with its response streamed back.
+ *
+ * Order, and why:
+ *   1. a connection already denied answers every request with its 403;
+ *   2. the request's host must be the one the connection was for (SNI or
+ *      CONNECT target): no domain fronting past a host rule;
+ *   3. the policy's request decision (methods, paths);
+ *   4. resolve, then the address decision (`private` guard) on what we will
+ *      actually connect to;
+ *   5. forward; upstream failures become 502 (or 504 on timeouts) with the
+ *      reason in the body, never a hang.
+ * Each request leaves one audit record when its response has been sent.
+ *
+ * @module
+ */
+import {
+  decideRequest,
+  type Decision,
+  type Destination,
+  formatDestination,
+  parseDestinationHost,
+} from "../policy/mod.ts";
+import type { AuditRecord } from "./audit.ts";
+import { chooseAddress } from "./connect.ts";
+import type { ProxyContext } from "./context.ts";
+import { denyResponse, errorResponse } from "./respond.ts";
+import type { HopMeta, Terminator } from "./terminator.ts";
+import { UpstreamError, type UpstreamPool, type UpstreamResponse } from "./upstream.ts";
+import { removeHopByHop } from "./http1.ts";
+
+/** Request headers a proxy must not pass on (besides hop-by-hop ones). */
+const PROXY_ONLY = new Set(["proxy-authorization", "proxy-connection", "proxy-authenticate"]);
+
+/** Builds the handler the terminator's internal servers call for each request. */
+export function makeRequestHandler(
+  ctx: ProxyContext,
+  terminator: () => Terminator,
+  pool: UpstreamPool,
+): (req: Request, info: Deno.ServeHandlerInfo<Deno.NetAddr>) => Promise<Response> {
+  return async (req, info) => {
+    const started = performance.now();
+    const meta = terminator().meta(info.remoteAddr.port);
+    if (!meta) {
+      // Only hops reach the internal listeners; anything else is refused.
+      return errorResponse(
+        421,
+        "no-route",
+        "this listener only serves connections sluice accepted",
+      );
+    }
+    const url = new URL(req.url);
+    const path = url.pathname + url.search;
+    const base: AuditRecord = {
+      event: "request",
+      conn: meta.conn,
+      client: meta.client,
+      mode: meta.mode,
+      tls: meta.secure ? "intercept" : "none",
+      sni: meta.sni,
+      method: req.method,
+      path: url.pathname,
+      verdict: "deny",
+      code: "",
+      reason: "",
+    };
+    const finish = (res: Response, extra: Partial<AuditRecord>): Response => {
+      ctx.audit.write({
+        ...base,
+        ...extra,
+        status: res.status,
+        duration_ms: Math.round(performance.now() - started),
+      });
+      return res;
+    };
+    const deny = (d: Decision, extra: Partial<AuditRecord> = {}): Response =>
+      finish(denyResponse(d), {
+        verdict: "deny",
+        code: d.code,
+        reason: d.reason,
+        rule: d.rule.source,
+        rule_at: d.rule.at,
+        ...extra,
+      });
+
+    if (meta.denied) {
+      const d = meta.denied;
+      return deny(d, {
+        host: meta.target ? formatDestination(meta.target.dest) : meta.sni,
+        port: meta.target?.port,
+      });
+    }
+
+    // Where the request goes: for TLS the connection's target port; for
+    // plain HTTP the URL's (absolute-form) or Host's port.
+    const parsed = parseDestinationHost(url.hostname);
+    if (parsed.kind === "invalid") {
+      return finish(
+        errorResponse(400, "invalid-host", `invalid host "${url.hostname}": ${parsed.reason}`),
+        {
+          code: "invalid-host",
+          reason: parsed.reason,
+        },
+      );
+    }
+    const dest: Destination = parsed;
+    const port = meta.secure ? (meta.target?.port ?? 443) : (url.port ? Number(url.port) : 80);
+    const hostText = formatDestination(dest);
+    base.host = hostText;
+    base.port = port;
+
+    if (meta.secure) {
+      const expected = meta.sni ?? (meta.target ? formatDestination(meta.target.dest) : undefined);
+      if (expected !== hostText) {
+        const compiled = ctx.policy();
+        return deny({
+          verdict: "deny",
+          code: "host-mismatch",
+          reason: `the request is for ${hostText} but the TLS connection was opened for ${
+            expected ?? "no name"
+          }`,
+          rule: { ...compiled.defaultRef, source: "Host must match SNI", at: "sluice" },
+        });
+      }
+    }
+
+    const compiled = ctx.policy();
+    const decision = decideRequest(compiled, { method: req.method, dest, port, path });
+    if (decision.verdict === "deny") return deny(decision);
+
+    const choice = await chooseAddress(ctx, dest, port);
+    if (!choice.ok) {
+      if ("denied" in choice) return deny(choice.denied);
+      return finish(errorResponse(502, "resolve", choice.error), {
+        code: "resolve",
+        reason: choice.error,
+      });
+    }
+    const address = choice.ip.family === 6
+      ? `[${choice.ip.text}]:${port}`
+      : `${choice.ip.text}:${port}`;
+
+    const headers = removeHopByHop([...req.headers]).filter(([name]) =>
+      !PROXY_ONLY.has(name.toLowerCase())
+    );
+    const lengthHeader = req.headers.get("content-length");
+    const trust = ctx.trust().forHost(dest.kind === "name" ? dest.name : dest.ip.text);
+    let upstream: UpstreamResponse;
+    try {
+      upstream = await pool.request(
+        {
+          host: dest.kind === "name" ? dest.name : dest.ip.text,
+          port,
+          address: choice.ip.text,
+          tls: meta.secure,
+          caCerts: trust.caCerts.length ? trust.caCerts : undefined,
+          verify: trust.verify,
+        },
+        {
+          method: req.method,
+          path,
+          headers,
+          body: req.body,
+          bodyLength: lengthHeader !== null && /^\d+$/.test(lengthHeader)
+            ? Number(lengthHeader)
+            : undefined,
+        },
+        ctx.signal,
+      );
+    } catch (e) {
+      const kind = e instanceof UpstreamError ? e.kind : "connect";
+      const status = kind === "timeout" ? 504 : 502;
+      const message = (e as Error).message;
+      return finish(errorResponse(status, `upstream-${kind}`, message), {
+        verdict: "allow",
+        code: `upstream-${kind}`,
+        reason: message,
+        rule: decision.rule.source,
+        rule_at: decision.rule.at,
+        address,
+      });
+    }
+
+    const allowAudit: Partial<AuditRecord> = {
+      verdict: "allow",
+      code: decision.code,
+      reason: decision.reason,
+      rule: decision.rule.source,
+      rule_at: decision.rule.at,
+      address,
+    };
+    const responseHeaders = new Headers();
+    for (const [name, value] of upstream.headers) responseHeaders.append(name, value);
+    let down = 0;
+    let recorded = false;
+    const record = (extra: Partial<AuditRecord> = {}) => {
+      if (recorded) return;
+      recorded = true;
+      ctx.audit.write({
+        ...base,
+        ...allowAudit,
+        status: upstream.status,
+        bytes_down: down,
+        duration_ms: Math.round(performance.now() - started),
+        ...extra,
+      });
+    };
+    const init = { status: upstream.status, statusText: upstream.reason, headers: responseHeaders };
+    // Responses to HEAD and 204/304 have no body whatever their headers say.
+    const bodyless = req.method === "HEAD" || upstream.status === 204 || upstream.status === 304;
+    if (!upstream.body || bodyless) {
+      upstream.body?.cancel().catch(() => {});
+      record();
+      return new Response(null, init);
+    }
+    // The record is written when the body has been sent, or when the client
+    // went away first (then `reason` says so).
+    const counted = upstream.body.pipeThrough(
+      new TransformStream<Uint8Array, Uint8Array>({
+        transform(chunk, controller) {
+          down += chunk.length;
+          controller.enqueue(chunk);
+        },
+        flush() {
+          record();
+        },
+        cancel() {
+          record({
+            reason: `${decision.reason}; the client closed before the whole response was sent`,
+          });
+        },
+      }),
+    );
+    return new Response(counted, init);
+  };
+}
+
+export type { HopMeta };

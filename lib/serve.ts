@@ -1,0 +1,159 @@
+/**
+ * `sluice serve`: assembles the data path from a loaded policy and runs its
+ * listeners until asked to stop.
+ *
+ * @module
+ */
+import type { CompiledPolicy } from "../policy/mod.ts";
+import { type AuditSink } from "./audit.ts";
+import type { CertificateAuthority } from "./ca.ts";
+import { DEFAULT_LIMITS, type Limits, type ProxyContext } from "./context.ts";
+import { handleExplicit } from "./explicit.ts";
+import { makeRequestHandler } from "./forward.ts";
+import { LeafCache } from "./leaf_cache.ts";
+import type { Resolver } from "./resolver.ts";
+import { Terminator } from "./terminator.ts";
+import { handleTransparentHttp, handleTransparentTls } from "./transparent.ts";
+import { loadTrust, type TrustStore } from "./trust.ts";
+import { UpstreamPool } from "./upstream.ts";
+
+/** A listen address. */
+export type ListenAddr = { hostname: string; port: number };
+
+/** Everything `startServer` needs; the CLI fills it from flags and the policy. */
+export type ServerOptions = {
+  compiled: CompiledPolicy;
+  ca: CertificateAuthority;
+  audit: AuditSink;
+  resolver: Resolver;
+  proxy?: ListenAddr;
+  transparentHttps?: ListenAddr;
+  transparentHttp?: ListenAddr;
+  limits?: Partial<Limits>;
+  /** Where the system CA bundle is looked for (tests point this elsewhere). */
+  systemBundles?: readonly string[];
+  log?: (message: string) => void;
+};
+
+/** A running server. */
+export type Server = {
+  /** Bound addresses (ports resolved when 0 was asked for). */
+  addrs: { proxy?: Deno.NetAddr; transparentHttps?: Deno.NetAddr; transparentHttp?: Deno.NetAddr };
+  /** Replaces the policy (already validated and compiled); in-flight requests keep the old one. */
+  reload(compiled: CompiledPolicy): Promise<void>;
+  /** Stops listening, ends connections, releases everything. */
+  close(): Promise<void>;
+  leafStats(): { hits: number; misses: number; size: number };
+};
+
+/** Starts the listeners the options name. */
+export async function startServer(opts: ServerOptions): Promise<Server> {
+  let compiled = opts.compiled;
+  let trust: TrustStore = await loadTrust(compiled, opts.systemBundles);
+  const limits: Limits = { ...DEFAULT_LIMITS, ...opts.limits };
+  const shutdown = new AbortController();
+  let nextId = 1;
+  const ctx: ProxyContext = {
+    policy: () => compiled,
+    trust: () => trust,
+    audit: opts.audit,
+    resolver: opts.resolver,
+    limits,
+    nextConnId: () => nextId++,
+    active: { count: 0 },
+    signal: shutdown.signal,
+  };
+  const leaves = new LeafCache(opts.ca);
+  const pool = new UpstreamPool({
+    connectTimeoutMs: limits.connectTimeoutMs,
+    headerTimeoutMs: limits.upstreamHeaderTimeoutMs,
+  });
+  const terminator: Terminator = new Terminator({
+    leaves,
+    handler: makeRequestHandler(ctx, () => terminator, pool),
+    signal: shutdown.signal,
+    onConnectionError: () => {},
+  });
+  terminator.start();
+
+  const listeners: Deno.Listener[] = [];
+  const tasks = new Set<Promise<void>>();
+  const serve = (addr: ListenAddr, handle: (conn: Deno.Conn) => Promise<void>): Deno.NetAddr => {
+    const listener = Deno.listen({ hostname: addr.hostname, port: addr.port });
+    listeners.push(listener);
+    (async () => {
+      try {
+        for await (const conn of listener) {
+          if (ctx.active.count >= limits.maxConnections) {
+            // Refuse at once rather than queue: a flood must not starve the live connections.
+            try {
+              conn.close();
+            } catch { /* closed */ }
+            continue;
+          }
+          (conn as Deno.TcpConn).setNoDelay?.(true);
+          ctx.active.count++;
+          // Each connection is its own task: a failure in one never reaches another.
+          const task = handle(conn).catch((e) => {
+            opts.log?.(`connection error: ${(e as Error)?.message ?? e}`);
+            try {
+              conn.close();
+            } catch { /* closed */ }
+          }).finally(() => {
+            ctx.active.count--;
+            tasks.delete(task);
+          });
+          tasks.add(task);
+        }
+      } catch {
+        // listener closed
+      }
+    })();
+    return listener.addr as Deno.NetAddr;
+  };
+
+  const addrs: Server["addrs"] = {};
+  try {
+    if (opts.proxy) addrs.proxy = serve(opts.proxy, (c) => handleExplicit(ctx, terminator, c));
+    if (opts.transparentHttps) {
+      addrs.transparentHttps = serve(
+        opts.transparentHttps,
+        (c) => handleTransparentTls(ctx, terminator, c),
+      );
+    }
+    if (opts.transparentHttp) {
+      addrs.transparentHttp = serve(
+        opts.transparentHttp,
+        (c) => handleTransparentHttp(ctx, terminator, c),
+      );
+    }
+  } catch (e) {
+    for (const l of listeners) l.close();
+    await terminator.close();
+    pool.close();
+    throw e;
+  }
+
+  return {
+    addrs,
+    async reload(next) {
+      // Build everything the new policy needs first; swap only when it all worked.
+      const nextTrust = await loadTrust(next, opts.systemBundles);
+      compiled = next;
+      trust = nextTrust;
+    },
+    async close() {
+      for (const l of listeners) {
+        try {
+          l.close();
+        } catch { /* closed */ }
+      }
+      shutdown.abort();
+      await terminator.close();
+      pool.close();
+      await Promise.race([Promise.allSettled([...tasks]), new Promise((r) => setTimeout(r, 2000))]);
+      await opts.audit.close();
+    },
+    leafStats: () => leaves.stats(),
+  };
+}

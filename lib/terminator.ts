@@ -1,0 +1,188 @@
+/**
+ * The HTTP server side of interception: where sluice terminates TLS with a
+ * per-SNI leaf and serves HTTP/1.1 and HTTP/2 to the client.
+ *
+ * Deno cannot start a TLS server on a connection it already read from (no
+ * server-side `startTls`), and sluice must read the ClientHello first to
+ * decide. So a decided connection is handed over by a loopback "hop": sluice
+ * connects to an internal resolver-backed TLS listener, replays the sniffed
+ * bytes and splices. The internal server sees the hop as its peer, so the hop
+ * registers the original connection's metadata under the hop's local port.
+ * Plain HTTP (explicit proxy requests, transparent port 80) takes the same
+ * route to an internal plain listener so one handler serves every request.
+ *
+ * Deno keeps the resolver's answer per name for the listener's life, without
+ * bound and failures included (test/lib/deno_internal_test.ts pins this). So
+ * the TLS listener is replaced after `maxNames` distinct names or `maxAgeMs`
+ * (well inside the leaf validity), and the resolver never throws for a name
+ * we would want to serve later: denials are decided before the hop.
+ *
+ * @module
+ */
+import type { Destination } from "../policy/mod.ts";
+import {
+  type ConnectionHandler,
+  listenTlsWithResolver,
+  serveHttpOnConnection,
+} from "./deno_internal.ts";
+import type { LeafCache } from "./leaf_cache.ts";
+import { setListenerNoDelay } from "./sockopt.ts";
+import { splice } from "./splice.ts";
+import type { ConnectionDecision } from "../policy/mod.ts";
+
+/** What the request handler knows about the client connection behind a hop. */
+export type HopMeta = {
+  conn: number;
+  client: string;
+  mode: "explicit" | "transparent";
+  /** True when the hop goes to the TLS terminator. */
+  secure: boolean;
+  /** The normalized SNI, for TLS. */
+  sni?: string;
+  /** Where the client meant to go: the CONNECT target, or the transparent original destination. */
+  target?: { dest: Destination; port: number };
+  /** Set when the connection was denied before the hop: every request gets this 403. */
+  denied?: ConnectionDecision;
+};
+
+type Internal = { listener: Deno.Listener; port: number; names: Set<string>; born: number };
+
+/** Options of the terminator. */
+export type TerminatorOptions = {
+  leaves: LeafCache;
+  handler: ConnectionHandler;
+  signal: AbortSignal;
+  /** Replace the TLS listener after this many distinct SNI names (default 4096). */
+  maxNames?: number;
+  /** Replace the TLS listener after this long (default 12 h; leaves live 7 days). */
+  maxAgeMs?: number;
+  onConnectionError?: (e: unknown) => void;
+  now?: () => number;
+};
+
+/** The internal listeners and the registry that maps hops to their client connections. */
+export class Terminator {
+  readonly #opts: TerminatorOptions;
+  readonly #hops = new Map<number, HopMeta>();
+  #tls!: Internal;
+  #plain!: Internal;
+  readonly #served = new Set<Promise<void>>();
+
+  constructor(opts: TerminatorOptions) {
+    this.#opts = opts;
+  }
+
+  /** Opens the internal listeners on loopback. */
+  start(): void {
+    this.#tls = this.#openTls();
+    const plain = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    this.#plain = {
+      listener: plain,
+      port: (plain.addr as Deno.NetAddr).port,
+      names: new Set(),
+      born: 0,
+    };
+    this.#acceptLoop(plain);
+  }
+
+  /** Metadata for the connection whose hop has this local port. */
+  meta(hopPort: number): HopMeta | undefined {
+    return this.#hops.get(hopPort);
+  }
+
+  /** Number of hops currently open. */
+  get activeHops(): number {
+    return this.#hops.size;
+  }
+
+  #openTls(): Internal {
+    const names = new Set<string>();
+    const listener = listenTlsWithResolver({
+      hostname: "127.0.0.1",
+      port: 0,
+      alpnProtocols: ["h2", "http/1.1"],
+      resolver: (serverName) => {
+        names.add(serverName);
+        return this.#opts.leaves.get(serverName);
+      },
+    });
+    // Without this, every streamed response stalls ~40 ms on Nagle + delayed ACK.
+    setListenerNoDelay(listener);
+    this.#acceptLoop(listener);
+    const now = this.#opts.now?.() ?? Date.now();
+    return { listener, port: (listener.addr as Deno.NetAddr).port, names, born: now };
+  }
+
+  #maybeRecycle(): void {
+    const t = this.#tls;
+    const now = this.#opts.now?.() ?? Date.now();
+    if (
+      t.names.size < (this.#opts.maxNames ?? 4096) &&
+      now - t.born < (this.#opts.maxAgeMs ?? 12 * 3600_000)
+    ) {
+      return;
+    }
+    // New hops go to a fresh listener; the old one stops accepting, and its
+    // open connections run to completion.
+    this.#tls = this.#openTls();
+    try {
+      t.listener.close();
+    } catch { /* already closed */ }
+  }
+
+  async #acceptLoop(listener: Deno.Listener): Promise<void> {
+    try {
+      for await (const conn of listener) {
+        const served = serveHttpOnConnection(
+          conn,
+          this.#opts.signal,
+          this.#opts.handler,
+          (e) =>
+            new Response(`sluice: internal error: ${(e as Error)?.message ?? e}\n`, {
+              status: 500,
+            }),
+          { onConnectionError: this.#opts.onConnectionError },
+        ).finished;
+        this.#served.add(served);
+        served.finally(() => this.#served.delete(served));
+      }
+    } catch {
+      // The listener was closed (recycle or shutdown).
+    }
+  }
+
+  /**
+   * Hands a client connection to the TLS terminator (`secure`) or the plain
+   * HTTP server, replaying `first` (the bytes sluice already read).
+   *
+   * @returns bytes moved each way, when the client connection ends
+   */
+  async hop(
+    client: Deno.Conn,
+    first: Uint8Array,
+    meta: HopMeta,
+  ): Promise<{ up: number; down: number }> {
+    if (meta.secure) this.#maybeRecycle();
+    const port = meta.secure ? this.#tls.port : this.#plain.port;
+    const hop = await Deno.connect({ hostname: "127.0.0.1", port });
+    hop.setNoDelay(true);
+    const hopPort = (hop.localAddr as Deno.NetAddr).port;
+    this.#hops.set(hopPort, meta);
+    try {
+      const r = await splice(client, hop, first);
+      return { up: r.aToB, down: r.bToA };
+    } finally {
+      this.#hops.delete(hopPort);
+    }
+  }
+
+  /** Stops the internal listeners and waits for served connections to finish. */
+  async close(): Promise<void> {
+    for (const l of [this.#tls?.listener, this.#plain?.listener]) {
+      try {
+        l?.close();
+      } catch { /* already closed */ }
+    }
+    await Promise.allSettled([...this.#served]);
+  }
+}
