@@ -1,0 +1,241 @@
+/**
+ * Shared fixtures for end-to-end tests: TLS upstreams on loopback with their
+ * own test CA, a running `sluice serve` subprocess, and curl.
+ */
+import { gzipSync } from "node:zlib";
+import { type CertificateAuthority, ephemeralCa, mintLeaf } from "../../lib/ca.ts";
+import { listenTlsWithResolver, serveHttpOnConnection } from "../../lib/deno_internal.ts";
+
+export const ROOT = new URL("../../", import.meta.url).pathname;
+
+/** A deterministic byte pattern, so large bodies can be checked without storing them. */
+export function pattern(n: number): Uint8Array {
+  const out = new Uint8Array(n);
+  for (let i = 0; i < n; i++) out[i] = (i * 31 + (i >> 8)) & 255;
+  return out;
+}
+
+/** SHA-256 hex of bytes. */
+export async function sha256(data: Uint8Array): Promise<string> {
+  const d = await crypto.subtle.digest("SHA-256", data as Uint8Array<ArrayBuffer>);
+  return [...new Uint8Array(d)].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** A gzip body served by /gzip, compared byte for byte by the tests. */
+export const GZIP_BODY: Uint8Array<ArrayBuffer> = new Uint8Array(
+  gzipSync(new TextEncoder().encode("compressed ".repeat(5000))),
+);
+
+/** Handles upstream requests: /echo, /bytes?n=N, /gzip, /upload (returns sha256 of the body). */
+async function upstreamHandler(req: Request): Promise<Response> {
+  const url = new URL(req.url);
+  if (url.pathname === "/gzip") {
+    return new Response(GZIP_BODY, {
+      headers: { "content-encoding": "gzip", "content-type": "text/plain" },
+    });
+  }
+  if (url.pathname === "/bytes") {
+    const n = Number(url.searchParams.get("n") ?? "0");
+    const chunk = 1 << 16;
+    let sent = 0;
+    const whole = pattern(Math.min(n, 4 << 20));
+    return new Response(
+      new ReadableStream({
+        pull(c) {
+          if (sent >= n) return c.close();
+          const len = Math.min(chunk, n - sent);
+          // Repeat the first 4 MiB of the pattern: a cheap, checkable stream.
+          const start = sent % whole.length;
+          c.enqueue(start + len <= whole.length ? whole.slice(start, start + len) : pattern(len));
+          sent += len;
+        },
+      }),
+      { headers: { "content-length": String(n) } },
+    );
+  }
+  if (url.pathname === "/upload") {
+    const body = new Uint8Array(await req.arrayBuffer());
+    return Response.json({ length: body.length, sha256: await sha256(body) });
+  }
+  const headers: Record<string, string> = {};
+  req.headers.forEach((v, k) => (headers[k] = v));
+  return Response.json({
+    method: req.method,
+    path: url.pathname + url.search,
+    headers,
+    host: url.host,
+  });
+}
+
+/** A TLS upstream serving several names, each with a leaf from `ca`. */
+export function startTlsUpstream(ca: CertificateAuthority, port = 0) {
+  const listener = listenTlsWithResolver({
+    hostname: "127.0.0.1",
+    port,
+    alpnProtocols: ["http/1.1"],
+    resolver: async (name) => {
+      const leaf = await mintLeaf(ca, name || "127.0.0.1");
+      return { cert: leaf.certPem, key: leaf.keyPem };
+    },
+  });
+  const controller = new AbortController();
+  (async () => {
+    try {
+      for await (const conn of listener) {
+        serveHttpOnConnection(
+          conn,
+          controller.signal,
+          upstreamHandler,
+          () => new Response("error", { status: 500 }),
+        );
+      }
+    } catch { /* closed */ }
+  })();
+  return {
+    port: (listener.addr as Deno.NetAddr).port,
+    close: () => {
+      controller.abort();
+      listener.close();
+    },
+  };
+}
+
+/** A plain HTTP upstream. */
+export function startPlainUpstream(port = 0) {
+  const server = Deno.serve({ hostname: "127.0.0.1", port, onListen: () => {} }, upstreamHandler);
+  return { port: server.addr.port, close: () => server.shutdown() };
+}
+
+/** Two test CAs: one the policy trusts for upstreams, one it does not. */
+export async function testCas(dir: string) {
+  const trusted = await ephemeralCa();
+  const untrusted = await ephemeralCa();
+  await Deno.writeTextFile(`${dir}/upstream-ca.crt`, trusted.certPem);
+  await Deno.writeTextFile(`${dir}/untrusted-ca.crt`, untrusted.certPem);
+  return {
+    trusted,
+    untrusted,
+    trustedPath: `${dir}/upstream-ca.crt`,
+    untrustedPath: `${dir}/untrusted-ca.crt`,
+  };
+}
+
+/** A running `sluice serve` subprocess. */
+export type Sluice = {
+  proxyPort: number;
+  transparentHttpsPort?: number;
+  caPath: string;
+  auditPath: string;
+  stderr: () => string;
+  audit: () => Promise<Record<string, unknown>[]>;
+  stop: (signal?: Deno.Signal) => Promise<number>;
+};
+
+/** Starts `sluice serve` and waits for its "serving" line. */
+export async function startSluice(
+  policyPath: string,
+  dir: string,
+  extra: string[] = [],
+  netns?: string,
+): Promise<Sluice> {
+  const auditPath = `${dir}/audit.jsonl`;
+  const deno = [Deno.execPath()];
+  const command = netns ? ["ip", "netns", "exec", netns, ...deno] : deno;
+  const child = new Deno.Command(command[0], {
+    args: [
+      ...command.slice(1),
+      "run",
+      "-A",
+      `${ROOT}main.ts`,
+      "serve",
+      "--policy",
+      policyPath,
+      "--proxy",
+      "127.0.0.1:0",
+      "--state",
+      `${dir}/state`,
+      "--audit-log",
+      auditPath,
+      ...extra,
+    ],
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  let text = "";
+  const reader = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
+  const ready = (async () => {
+    while (!/sluice: serving/.test(text)) {
+      const { value, done } = await reader.read();
+      if (done) throw new Error(`sluice exited before serving:\n${text}`);
+      text += value;
+    }
+  })();
+  const timeout = setTimeout(() => child.kill("SIGKILL"), 20_000);
+  try {
+    await ready;
+  } finally {
+    clearTimeout(timeout);
+  }
+  (async () => {
+    while (true) {
+      const { value, done } = await reader.read().catch(() => ({ value: "", done: true }));
+      if (done) break;
+      text += value;
+    }
+  })();
+  const proxyPort = Number(/proxy [^;]*:(\d+);/.exec(text)?.[1]);
+  const tp = /transparent https [^:]+:(\d+)/.exec(text)?.[1];
+  return {
+    proxyPort,
+    transparentHttpsPort: tp ? Number(tp) : undefined,
+    caPath: `${dir}/state/ca.crt`,
+    auditPath,
+    stderr: () => text,
+    audit: async () => {
+      const raw = await Deno.readTextFile(auditPath).catch(() => "");
+      return raw.split("\n").filter(Boolean).map((l) => JSON.parse(l));
+    },
+    stop: async (signal: Deno.Signal = "SIGTERM") => {
+      try {
+        child.kill(signal);
+      } catch { /* gone */ }
+      return (await child.status).code;
+    },
+  };
+}
+
+/** Runs curl (inside a network namespace when `netns` is given). */
+export async function curl(
+  args: string[],
+  netns?: string,
+): Promise<{ code: number; body: Uint8Array; text: string; stderr: string }> {
+  const full = ["curl", "-sS", "--max-time", "60", ...args];
+  const cmd = netns ? ["ip", "netns", "exec", netns, ...full] : full;
+  const out = await new Deno.Command(cmd[0], {
+    args: cmd.slice(1),
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  return {
+    code: out.code,
+    body: out.stdout,
+    text: new TextDecoder().decode(out.stdout),
+    stderr: new TextDecoder().decode(out.stderr),
+  };
+}
+
+/** Runs a command, failing with its stderr when it fails. */
+export async function run(cmd: string[]): Promise<string> {
+  const out = await new Deno.Command(cmd[0], {
+    args: cmd.slice(1),
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  if (!out.success) {
+    throw new Error(`${cmd.join(" ")} failed: ${new TextDecoder().decode(out.stderr)}`);
+  }
+  return new TextDecoder().decode(out.stdout);
+}
+
+/** Whether tests that need root (namespaces, netfilter) can run. */
+export const IS_ROOT: boolean = Deno.uid() === 0;
