@@ -22,6 +22,8 @@ export type Limits = {
   connectTimeoutMs: number;
   /** Time for an upstream to send its response head. */
   upstreamHeaderTimeoutMs: number;
+  /** A tunnel (passthrough, or a client connection behind the TLS terminator) with no bytes either way for this long is closed. */
+  idleTimeoutMs: number;
 };
 
 /** Defaults chosen to be generous to real clients and short for stuck ones. */
@@ -31,6 +33,7 @@ export const DEFAULT_LIMITS: Limits = {
   maxConnections: 4096,
   connectTimeoutMs: 10_000,
   upstreamHeaderTimeoutMs: 60_000,
+  idleTimeoutMs: 300_000,
 };
 
 /** The shared state of a running proxy. */

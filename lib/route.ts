@@ -188,7 +188,7 @@ export async function routeTls(
     } catch (e) {
       return await refuse({ ...decision, verdict: "deny", reason: (e as Error).message });
     }
-    const r = await splice(conn, upstream, sniffed.bytes);
+    const r = await splice(conn, upstream, sniffed.bytes, ctx.limits.idleTimeoutMs);
     return audit(decision, {
       address: `${choice.ip.text}:${port}`,
       bytes_up: r.aToB,

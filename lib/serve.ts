@@ -72,6 +72,7 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
     leaves,
     handler: makeRequestHandler(ctx, () => terminator, pool),
     signal: shutdown.signal,
+    idleMs: limits.idleTimeoutMs,
     onConnectionError: () => {},
   });
   terminator.start();

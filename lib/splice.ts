@@ -40,15 +40,28 @@ async function pump(from: Duplex, to: Duplex, count: (n: number) => void): Promi
  * closes both sides. Never rejects: a broken connection is a normal end.
  *
  * @param first bytes already read from `a` that must reach `b` first (a sniffed ClientHello)
- * @returns bytes moved a→b (including `first`) and b→a
+ * @param idleMs close both sides when no byte has moved either way for this long (0: never)
+ * @returns bytes moved a→b (including `first`) and b→a, and whether the idle timeout ended it
  */
 export async function splice(
   a: Duplex,
   b: Duplex,
   first?: Uint8Array,
-): Promise<{ aToB: number; bToA: number; error?: unknown }> {
+  idleMs = 0,
+): Promise<{ aToB: number; bToA: number; error?: unknown; idle?: boolean }> {
   let aToB = 0, bToA = 0;
   let error: unknown;
+  let idle = false;
+  let last = Date.now();
+  // One coarse timer per splice, not one per read: checks a few times per window.
+  const timer = idleMs > 0
+    ? setInterval(() => {
+      if (Date.now() - last >= idleMs) {
+        idle = true;
+        closeBoth();
+      }
+    }, Math.max(50, Math.floor(idleMs / 4)))
+    : undefined;
   const closeBoth = () => {
     for (const c of [a, b]) {
       try {
@@ -62,11 +75,17 @@ export async function splice(
       aToB += first.length;
     }
     await Promise.all([
-      pump(a, b, (n) => (aToB += n)).catch((e) => {
+      pump(a, b, (n) => {
+        aToB += n;
+        last = Date.now();
+      }).catch((e) => {
         error ??= e;
         closeBoth();
       }),
-      pump(b, a, (n) => (bToA += n)).catch((e) => {
+      pump(b, a, (n) => {
+        bToA += n;
+        last = Date.now();
+      }).catch((e) => {
         error ??= e;
         closeBoth();
       }),
@@ -74,9 +93,10 @@ export async function splice(
   } catch (e) {
     error ??= e;
   } finally {
+    clearInterval(timer);
     closeBoth();
   }
-  return { aToB, bToA, error };
+  return { aToB, bToA, error, idle };
 }
 
 export { writeAll };

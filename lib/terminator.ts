@@ -56,6 +56,8 @@ export type TerminatorOptions = {
   maxNames?: number;
   /** Replace the TLS listener after this long (default 12 h; leaves live 7 days). */
   maxAgeMs?: number;
+  /** Close a hop with no bytes either way for this long (0: never). */
+  idleMs?: number;
   onConnectionError?: (e: unknown) => void;
   now?: () => number;
 };
@@ -169,7 +171,7 @@ export class Terminator {
     const hopPort = (hop.localAddr as Deno.NetAddr).port;
     this.#hops.set(hopPort, meta);
     try {
-      const r = await splice(client, hop, first);
+      const r = await splice(client, hop, first, this.#opts.idleMs ?? 0);
       return { up: r.aToB, down: r.bToA };
     } finally {
       this.#hops.delete(hopPort);

@@ -1,0 +1,48 @@
+import { assert, assertEquals } from "../_assert.ts";
+import { splice } from "../../lib/splice.ts";
+
+async function pair(): Promise<[Deno.Conn, Deno.Conn, () => void]> {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const [a, b] = await Promise.all([
+    Deno.connect({ hostname: "127.0.0.1", port: (l.addr as Deno.NetAddr).port }),
+    l.accept(),
+  ]);
+  return [a, b, () => l.close()];
+}
+
+Deno.test("splice() moves bytes both ways, replaying the first bytes, and counts them", async () => {
+  const [client, sluiceSide, close1] = await pair();
+  const [upstreamSide, server, close2] = await pair();
+  const done = splice(sluiceSide, upstreamSide, new TextEncoder().encode("hello "));
+  await client.write(new TextEncoder().encode("world"));
+  await client.closeWrite();
+  const got = new Uint8Array(64);
+  let n = 0;
+  while (n < 11) n += (await server.read(got.subarray(n))) ?? 0;
+  assertEquals(new TextDecoder().decode(got.subarray(0, n)), "hello world");
+  await server.write(new TextEncoder().encode("back"));
+  server.close();
+  const back = new Uint8Array(16);
+  assertEquals(await client.read(back), 4);
+  const r = await done;
+  assertEquals([r.aToB, r.bToA], [11, 4]);
+  client.close();
+  close1();
+  close2();
+});
+
+Deno.test("splice() closes both sides after the idle timeout", async () => {
+  const [client, sluiceSide, close1] = await pair();
+  const [upstreamSide, server, close2] = await pair();
+  const started = Date.now();
+  const r = await splice(sluiceSide, upstreamSide, undefined, 200);
+  const elapsed = Date.now() - started;
+  assert(r.idle, "the idle timeout should have ended the splice");
+  assert(elapsed >= 200 && elapsed < 2000, `ended after ${elapsed} ms`);
+  assertEquals(await client.read(new Uint8Array(1)), null);
+  assertEquals(await server.read(new Uint8Array(1)), null);
+  client.close();
+  server.close();
+  close1();
+  close2();
+});
