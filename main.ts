@@ -122,6 +122,10 @@ function buildProgram(): Command {
       [],
     )
     .option("--audit-log <target>", "stderr, stdout or a file (default: audit.log from the policy)")
+    .option(
+      "--admin <addr>",
+      "admin listener for /healthz, /metrics, /ca.crt, POST /reload (default: listen.admin)",
+    )
     .addHelpText(
       "after",
       example(

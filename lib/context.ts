@@ -9,6 +9,7 @@ import type { CompiledPolicy } from "../policy/mod.ts";
 import type { AuditSink } from "./audit.ts";
 import type { Resolver } from "./resolver.ts";
 import type { TrustStore } from "./trust.ts";
+import type { Metrics } from "./metrics.ts";
 
 /** Timeouts and bounds; every one has a safe default (see `DEFAULT_LIMITS`). */
 export type Limits = {
@@ -50,6 +51,7 @@ export type ProxyContext = {
   active: { count: number };
   /** Aborted when the server shuts down. */
   signal: AbortSignal;
+  metrics: Metrics;
 };
 
 /** Formats a Deno address as ip:port (IPv6 bracketed). */

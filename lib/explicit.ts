@@ -124,6 +124,7 @@ export async function handleExplicit(
   }
   const decision = decideConnection(ctx.policy(), dest, port);
   if (decision.verdict === "deny") {
+    ctx.metrics.connections.inc({ verdict: "deny", mode: "explicit", tls: decision.tls });
     await send(conn, rawDenial(decision));
     closeQuietly(conn);
     ctx.audit.write({

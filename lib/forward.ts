@@ -67,6 +67,9 @@ export function makeRequestHandler(
       reason: "",
     };
     const finish = (res: Response, extra: Partial<AuditRecord>): Response => {
+      const verdict = extra.verdict ?? "deny";
+      ctx.metrics.requests.inc({ verdict, mode: meta.mode });
+      ctx.metrics.duration.observe((performance.now() - started) / 1000, { verdict });
       ctx.audit.write({
         ...base,
         ...extra,
@@ -171,6 +174,7 @@ export function makeRequestHandler(
       );
     } catch (e) {
       const kind = e instanceof UpstreamError ? e.kind : "connect";
+      ctx.metrics.upstreamErrors.inc({ kind });
       const status = kind === "timeout" ? 504 : 502;
       const message = (e as Error).message;
       return finish(errorResponse(status, `upstream-${kind}`, message), {
@@ -208,6 +212,8 @@ export function makeRequestHandler(
       });
     };
     const init = { status: upstream.status, statusText: upstream.reason, headers: responseHeaders };
+    ctx.metrics.requests.inc({ verdict: "allow", mode: meta.mode });
+    ctx.metrics.duration.observe((performance.now() - started) / 1000, { verdict: "allow" });
     // Responses to HEAD and 204/304 have no body whatever their headers say.
     const bodyless = req.method === "HEAD" || upstream.status === 204 || upstream.status === 304;
     if (!upstream.body || bodyless) {

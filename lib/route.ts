@@ -79,6 +79,7 @@ export async function routeTls(
     reason: "",
   };
   const audit = (d: ConnectionDecision, extra: Partial<AuditRecord> = {}) => {
+    ctx.metrics.connections.inc({ verdict: d.verdict, mode: info.mode, tls: d.tls });
     ctx.audit.write({
       ...record,
       verdict: d.verdict,
@@ -209,6 +210,7 @@ export async function routeTls(
       TLS_UNRECOGNIZED_NAME_ALERT,
     );
   }
+  ctx.metrics.handshakes.inc();
   const r = await terminator.hop(conn, sniffed.bytes, {
     conn: info.id,
     client: info.client,

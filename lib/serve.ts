@@ -16,6 +16,9 @@ import { Terminator } from "./terminator.ts";
 import { handleTransparentHttp, handleTransparentTls } from "./transparent.ts";
 import { loadTrust, type TrustStore } from "./trust.ts";
 import { UpstreamPool } from "./upstream.ts";
+import { Metrics } from "./metrics.ts";
+import { startAdmin } from "./admin.ts";
+import { exportCaPem } from "./ca.ts";
 
 /** A listen address. */
 export type ListenAddr = { hostname: string; port: number };
@@ -29,6 +32,9 @@ export type ServerOptions = {
   proxy?: ListenAddr;
   transparentHttps?: ListenAddr;
   transparentHttp?: ListenAddr;
+  admin?: ListenAddr;
+  /** Called by `POST /reload` on the admin listener: re-read the policy, return an error message or nothing. */
+  onReloadRequest?: () => Promise<string | undefined>;
   limits?: Partial<Limits>;
   /** Where the system CA bundle is looked for (tests point this elsewhere). */
   systemBundles?: readonly string[];
@@ -38,7 +44,15 @@ export type ServerOptions = {
 /** A running server. */
 export type Server = {
   /** Bound addresses (ports resolved when 0 was asked for). */
-  addrs: { proxy?: Deno.NetAddr; transparentHttps?: Deno.NetAddr; transparentHttp?: Deno.NetAddr };
+  addrs: {
+    proxy?: Deno.NetAddr;
+    transparentHttps?: Deno.NetAddr;
+    transparentHttp?: Deno.NetAddr;
+    admin?: Deno.NetAddr;
+  };
+  metrics: Metrics;
+  /** Records a refused reload (the running policy stays). */
+  reloadFailed(): void;
   /** Replaces the policy (already validated and compiled); in-flight requests keep the old one. */
   reload(compiled: CompiledPolicy): Promise<void>;
   /** Stops listening, ends connections, releases everything. */
@@ -53,6 +67,17 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
   const limits: Limits = { ...DEFAULT_LIMITS, ...opts.limits };
   const shutdown = new AbortController();
   let nextId = 1;
+  let generation = 1;
+  let lastReloadOk = 1;
+  const active = { count: 0 };
+  // The leaf cache exists before the metrics that read it.
+  const leaves = new LeafCache(opts.ca);
+  const metrics = new Metrics({
+    activeConnections: () => active.count,
+    leafCache: () => leaves.stats(),
+    policyGeneration: () => generation,
+    lastReloadOk: () => lastReloadOk,
+  });
   const ctx: ProxyContext = {
     policy: () => compiled,
     trust: () => trust,
@@ -60,10 +85,10 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
     resolver: opts.resolver,
     limits,
     nextConnId: () => nextId++,
-    active: { count: 0 },
+    active,
     signal: shutdown.signal,
+    metrics,
   };
-  const leaves = new LeafCache(opts.ca);
   const pool = new UpstreamPool({
     connectTimeoutMs: limits.connectTimeoutMs,
     headerTimeoutMs: limits.upstreamHeaderTimeoutMs,
@@ -114,6 +139,7 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
   };
 
   const addrs: Server["addrs"] = {};
+  let admin: { addr: Deno.NetAddr; close(): Promise<void> } | undefined;
   try {
     if (opts.proxy) addrs.proxy = serve(opts.proxy, (c) => handleExplicit(ctx, terminator, c));
     if (opts.transparentHttps) {
@@ -128,6 +154,15 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
         (c) => handleTransparentHttp(ctx, terminator, c),
       );
     }
+    if (opts.admin) {
+      admin = startAdmin(opts.admin, {
+        healthy: () => !shutdown.signal.aborted,
+        metrics: () => metrics.render(),
+        caPem: () => exportCaPem(opts.ca),
+        reload: opts.onReloadRequest ?? (() => Promise.resolve("reload is not available")),
+      });
+      addrs.admin = admin.addr;
+    }
   } catch (e) {
     for (const l of listeners) l.close();
     await terminator.close();
@@ -137,13 +172,29 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
 
   return {
     addrs,
+    metrics,
     async reload(next) {
       // Build everything the new policy needs first; swap only when it all worked.
-      const nextTrust = await loadTrust(next, opts.systemBundles);
+      let nextTrust: TrustStore;
+      try {
+        nextTrust = await loadTrust(next, opts.systemBundles);
+      } catch (e) {
+        lastReloadOk = 0;
+        metrics.reloads.inc({ result: "failed" });
+        throw e;
+      }
       compiled = next;
       trust = nextTrust;
+      generation++;
+      lastReloadOk = 1;
+      metrics.reloads.inc({ result: "ok" });
+    },
+    reloadFailed() {
+      lastReloadOk = 0;
+      metrics.reloads.inc({ result: "failed" });
     },
     async close() {
+      await admin?.close();
       for (const l of listeners) {
         try {
           l.close();

@@ -21,6 +21,7 @@ export type ServeFlags = {
   ephemeralCa?: boolean;
   resolve: string[];
   auditLog?: string;
+  admin?: string;
 };
 
 /** Parses `host:port`, `[v6]:port` or a bare port (loopback). */
@@ -66,22 +67,59 @@ export async function runServe(flags: ServeFlags, log: (s: string) => void): Pro
     transparentHttp: flags.transparentHttp
       ? parseListen(flags.transparentHttp, "--transparent-http")
       : fromEndpoint(policy.listen.transparent?.http),
+    admin: flags.admin ? parseListen(flags.admin, "--admin") : fromEndpoint(policy.listen.admin),
+    onReloadRequest: () => reload("POST /reload"),
     log,
   });
+  // Reloads run one at a time; each builds the new policy completely before
+  // the swap, so a broken file leaves the running policy in force.
+  let chain: Promise<unknown> = Promise.resolve();
+  async function reload(why: string): Promise<string | undefined> {
+    const run = chain.then(async () => {
+      let next;
+      try {
+        next = await readPolicyFile(flags.policy);
+      } catch (e) {
+        server.reloadFailed();
+        log(
+          `sluice: reload (${why}) refused; the running policy stays in force:\n${
+            (e as Error).message
+          }`,
+        );
+        return (e as Error).message;
+      }
+      try {
+        await server.reload(next.compiled);
+      } catch (e) {
+        log(
+          `sluice: reload (${why}) refused; the running policy stays in force:\n${
+            (e as Error).message
+          }`,
+        );
+        return (e as Error).message;
+      }
+      for (const w of next.warnings) log(formatIssue(w));
+      log(`sluice: reloaded ${flags.policy} (${why})`);
+      return undefined;
+    });
+    chain = run;
+    return await run;
+  }
   const a = server.addrs;
   const show = (x?: Deno.NetAddr) => (x ? `${x.hostname}:${x.port}` : "off");
   log(
     `sluice: serving ${flags.policy}; proxy ${show(a.proxy)}; transparent https ${
       show(a.transparentHttps)
     }, ` +
-      `http ${show(a.transparentHttp)}; CA ${origin}`,
+      `http ${show(a.transparentHttp)}; admin ${show(a.admin)}; CA ${origin}`,
   );
   const stopped = Promise.withResolvers<string>();
   const onSignal = (name: string) => () => stopped.resolve(name);
-  const handlers: [Deno.Signal, () => void][] = [["SIGINT", onSignal("SIGINT")], [
-    "SIGTERM",
-    onSignal("SIGTERM"),
-  ]];
+  const handlers: [Deno.Signal, () => void][] = [
+    ["SIGINT", onSignal("SIGINT")],
+    ["SIGTERM", onSignal("SIGTERM")],
+    ["SIGHUP", () => void reload("SIGHUP")],
+  ];
   for (const [sig, h] of handlers) Deno.addSignalListener(sig, h);
   const why = await stopped.promise;
   for (const [sig, h] of handlers) Deno.removeSignalListener(sig, h);

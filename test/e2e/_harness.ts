@@ -124,6 +124,8 @@ export async function testCas(dir: string) {
 export type Sluice = {
   proxyPort: number;
   transparentHttpsPort?: number;
+  adminPort?: number;
+  pid: number;
   caPath: string;
   auditPath: string;
   stderr: () => string;
@@ -185,9 +187,12 @@ export async function startSluice(
   })();
   const proxyPort = Number(/proxy [^;]*:(\d+);/.exec(text)?.[1]);
   const tp = /transparent https [^:]+:(\d+)/.exec(text)?.[1];
+  const admin = /admin [^:;]+:(\d+)/.exec(text)?.[1];
   return {
     proxyPort,
     transparentHttpsPort: tp ? Number(tp) : undefined,
+    adminPort: admin ? Number(admin) : undefined,
+    pid: child.pid,
     caPath: `${dir}/state/ca.crt`,
     auditPath,
     stderr: () => text,

@@ -1,0 +1,102 @@
+/**
+ * Running sluice as a service: the admin listener, metrics that move with
+ * traffic, and reloads that keep the running policy when the new one is bad.
+ */
+import { assert, assertEquals, assertMatch } from "../_assert.ts";
+import { curl, startPlainUpstream, startSluice } from "./_harness.ts";
+
+function metric(text: string, name: string, labels: string): number {
+  const line = text.split("\n").find((l) => l.startsWith(`${name}${labels} `));
+  return line ? Number(line.split(" ")[1]) : 0;
+}
+
+async function waitFor(cond: () => boolean | Promise<boolean>, what: string, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (await cond()) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+Deno.test("sluice serve: admin endpoints, metrics and reload", async (t) => {
+  const dir = await Deno.makeTempDir({ prefix: "sluice-svc-" });
+  const plain = startPlainUpstream();
+  const policy = `${dir}/policy.yaml`;
+  const write = (allow: string[]) =>
+    Deno.writeTextFile(
+      policy,
+      `version: 1\nnetwork:\n  allow:\n${allow.map((a) => `    - ${a}\n`).join("")}    - 127.0.0.1:${plain.port}\n`,
+    );
+  await write(["one.test"]);
+  const sluice = await startSluice(policy, dir, [
+    "--admin",
+    "127.0.0.1:0",
+    "--resolve",
+    "one.test=127.0.0.1",
+    "--resolve",
+    "two.test=127.0.0.1",
+  ]);
+  const admin = `http://127.0.0.1:${sluice.adminPort}`;
+  const proxy = ["-x", `http://127.0.0.1:${sluice.proxyPort}`, "-o", "/dev/null", "-w", "%{http_code}"];
+  const status = async (host: string) => (await curl([...proxy, `http://${host}:${plain.port}/echo`])).text;
+  try {
+    await t.step("/healthz answers 200", async () => {
+      const r = await fetch(`${admin}/healthz`);
+      assertEquals([r.status, await r.text()], [200, "ok\n"]);
+    });
+
+    await t.step("/ca.crt serves the public CA certificate only", async () => {
+      const pem = await (await fetch(`${admin}/ca.crt`)).text();
+      assertEquals(pem, await Deno.readTextFile(sluice.caPath));
+      assert(!pem.includes("PRIVATE"));
+    });
+
+    await t.step("/metrics counters move with the traffic", async () => {
+      const before = await (await fetch(`${admin}/metrics`)).text();
+      assertEquals(await status("one.test"), "200");
+      assertEquals(await status("two.test"), "403");
+      const after = await (await fetch(`${admin}/metrics`)).text();
+      const l = '{mode="explicit",verdict="allow"}';
+      const d = '{mode="explicit",verdict="deny"}';
+      assertEquals(metric(after, "sluice_requests_total", l) - metric(before, "sluice_requests_total", l), 1);
+      assertEquals(metric(after, "sluice_requests_total", d) - metric(before, "sluice_requests_total", d), 1);
+      assertMatch(after, /# TYPE sluice_request_duration_seconds histogram/);
+      assertEquals(metric(after, "sluice_policy_generation", ""), 1);
+    });
+
+    await t.step("a broken policy on SIGHUP is refused and the old one stays in force", async () => {
+      await Deno.writeTextFile(policy, "version: 1\nnetwork:\n  allow:\n    - a.*.test\n");
+      Deno.kill(sluice.pid, "SIGHUP");
+      await waitFor(() => sluice.stderr().includes("reload (SIGHUP) refused"), "the refused reload");
+      assertMatch(sluice.stderr(), /policy\.yaml:4:7: network\.allow\[0\]: "a\.\*\.test": a wildcard may only be/);
+      assertEquals(await status("one.test"), "200");
+      const m = await (await fetch(`${admin}/metrics`)).text();
+      assertEquals(metric(m, "sluice_last_reload_success", ""), 0);
+      assertEquals(metric(m, "sluice_policy_generation", ""), 1);
+    });
+
+    await t.step("a valid policy via POST /reload takes effect", async () => {
+      await write(["two.test"]);
+      const r = await fetch(`${admin}/reload`, { method: "POST" });
+      assertEquals([r.status, await r.text()], [200, "reloaded\n"]);
+      assertEquals(await status("two.test"), "200");
+      assertEquals(await status("one.test"), "403");
+      const m = await (await fetch(`${admin}/metrics`)).text();
+      assertEquals(metric(m, "sluice_policy_generation", ""), 2);
+      assertEquals(metric(m, "sluice_last_reload_success", ""), 1);
+    });
+
+    await t.step("POST /reload of a broken policy answers 422 with the errors", async () => {
+      await Deno.writeTextFile(policy, "version: 1\nnetwork:\n  allow: [b.com:0]\n");
+      const r = await fetch(`${admin}/reload`, { method: "POST" });
+      assertEquals(r.status, 422);
+      assertMatch(await r.text(), /policy\.yaml:3:11: network\.allow\[0\]: port 0 is out of range/);
+      assertEquals(await status("two.test"), "200");
+    });
+  } finally {
+    assertEquals(await sluice.stop(), 0);
+    await plain.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
