@@ -10,7 +10,11 @@ function metric(text: string, name: string, labels: string): number {
   return line ? Number(line.split(" ")[1]) : 0;
 }
 
-async function waitFor(cond: () => boolean | Promise<boolean>, what: string, ms = 5000): Promise<void> {
+async function waitFor(
+  cond: () => boolean | Promise<boolean>,
+  what: string,
+  ms = 5000,
+): Promise<void> {
   const end = Date.now() + ms;
   while (Date.now() < end) {
     if (await cond()) return;
@@ -26,7 +30,9 @@ Deno.test("sluice serve: admin endpoints, metrics and reload", async (t) => {
   const write = (allow: string[]) =>
     Deno.writeTextFile(
       policy,
-      `version: 1\nnetwork:\n  allow:\n${allow.map((a) => `    - ${a}\n`).join("")}    - 127.0.0.1:${plain.port}\n`,
+      `version: 1\nnetwork:\n  allow:\n${
+        allow.map((a) => `    - ${a}\n`).join("")
+      }    - 127.0.0.1:${plain.port}\n`,
     );
   await write(["one.test"]);
   const sluice = await startSluice(policy, dir, [
@@ -38,8 +44,16 @@ Deno.test("sluice serve: admin endpoints, metrics and reload", async (t) => {
     "two.test=127.0.0.1",
   ]);
   const admin = `http://127.0.0.1:${sluice.adminPort}`;
-  const proxy = ["-x", `http://127.0.0.1:${sluice.proxyPort}`, "-o", "/dev/null", "-w", "%{http_code}"];
-  const status = async (host: string) => (await curl([...proxy, `http://${host}:${plain.port}/echo`])).text;
+  const proxy = [
+    "-x",
+    `http://127.0.0.1:${sluice.proxyPort}`,
+    "-o",
+    "/dev/null",
+    "-w",
+    "%{http_code}",
+  ];
+  const status = async (host: string) =>
+    (await curl([...proxy, `http://${host}:${plain.port}/echo`])).text;
   try {
     await t.step("/healthz answers 200", async () => {
       const r = await fetch(`${admin}/healthz`);
@@ -59,22 +73,37 @@ Deno.test("sluice serve: admin endpoints, metrics and reload", async (t) => {
       const after = await (await fetch(`${admin}/metrics`)).text();
       const l = '{mode="explicit",verdict="allow"}';
       const d = '{mode="explicit",verdict="deny"}';
-      assertEquals(metric(after, "sluice_requests_total", l) - metric(before, "sluice_requests_total", l), 1);
-      assertEquals(metric(after, "sluice_requests_total", d) - metric(before, "sluice_requests_total", d), 1);
+      assertEquals(
+        metric(after, "sluice_requests_total", l) - metric(before, "sluice_requests_total", l),
+        1,
+      );
+      assertEquals(
+        metric(after, "sluice_requests_total", d) - metric(before, "sluice_requests_total", d),
+        1,
+      );
       assertMatch(after, /# TYPE sluice_request_duration_seconds histogram/);
       assertEquals(metric(after, "sluice_policy_generation", ""), 1);
     });
 
-    await t.step("a broken policy on SIGHUP is refused and the old one stays in force", async () => {
-      await Deno.writeTextFile(policy, "version: 1\nnetwork:\n  allow:\n    - a.*.test\n");
-      Deno.kill(sluice.pid, "SIGHUP");
-      await waitFor(() => sluice.stderr().includes("reload (SIGHUP) refused"), "the refused reload");
-      assertMatch(sluice.stderr(), /policy\.yaml:4:7: network\.allow\[0\]: "a\.\*\.test": a wildcard may only be/);
-      assertEquals(await status("one.test"), "200");
-      const m = await (await fetch(`${admin}/metrics`)).text();
-      assertEquals(metric(m, "sluice_last_reload_success", ""), 0);
-      assertEquals(metric(m, "sluice_policy_generation", ""), 1);
-    });
+    await t.step(
+      "a broken policy on SIGHUP is refused and the old one stays in force",
+      async () => {
+        await Deno.writeTextFile(policy, "version: 1\nnetwork:\n  allow:\n    - a.*.test\n");
+        Deno.kill(sluice.pid, "SIGHUP");
+        await waitFor(
+          () => sluice.stderr().includes("reload (SIGHUP) refused"),
+          "the refused reload",
+        );
+        assertMatch(
+          sluice.stderr(),
+          /policy\.yaml:4:7: network\.allow\[0\]: "a\.\*\.test": a wildcard may only be/,
+        );
+        assertEquals(await status("one.test"), "200");
+        const m = await (await fetch(`${admin}/metrics`)).text();
+        assertEquals(metric(m, "sluice_last_reload_success", ""), 0);
+        assertEquals(metric(m, "sluice_policy_generation", ""), 1);
+      },
+    );
 
     await t.step("a valid policy via POST /reload takes effect", async () => {
       await write(["two.test"]);
