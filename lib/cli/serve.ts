@@ -9,6 +9,7 @@ import { type ListenAddr, startServer } from "../serve.ts";
 import { readPolicyFile } from "../policy_file.ts";
 import { OverrideResolver, parseResolveOverrides, SystemResolver } from "../resolver.ts";
 import { obtainCa } from "./ca.ts";
+import { sdNotify } from "../systemd.ts";
 import { formatIssue } from "../../policy/mod.ts";
 
 /** Flags of `sluice serve`. */
@@ -76,6 +77,18 @@ export async function runServe(flags: ServeFlags, log: (s: string) => void): Pro
   let chain: Promise<unknown> = Promise.resolve();
   async function reload(why: string): Promise<string | undefined> {
     const run = chain.then(async () => {
+      // RELOADING=1 then READY=1 brackets the reload for `systemctl reload`.
+      await sdNotify("RELOADING=1");
+      try {
+        return await reloadOnce();
+      } finally {
+        await sdNotify("READY=1");
+      }
+    });
+    chain = run;
+    return await run;
+
+    async function reloadOnce(): Promise<string | undefined> {
       let next;
       try {
         next = await readPolicyFile(flags.policy);
@@ -101,9 +114,7 @@ export async function runServe(flags: ServeFlags, log: (s: string) => void): Pro
       for (const w of next.warnings) log(formatIssue(w));
       log(`sluice: reloaded ${flags.policy} (${why})`);
       return undefined;
-    });
-    chain = run;
-    return await run;
+    }
   }
   const a = server.addrs;
   const show = (x?: Deno.NetAddr) => (x ? `${x.hostname}:${x.port}` : "off");
@@ -113,6 +124,7 @@ export async function runServe(flags: ServeFlags, log: (s: string) => void): Pro
     }, ` +
       `http ${show(a.transparentHttp)}; admin ${show(a.admin)}; CA ${origin}`,
   );
+  await sdNotify(`READY=1\nSTATUS=serving ${flags.policy}`);
   const stopped = Promise.withResolvers<string>();
   const onSignal = (name: string) => () => stopped.resolve(name);
   const handlers: [Deno.Signal, () => void][] = [
@@ -124,6 +136,7 @@ export async function runServe(flags: ServeFlags, log: (s: string) => void): Pro
   const why = await stopped.promise;
   for (const [sig, h] of handlers) Deno.removeSignalListener(sig, h);
   log(`sluice: ${why}, shutting down`);
+  await sdNotify("STOPPING=1");
   await server.close();
   return 0;
 }

@@ -129,3 +129,45 @@ Deno.test("sluice serve: admin endpoints, metrics and reload", async (t) => {
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("sluice serve notifies systemd: READY=1 once listening, RELOADING/READY around reloads, STOPPING=1", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "sluice-notify-" });
+  const socketPath = `${dir}/notify.sock`;
+  const socket = Deno.listenDatagram({ transport: "unixpacket", path: socketPath });
+  const messages: string[] = [];
+  const reading = (async () => {
+    try {
+      while (true) {
+        const [data] = await socket.receive();
+        messages.push(new TextDecoder().decode(data));
+      }
+    } catch { /* closed */ }
+  })();
+  const policy = `${dir}/policy.yaml`;
+  await Deno.writeTextFile(policy, "version: 1\nnetwork:\n  allow: [a.test]\n");
+  Deno.env.set("NOTIFY_SOCKET", socketPath);
+  let sluice;
+  try {
+    sluice = await startSluice(policy, dir);
+  } finally {
+    Deno.env.delete("NOTIFY_SOCKET");
+  }
+  try {
+    await waitFor(() => messages.some((m) => m.startsWith("READY=1")), "READY=1");
+    // The proxy port is accepting by the time READY=1 arrives.
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port: sluice.proxyPort });
+    conn.close();
+    Deno.kill(sluice.pid, "SIGHUP");
+    await waitFor(() => messages.includes("RELOADING=1"), "RELOADING=1");
+    await waitFor(
+      () => messages.filter((m) => m.startsWith("READY=1")).length === 2,
+      "READY=1 after reload",
+    );
+  } finally {
+    assertEquals(await sluice.stop(), 0);
+    await waitFor(() => messages.includes("STOPPING=1"), "STOPPING=1");
+    socket.close();
+    await reading;
+    await Deno.remove(dir, { recursive: true });
+  }
+});
