@@ -49,6 +49,8 @@ export type ProxyContext = {
   nextConnId(): number;
   /** Connections being served now (for maxConnections and metrics). */
   active: { count: number };
+  /** HTTP requests in flight, until their response body has been sent (for graceful drain). */
+  inflight: { count: number };
   /** Aborted when the server shuts down. */
   signal: AbortSignal;
   metrics: Metrics;

@@ -40,7 +40,14 @@ export function makeRequestHandler(
   terminator: () => Terminator,
   pool: UpstreamPool,
 ): (req: Request, info: Deno.ServeHandlerInfo<Deno.NetAddr>) => Promise<Response> {
-  return async (req, info) => {
+  // Responses whose body is still streaming from upstream: their request is
+  // in flight until the body ends (tracked for graceful drain).
+  const streaming = new WeakMap<Response, () => void>();
+  const handle = async (
+    req: Request,
+    info: Deno.ServeHandlerInfo<Deno.NetAddr>,
+    release: () => void,
+  ): Promise<Response> => {
     const started = performance.now();
     const meta = terminator().meta(info.remoteAddr.port);
     if (!meta) {
@@ -231,15 +238,37 @@ export function makeRequestHandler(
         },
         flush() {
           record();
+          release();
         },
         cancel() {
+          release();
           record({
             reason: `${decision.reason}; the client closed before the whole response was sent`,
           });
         },
       }),
     );
-    return new Response(counted, init);
+    const res = new Response(counted, init);
+    streaming.set(res, release);
+    return res;
+  };
+  return async (req, info) => {
+    ctx.inflight.count++;
+    let released = false;
+    const release = () => {
+      if (!released) {
+        released = true;
+        ctx.inflight.count--;
+      }
+    };
+    try {
+      const res = await handle(req, info, release);
+      if (!streaming.has(res)) release();
+      return res;
+    } catch (e) {
+      release();
+      throw e;
+    }
   };
 }
 

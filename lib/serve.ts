@@ -55,8 +55,11 @@ export type Server = {
   reloadFailed(): void;
   /** Replaces the policy (already validated and compiled); in-flight requests keep the old one. */
   reload(compiled: CompiledPolicy): Promise<void>;
-  /** Stops listening, ends connections, releases everything. */
-  close(): Promise<void>;
+  /**
+   * Stops accepting, lets in-flight requests finish for up to `drainMs`
+   * (default 30 s), then closes whatever is left and releases everything.
+   */
+  close(drainMs?: number): Promise<void>;
   leafStats(): { hits: number; misses: number; size: number };
 };
 
@@ -86,6 +89,7 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
     limits,
     nextConnId: () => nextId++,
     active,
+    inflight: { count: 0 },
     signal: shutdown.signal,
     metrics,
   };
@@ -104,6 +108,7 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
 
   const listeners: Deno.Listener[] = [];
   const tasks = new Set<Promise<void>>();
+  const conns = new Set<Deno.Conn>();
   const serve = (addr: ListenAddr, handle: (conn: Deno.Conn) => Promise<void>): Deno.NetAddr => {
     const listener = Deno.listen({ hostname: addr.hostname, port: addr.port });
     listeners.push(listener);
@@ -119,6 +124,7 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
           }
           (conn as Deno.TcpConn).setNoDelay?.(true);
           ctx.active.count++;
+          conns.add(conn);
           // Each connection is its own task: a failure in one never reaches another.
           const task = handle(conn).catch((e) => {
             opts.log?.(`connection error: ${(e as Error)?.message ?? e}`);
@@ -126,6 +132,7 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
               conn.close();
             } catch { /* closed */ }
           }).finally(() => {
+            conns.delete(conn);
             ctx.active.count--;
             tasks.delete(task);
           });
@@ -193,17 +200,35 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
       lastReloadOk = 0;
       metrics.reloads.inc({ result: "failed" });
     },
-    async close() {
-      await admin?.close();
+    async close(drainMs = 30_000) {
       for (const l of listeners) {
         try {
           l.close();
         } catch { /* closed */ }
       }
+      // Drain: requests in flight finish (their bodies included) before the
+      // HTTP servers are told to shut down, which closes idle keep-alive
+      // connections at once; then tunnels get what is left of the deadline.
+      const deadline = Date.now() + drainMs;
+      while (ctx.inflight.count > 0 && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 50));
+      }
       shutdown.abort();
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([
+        Promise.allSettled([...tasks]),
+        new Promise((r) => (timer = setTimeout(r, Math.max(0, deadline - Date.now())))),
+      ]);
+      clearTimeout(timer);
+      for (const c of conns) {
+        try {
+          c.close();
+        } catch { /* closed */ }
+      }
       await terminator.close();
+      await Promise.allSettled([...tasks]);
       pool.close();
-      await Promise.race([Promise.allSettled([...tasks]), new Promise((r) => setTimeout(r, 2000))]);
+      await admin?.close();
       await opts.audit.close();
     },
     leafStats: () => leaves.stats(),

@@ -23,6 +23,7 @@ export type ServeFlags = {
   resolve: string[];
   auditLog?: string;
   admin?: string;
+  drainTimeout?: string;
 };
 
 /** Parses `host:port`, `[v6]:port` or a bare port (loopback). */
@@ -137,6 +138,7 @@ export async function runServe(flags: ServeFlags, log: (s: string) => void): Pro
   for (const [sig, h] of handlers) Deno.removeSignalListener(sig, h);
   log(`sluice: ${why}, shutting down`);
   await sdNotify("STOPPING=1");
-  await server.close();
+  const drain = flags.drainTimeout === undefined ? 30 : Number(flags.drainTimeout);
+  await server.close(Number.isFinite(drain) && drain >= 0 ? drain * 1000 : 30_000);
   return 0;
 }

@@ -36,13 +36,16 @@ async function upstreamHandler(req: Request): Promise<Response> {
   }
   if (url.pathname === "/bytes") {
     const n = Number(url.searchParams.get("n") ?? "0");
+    // pace=MS waits between 64 KiB chunks: a download that stays in flight for a while.
+    const pace = Number(url.searchParams.get("pace") ?? "0");
     const chunk = 1 << 16;
     let sent = 0;
     const whole = pattern(Math.min(n, 4 << 20));
     return new Response(
       new ReadableStream({
-        pull(c) {
+        async pull(c) {
           if (sent >= n) return c.close();
+          if (pace) await new Promise((r) => setTimeout(r, pace));
           const len = Math.min(chunk, n - sent);
           // Repeat the first 4 MiB of the pattern: a cheap, checkable stream.
           const start = sent % whole.length;

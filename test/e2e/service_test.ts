@@ -171,3 +171,66 @@ Deno.test("sluice serve notifies systemd: READY=1 once listening, RELOADING/READ
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("sluice serve: a reload keeps an in-flight download, and SIGTERM drains one before exiting", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "sluice-drain-" });
+  const plain = startPlainUpstream();
+  const policy = `${dir}/policy.yaml`;
+  await Deno.writeTextFile(
+    policy,
+    `version: 1\nnetwork:\n  allow: [a.test, "127.0.0.1:${plain.port}"]\n`,
+  );
+  const sluice = await startSluice(policy, dir, [
+    "--resolve",
+    "a.test=127.0.0.1",
+    "--admin",
+    "127.0.0.1:0",
+  ]);
+  const download = (n: number) =>
+    curl([
+      "-x",
+      `http://127.0.0.1:${sluice.proxyPort}`,
+      "-o",
+      "/dev/null",
+      "-w",
+      "%{size_download} %{http_code}",
+      `http://a.test:${plain.port}/bytes?n=${n}&pace=40`,
+    ]);
+  let stopped = false;
+  try {
+    // 5 MB in 64 KiB chunks 40 ms apart: ~3 s in flight, across the reload and the SIGTERM.
+    const n = 5_000_000;
+    const during = download(n);
+    await new Promise((r) => setTimeout(r, 700));
+    await Deno.writeTextFile(
+      policy,
+      `version: 1\nnetwork:\n  allow: [b.test, "127.0.0.1:${plain.port}"]\n`,
+    );
+    const reload = await fetch(`http://127.0.0.1:${sluice.adminPort}/reload`, { method: "POST" });
+    assertEquals(reload.status, 200);
+    await reload.body?.cancel();
+    assertEquals((await during).text, `${n} 200`);
+
+    await Deno.writeTextFile(
+      policy,
+      `version: 1\nnetwork:\n  allow: [a.test, "127.0.0.1:${plain.port}"]\n`,
+    );
+    Deno.kill(sluice.pid, "SIGHUP");
+    await waitFor(
+      () => sluice.stderr().includes("reloaded") && sluice.stderr().split("reloaded").length > 2,
+      "reload",
+    );
+    const drained = download(n);
+    await new Promise((r) => setTimeout(r, 1000));
+    const signalled = Date.now();
+    const exited = sluice.stop("SIGTERM");
+    stopped = true;
+    assertEquals((await drained).text, `${n} 200`);
+    assert(Date.now() - signalled > 500, "the download must still have been running at SIGTERM");
+    assertEquals(await exited, 0);
+  } finally {
+    if (!stopped) await sluice.stop();
+    await plain.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
