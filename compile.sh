@@ -1,18 +1,39 @@
 #!/usr/bin/env bash
 # Builds the single binary dist/sluice with `deno compile`.
 #
-# deno compile needs a runtime ("denort") for the target. It downloads one from
-# Deno's download host unless DENORT_BIN points at a denort binary. Machines
-# without that host (air-gapped, or this project's build machines) must set
-# DENORT_BIN; a full `deno` binary does NOT work as DENORT_BIN.
+# deno compile needs the target's runtime ("denort"). It downloads it from Deno's
+# download host unless DENORT_BIN points at a denort binary. Machines that cannot
+# reach that host (air-gapped builders, this project's CI) must set DENORT_BIN;
+# a full `deno` binary does NOT work as DENORT_BIN (the result behaves like the
+# deno CLI). Exit status: 0 built, 1 build failed, 3 no runtime obtainable.
 set -euo pipefail
 cd "$(dirname "$0")"
-DENO=${DENO:-deno}
-command -v "$DENO" >/dev/null 2>&1 || DENO="npx -y deno@2.9.6"
-mkdir -p dist
-# Permissions are those `serve` and `run` need; see docs/deploy.md (issue 6 narrows them).
-if ! $DENO compile --allow-all --output dist/sluice main.ts; then
-  echo "compile.sh: deno compile failed. If it could not download denort, set DENORT_BIN=/path/to/denort" >&2
+if command -v deno >/dev/null 2>&1; then DENO=(deno); else DENO=(npx -y deno@2.9.6); fi
+out=${OUT:-dist/sluice}
+mkdir -p "$(dirname "$out")"
+
+# The permissions the binary runs with, and why (docs/deploy.md):
+#   net    proxy, admin and DNS listeners; upstream connections
+#   read   policy, CA, credential files, state dir, system CA bundle, /proc (socket options)
+#   write  state dir (CA, placeholder key), audit log, sluice run's temp files
+#   env    env: credential sources, NOTIFY_SOCKET, STATE_DIRECTORY, CREDENTIALS_DIRECTORY
+#   ffi    setsockopt/getsockopt (TCP_NODELAY on listeners, SO_ORIGINAL_DST) through libc
+#   run    only these programs: netfilter, namespaces, privilege drop, readiness fallback
+#   sys    uid/gid and hostname lookups
+perms=(
+  --allow-net --allow-read --allow-write --allow-env --allow-ffi --allow-sys
+  --allow-run=nft,iptables,ip6tables,iptables-restore,ip6tables-restore,ip,setpriv,getent,systemd-notify,sysctl
+)
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+if ! "${DENO[@]}" compile "${perms[@]}" --output "$out" main.ts 2>&1 | tee "$log"; then
+  if grep -qiE "download|denort|dl\.deno\.land|error sending request|dns error" "$log"; then
+    echo "compile.sh: no Deno runtime (denort) could be obtained for deno compile." >&2
+    echo "  Set DENORT_BIN=/path/to/denort (from the denort-<target>.zip release asset of Deno $("${DENO[@]}" --version | head -1 | cut -d' ' -f2))," >&2
+    echo "  or build on a machine that can reach Deno's download host." >&2
+    exit 3
+  fi
+  echo "compile.sh: deno compile failed (see above)" >&2
   exit 1
 fi
-echo "compile.sh: built dist/sluice"
+echo "compile.sh: built $out"
