@@ -11,6 +11,7 @@ import { parseHeaderArgs, runExplain } from "./lib/cli/explain.ts";
 import { readPolicyFile } from "./lib/policy_file.ts";
 import { existingCa, formatCa, runCaExport, runCaInit } from "./lib/cli/ca.ts";
 import { runServe } from "./lib/cli/serve.ts";
+import { makeLogger, resolveLogFormat } from "./lib/log.ts";
 
 /** Exit codes: 0 ok, 1 invalid input (policy), 2 usage, 3 denied (explain). */
 const EXIT_USAGE = 2;
@@ -126,6 +127,16 @@ function buildProgram(): Command {
       "--admin <addr>",
       "admin listener for /healthz, /metrics, /ca.crt, POST /reload (default: listen.admin)",
     )
+    .option(
+      "--drain-timeout <seconds>",
+      "on SIGTERM/SIGINT, how long in-flight requests may finish",
+      "30",
+    )
+    .option(
+      "--log-format <format>",
+      "operational logs: text, json, or auto (text on a terminal)",
+      "auto",
+    )
     .addHelpText(
       "after",
       example(
@@ -134,7 +145,8 @@ function buildProgram(): Command {
       ),
     )
     .action(async (opts) => {
-      Deno.exitCode = await runServe({ ...opts, resolve: opts.resolve ?? [] }, err);
+      const log = makeLogger(resolveLogFormat(opts.logFormat, Deno.stderr.isTerminal()));
+      Deno.exitCode = await runServe({ ...opts, resolve: opts.resolve ?? [] }, log);
     });
 
   const ca = program.command("ca").description(

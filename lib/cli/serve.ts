@@ -24,6 +24,7 @@ export type ServeFlags = {
   auditLog?: string;
   admin?: string;
   drainTimeout?: string;
+  logFormat?: string;
 };
 
 /** Parses `host:port`, `[v6]:port` or a bare port (loopback). */

@@ -161,6 +161,8 @@ export async function startSluice(
       `${dir}/state`,
       "--audit-log",
       auditPath,
+      "--log-format",
+      "text",
       ...extra,
     ],
     stdout: "null",
