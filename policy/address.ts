@@ -78,18 +78,40 @@ export type CidrResult =
   | { ok: true; cidr: Cidr }
   | { ok: false; message: string; hint?: string };
 
-// One octet 0-255, decimal, no leading zero (a leading zero means octal to
-// inet_aton and WHATWG URLs, decimal to others: ambiguous, so refused).
-const OCTET = "(?:25[0-5]|2[0-4]\\d|1\\d\\d|[1-9]\\d|\\d)";
-const DOTTED_QUAD = new RegExp(`^${OCTET}(?:\\.${OCTET}){3}$`);
 const HEX_GROUP = /^[0-9A-Fa-f]{1,4}$/;
 // RFC 6874 zone ids are unreserved characters; interface names and indexes fit.
 const ZONE = /^[A-Za-z0-9\-._~]+$/;
 
+/**
+ * Four decimal octets 0-255 without leading zeros: a leading zero means octal
+ * to inet_aton and WHATWG URLs but decimal to others, so it is ambiguous and
+ * refused. A strict dotted quad is its own canonical text.
+ */
 function parseV4(text: string): Uint8Array | undefined {
-  if (!DOTTED_QUAD.test(text)) return undefined;
-  const parts = text.split(".");
-  return new Uint8Array([+parts[0], +parts[1], +parts[2], +parts[3]]);
+  const n = text.length;
+  if (n < 7 || n > 15) return undefined;
+  const out = new Uint8Array(4);
+  let part = 0;
+  let value = 0;
+  let digits = 0;
+  for (let i = 0; i < n; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 0x2e /* . */) {
+      if (digits === 0 || part === 3) return undefined;
+      out[part++] = value;
+      value = 0;
+      digits = 0;
+    } else if (c >= 0x30 && c <= 0x39) {
+      if (digits === 1 && value === 0) return undefined; // leading zero
+      value = value * 10 + (c - 0x30);
+      if (++digits > 3 || value > 255) return undefined;
+    } else {
+      return undefined;
+    }
+  }
+  if (digits === 0 || part !== 3) return undefined;
+  out[3] = value;
+  return out;
 }
 
 /** Parses the hex groups of one side of an IPv6 address into `out`, or returns -1. */
@@ -165,7 +187,9 @@ function formatV6(bytes: Uint8Array): string {
 }
 
 function ipFromBytes(bytes: Uint8Array): Ip {
-  if (bytes.length === 4) return { family: 4, bytes, text: bytes.join(".") };
+  if (bytes.length === 4) {
+    return { family: 4, bytes, text: `${bytes[0]}.${bytes[1]}.${bytes[2]}.${bytes[3]}` };
+  }
   return { family: 6, bytes, text: formatV6(bytes) };
 }
 
@@ -229,8 +253,12 @@ export function parseIp(text: string): Ip | undefined {
     const v6 = inner.includes(":") ? parseV6(inner) : undefined;
     return v6 ? ipFromBytes(v6) : undefined;
   }
-  const bytes = text.includes(":") ? parseV6(text) : parseV4(text);
-  return bytes ? ipFromBytes(bytes) : undefined;
+  if (text.includes(":")) {
+    const v6 = parseV6(text);
+    return v6 ? ipFromBytes(v6) : undefined;
+  }
+  const v4 = parseV4(text);
+  return v4 ? { family: 4, bytes: v4, text } : undefined;
 }
 
 /**
@@ -288,22 +316,40 @@ export function hostEndsInNumber(host: string): boolean {
     if (end === 0) return false;
   }
   const start = host.lastIndexOf(".", end - 1) + 1;
-  const last = host.slice(start, end);
-  if (last === "") return false;
-  if (/^[0-9]+$/.test(last)) return true;
-  return /^0[xX][0-9A-Fa-f]*$/.test(last);
+  if (start === end) return false;
+  let i = start;
+  const hex = end - start >= 2 && host.charCodeAt(start) === 0x30 &&
+    (host.charCodeAt(start + 1) | 0x20) === 0x78; /* 0x or 0X */
+  if (hex) i += 2;
+  for (; i < end; i++) {
+    const c = host.charCodeAt(i);
+    if (c >= 0x30 && c <= 0x39) continue;
+    const l = c | 0x20;
+    if (hex && l >= 0x61 && l <= 0x66) continue;
+    return false;
+  }
+  return true;
 }
 
 // Characters that would change how `new URL("http://" + host + "/")` splits
 // the string (userinfo, port, path, query, fragment) or that the URL parser
 // strips silently (C0 controls, space, DEL). A host containing one is not an
 // IP literal, so it must not become one by being cut short.
-function hasUrlDelimiter(text: string): boolean {
+const DELIMITER = 1;
+const NOT_PLAIN = 2; // non-ASCII or "%": the URL parser maps or decodes it first
+
+function scanHost(text: string): number {
+  let flags = 0;
   for (let i = 0; i < text.length; i++) {
     const c = text.charCodeAt(i);
-    if (c <= 0x20 || c === 0x7f || "/\\?#@:[]".includes(text[i])) return true;
+    if (c <= 0x20 || c === 0x7f) return DELIMITER;
+    if (c > 0x7f || c === 0x25 /* % */) flags |= NOT_PLAIN;
+    else if (
+      c === 0x2f || c === 0x5c || c === 0x3f || c === 0x23 || c === 0x40 || c === 0x3a ||
+      c === 0x5b || c === 0x5d // / \ ? # @ : [ ]
+    ) return DELIMITER;
   }
-  return false;
+  return flags;
 }
 
 /**
@@ -331,15 +377,16 @@ function hasUrlDelimiter(text: string): boolean {
  * ```
  */
 export function parseIpLoose(text: string): Ip | undefined {
+  const scan = scanHost(text);
+  if (scan === 0 && !hostEndsInNumber(text)) {
+    return undefined; // a plain ASCII name, which the URL parser leaves a name
+  }
   const strict = parseIp(text);
   if (strict) return strict;
   // Bracketed IPv6 has the same grammar for a URL as for parseIp (WHATWG also
   // refuses leading zeros in an embedded dotted quad), and unbracketed text
   // with a colon is a host with a port or not a host at all.
-  if (text === "" || hasUrlDelimiter(text)) return undefined;
-  if (/^[\x21-\x7e]*$/.test(text) && !text.includes("%") && !hostEndsInNumber(text)) {
-    return undefined; // a plain ASCII name: what the URL parser would leave a name
-  }
+  if (text === "" || scan === DELIMITER) return undefined;
   let host: string;
   try {
     host = new URL(`http://${text}/`).hostname;

@@ -15,6 +15,7 @@
 import {
   cidrContains,
   classifyIp,
+  hostEndsInNumber,
   type Ip,
   isPrivateClass,
   parseIpLoose,
@@ -49,7 +50,8 @@ export type ReasonCode =
   | "host-mismatch"
   | "missing-sni"
   | "not-tls"
-  | "timeout";
+  | "timeout"
+  | "credential-violation";
 
 /** The result of any decision. */
 export type Decision = {
@@ -79,6 +81,11 @@ export function parseDestinationHost(
   if (ip) return { kind: "ip", ip: unmapIp(ip) };
   if (raw.startsWith("[")) {
     return { kind: "invalid", reason: `"${raw}" is not a valid IPv6 address` };
+  }
+  // URL parsing treats a host ending in a number as IPv4; one that does not
+  // parse (1.2.3.999) is not a DNS name either.
+  if (hostEndsInNumber(raw)) {
+    return { kind: "invalid", reason: `"${raw}" is not a valid IPv4 address` };
   }
   const n = normalizeHostname(raw);
   if (!n.ok) return { kind: "invalid", reason: n.message };

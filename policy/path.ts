@@ -241,15 +241,92 @@ function matcher(source: string, opList: number[], argList: number[]): PathGlob 
       test: (path: string) => path === prefix || path.startsWith(below),
     };
   }
-  const ops = Uint8Array.from(opList);
-  const args = Uint32Array.from(argList);
+  if (opList.length <= 30) return bitMatcher(source, prefix, lit, opList, argList);
+  return arrayMatcher(source, prefix, lit, opList, argList);
+}
+
+/**
+ * The automaton with its states as bits of one integer (up to 30 states plus
+ * the accepting one): each character is a few bit operations.
+ */
+function bitMatcher(
+  source: string,
+  prefix: string,
+  lit: number,
+  ops: number[],
+  args: number[],
+): PathGlob {
   const m = ops.length;
+  const accept = 1 << m;
+  let eps = 0; // states with an epsilon edge to the next state
+  let star = 0;
+  let any = 0;
+  const skipFrom: number[] = [];
+  const skipTo: number[] = [];
+  const ascii = new Int32Array(128); // states that consume each ASCII character
+  const other = new Map<number, number>();
+  for (let s = 0; s < m; s++) {
+    const bit = 1 << s;
+    if (ops[s] === CHAR) {
+      const c = args[s];
+      if (c < 128) ascii[c] |= bit;
+      else other.set(c, (other.get(c) ?? 0) | bit);
+    } else {
+      eps |= bit;
+      if (ops[s] === STAR) star |= bit;
+      if (ops[s] === ANY) any |= bit;
+      if (ops[s] === SKIP) {
+        skipFrom.push(bit);
+        skipTo.push(1 << args[s]);
+      }
+    }
+  }
+  const close = (x: number): number => {
+    for (;;) {
+      let y = x | ((x & eps) << 1);
+      for (let k = 0; k < skipFrom.length; k++) if (y & skipFrom[k]) y |= skipTo[k];
+      if (y === x) return x;
+      x = y;
+    }
+  };
+  const start = close(1 << lit);
   return {
     source,
     test(path: string): boolean {
       if (!path.startsWith(prefix)) return false;
-      let cur = new Uint8Array(m + 1);
-      let next = new Uint8Array(m + 1);
+      let cur = start;
+      for (let p = prefix.length; p < path.length; p++) {
+        const c = path.charCodeAt(p);
+        const consume = c < 128 ? ascii[c] : (other.get(c) ?? 0);
+        const next = ((cur & consume) << 1) | (cur & any) | (c === 0x2f ? 0 : cur & star);
+        if (next === 0) return false;
+        cur = close(next);
+      }
+      return (cur & accept) !== 0;
+    },
+  };
+}
+
+/** The automaton over a byte per state, for globs too long for {@linkcode bitMatcher}. */
+function arrayMatcher(
+  source: string,
+  prefix: string,
+  lit: number,
+  opList: number[],
+  argList: number[],
+): PathGlob {
+  const ops = Uint8Array.from(opList);
+  const args = Uint32Array.from(argList);
+  const m = ops.length;
+  // Scratch sets reused across calls: test() is synchronous and calls out to
+  // nothing, so no two runs can overlap.
+  let cur = new Uint8Array(m + 1);
+  let next = new Uint8Array(m + 1);
+  return {
+    source,
+    test(path: string): boolean {
+      if (!path.startsWith(prefix)) return false;
+      cur.fill(0);
       cur[lit] = 1;
       close(cur, ops, args, lit);
       for (let p = prefix.length; p < path.length; p++) {

@@ -13,7 +13,7 @@
  *
  * @module
  */
-import { type Cidr, type Ip, parseCidr, parseIp } from "./address.ts";
+import { type Cidr, type Ip, parseCidr, parseIp, unmapIp } from "./address.ts";
 import type { Loc } from "./errors.ts";
 import { parseHostPattern } from "./host.ts";
 import { compilePathGlob, type PathGlob } from "./path.ts";
@@ -179,7 +179,8 @@ function ipOrCidr(text: string): Target | RuleProblem {
   }
   const ip = parseIp(text);
   if (!ip) return { message: `"${text}" is not a valid IP address` };
-  return { kind: "ip", ip: ip as Ip };
+  // ::ffff:10.0.0.1 is 10.0.0.1 everywhere in sluice; index it that way or it could never match.
+  return { kind: "ip", ip: unmapIp(ip as Ip) };
 }
 
 /**

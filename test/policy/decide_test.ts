@@ -387,3 +387,17 @@ for (const [name, host, port, found, substitute, violations] of creds) {
     );
   });
 }
+
+Deno.test("decideConnection() matches an IPv4-mapped IP rule against the IPv4 address", () => {
+  const { compiled: c } = loadPolicyText(
+    "version: 1\nnetwork:\n  allow: ['::ffff:10.0.0.1']\n",
+    "p.yaml",
+  );
+  assertEquals(decideConnection(c, dest("10.0.0.1"), 443).verdict, "allow");
+});
+
+Deno.test("parseDestinationHost() refuses a host that ends in a number but is no IPv4 address", () => {
+  assertEquals(parseDestinationHost("1.2.3.999").kind, "invalid");
+  assertEquals(parseDestinationHost("host.123").kind, "invalid");
+  assertEquals(parseDestinationHost("1password.com").kind, "name");
+});

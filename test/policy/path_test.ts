@@ -251,6 +251,43 @@ Deno.test("compilePathGlob() agrees with a reference RegExp on random globs and 
   assert(matched > total / 10 && matched < total * 0.9, `${matched} of ${total} matched`);
 });
 
+Deno.test("compilePathGlob() agrees with a reference RegExp on random long globs", () => {
+  // More than 30 automaton states: the byte-per-state engine, not the bit one.
+  const rand = seeded(0x1096);
+  const pick = <T>(xs: T[]): T => xs[Math.floor(rand() * xs.length)];
+  let matched = 0;
+  let total = 0;
+  for (let n = 0; n < 200; n++) {
+    const segs = [
+      "*",
+      "abcabcabcabc*",
+      "abcabcabcabc*",
+      ...Array.from(
+        { length: 1 + Math.floor(rand() * 3) },
+        () => pick(["**", "*", "abcabc", "*abcabc*", "ab*cab*c", "é*"]),
+      ),
+    ];
+    const text = "/" + segs.join("/");
+    const g = glob(text);
+    const reference = referenceRegExp(g.source);
+    for (let k = 0; k < 20; k++) {
+      // A path shaped like the glob, with random fill-ins and the odd mutation.
+      const parts = segs.flatMap((seg) =>
+        seg === "**"
+          ? Array.from({ length: Math.floor(rand() * 3) }, () => pick(["abcabc", "é", ""]))
+          : [seg.replaceAll("*", () => pick(["", "abc", "x/y", "é"]))]
+      );
+      if (rand() < 0.3) parts.splice(Math.floor(rand() * parts.length), 1, pick(["x", "abcabc"]));
+      const path = "/" + parts.join("/");
+      const want = reference.test(path);
+      if (want) matched++;
+      total++;
+      assertEquals(g.test(path), want, `${text} ~ ${path}`);
+    }
+  }
+  assert(matched > total / 10 && matched < total * 0.9, `${matched} of ${total} matched`);
+});
+
 /**
  * [name, glob, hostile path, suffix that makes it match]: a backtracking
  * RegExp takes seconds to hours on these.
@@ -259,6 +296,12 @@ const hostile: [string, string, string, string][] = [
   ["several * in one segment", "/*a*a*a*a*b", "/" + "a".repeat(20_000), "b"],
   ["several ** segments", "/**/a/**/a/**/a/**/b", "/a".repeat(10_000), "/b"],
   ["** followed by *", "/**/*a*a*b", "/" + "a/".repeat(5_000) + "a".repeat(5_000), "b"],
+  [
+    "a glob too long for the bit engine",
+    "/**/a/**/a/**/a/**/a/**/a/**/a/**/a/**/b",
+    "/a".repeat(5_000),
+    "/b",
+  ],
 ];
 for (const [name, g, path, suffix] of hostile) {
   Deno.test(`compilePathGlob() stays linear on a hostile path: ${name}`, () => {
