@@ -11,13 +11,19 @@
 
 /** One audit record. Absent fields are omitted from the line. */
 export type AuditRecord = {
-  /** "connection" for a connection-level decision, "request" for an HTTP request. */
-  event: "connection" | "request";
-  /** Connection id, shared by a connection's record and its requests' records. */
-  conn: number;
+  /** "connection" for a connection-level decision, "request" for an HTTP request, "dns" for a DNS query. */
+  event: "connection" | "request" | "dns";
+  /** Connection id, shared by a connection's record and its requests' records (not for DNS). */
+  conn?: number;
   /** The client's address as ip:port. */
   client?: string;
-  mode: "explicit" | "transparent";
+  mode?: "explicit" | "transparent";
+  /** DNS records: transport, query type, response code, and the addresses answered. */
+  transport?: "udp" | "tcp";
+  qtype?: string;
+  rcode?: string;
+  addresses?: string[];
+  error?: string;
   host?: string;
   port?: number;
   sni?: string;
