@@ -11,6 +11,7 @@ import { parseHeaderArgs, runExplain } from "./lib/cli/explain.ts";
 import { readPolicyFile } from "./lib/policy_file.ts";
 import { existingCa, formatCa, runCaExport, runCaInit } from "./lib/cli/ca.ts";
 import { runServe } from "./lib/cli/serve.ts";
+import { runPlaceholders } from "./lib/cli/placeholders.ts";
 import { makeLogger, resolveLogFormat } from "./lib/log.ts";
 
 /** Exit codes: 0 ok, 1 invalid input (policy), 2 usage, 3 denied (explain). */
@@ -147,6 +148,25 @@ function buildProgram(): Command {
     .action(async (opts) => {
       const log = makeLogger(resolveLogFormat(opts.logFormat, Deno.stderr.isTerminal()));
       Deno.exitCode = await runServe({ ...opts, resolve: opts.resolve ?? [] }, log);
+    });
+
+  program
+    .command("placeholders")
+    .description(
+      "print each credential's placeholder: what the workload is given instead of the secret",
+    )
+    .requiredOption("-p, --policy <file>", "policy file")
+    .option("--state <dir>", "state directory holding the placeholder key (created on first use)")
+    .option("--format <format>", "env (NAME=placeholder lines) or json", "env")
+    .addHelpText(
+      "after",
+      example(
+        "sluice placeholders --policy ci.yaml",
+        "export $(sluice placeholders --policy ci.yaml)   # the workload's environment",
+      ),
+    )
+    .action(async (opts: { policy: string; state?: string; format?: string }) => {
+      out(await runPlaceholders(opts));
     });
 
   const ca = program.command("ca").description(

@@ -10,6 +10,8 @@ import type { AuditSink } from "./audit.ts";
 import type { Resolver } from "./resolver.ts";
 import type { TrustStore } from "./trust.ts";
 import type { Metrics } from "./metrics.ts";
+import type { Broker } from "./substitute.ts";
+import type { Credential } from "../policy/types.ts";
 
 /** Timeouts and bounds; every one has a safe default (see `DEFAULT_LIMITS`). */
 export type Limits = {
@@ -54,6 +56,10 @@ export type ProxyContext = {
   /** Aborted when the server shuts down. */
   signal: AbortSignal;
   metrics: Metrics;
+  /** The credential broker for the policy in force. */
+  broker(): Broker;
+  /** Told when a placeholder headed to the wrong host (after the request was blocked). */
+  onViolation?: (credential: Credential, host: string) => void;
 };
 
 /** Formats a Deno address as ip:port (IPv6 bracketed). */

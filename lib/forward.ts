@@ -17,6 +17,8 @@
  * @module
  */
 import {
+  credentialAllowedFor,
+  decideCredentials,
   decideRequest,
   type Decision,
   type Destination,
@@ -30,6 +32,8 @@ import { denyResponse, errorResponse } from "./respond.ts";
 import type { HopMeta, Terminator } from "./terminator.ts";
 import { UpstreamError, type UpstreamPool, type UpstreamResponse } from "./upstream.ts";
 import { removeHopByHop } from "./http1.ts";
+import { BUFFERED_BODY_LIMIT } from "./substitute.ts";
+import type { Credential } from "../policy/types.ts";
 
 /** Request headers a proxy must not pass on (besides hop-by-hop ones). */
 const PROXY_ONLY = new Set(["proxy-authorization", "proxy-connection", "proxy-authenticate"]);
@@ -152,11 +156,93 @@ export function makeRequestHandler(
       ? `[${choice.ip.text}]:${port}`
       : `${choice.ip.text}:${port}`;
 
-    const headers = removeHopByHop([...req.headers]).filter(([name]) =>
+    // Credentials: find placeholders, refuse any headed outside its scope,
+    // substitute the rest where each credential's `in` allows.
+    const broker = ctx.broker();
+    const bare = dest.kind === "name" ? dest.name : dest.ip.text;
+    let headers = removeHopByHop([...req.headers]).filter(([name]) =>
       !PROXY_ONLY.has(name.toLowerCase())
     );
+    const found = broker.names.length ? broker.scanRequest(path, headers) : new Map();
+    const creds = decideCredentials(compiled, dest, port, [...found.keys()]);
+    let allowed: Credential[] = creds.substitute;
+    const violating: Credential[] = [...creds.violations];
+    if (!meta.secure) {
+      // Over plain HTTP a real value would cross the network in clear text:
+      // only credentials whose hosts name this host AND this port explicitly.
+      const explicit = allowed.filter((c) =>
+        c.hosts.some((h) =>
+          h.port === port && credentialAllowedFor({ ...c, hosts: [h] }, bare, port)
+        )
+      );
+      for (const c of allowed) if (!explicit.includes(c) && found.has(c.name)) violating.push(c);
+      allowed = explicit;
+    }
+    const violation = (c: Credential, where: string): Response => {
+      ctx.metrics.violations.inc({ credential: c.name });
+      ctx.onViolation?.(c, hostText);
+      const reason = `the request carries the placeholder of credential ${c.name} (${where}), ` +
+        `which may only be sent to ${c.hosts.map((h) => h.source).join(", ")}, not ${hostText}` +
+        (meta.secure ? "" : " over plain HTTP");
+      return deny({
+        verdict: "deny",
+        code: "credential-violation",
+        reason,
+        rule: {
+          list: "allow",
+          index: -1,
+          source: `credentials.${c.name}.hosts`,
+          at: `${c.loc.file}:${c.loc.line}`,
+        },
+      }, { violation: c.name });
+    };
+    if (violating.length) {
+      const c = violating[0];
+      return violation(c, (found.get(c.name) ?? ["the request"]).join(", "));
+    }
+    const rewritten = broker.names.length
+      ? broker.rewriteRequest(path, headers, allowed)
+      : { target: path, headers, substituted: [] as string[], injected: [] as string[] };
+    headers = rewritten.headers;
+    const applied = new Set([...rewritten.substituted, ...rewritten.injected]);
+
     const lengthHeader = req.headers.get("content-length");
-    const trust = ctx.trust().forHost(dest.kind === "name" ? dest.name : dest.ip.text);
+    let bodyLength = lengthHeader !== null && /^\d+$/.test(lengthHeader)
+      ? Number(lengthHeader)
+      : undefined;
+    let body: ReadableStream<Uint8Array> | Uint8Array | null = req.body;
+    let bodyViolation: Credential | undefined;
+    if (req.body && broker.names.length) {
+      if (bodyLength !== undefined && bodyLength <= BUFFERED_BODY_LIMIT) {
+        // Small bodies are read whole, so a violation is refused before any byte is sent.
+        const whole = new Uint8Array(await req.arrayBuffer());
+        const rb = broker.rewriteBody(whole, allowed);
+        if (rb.violations.length) {
+          return violation(compiled.credentials.find((c) => c.name === rb.violations[0])!, "body");
+        }
+        rb.substituted.forEach((n) => applied.add(n));
+        body = rb.body;
+        bodyLength = rb.body.length;
+      } else {
+        const transform = broker.requestBodyStream(allowed, (name) => {
+          if (!allowed.some((c) => c.name === name)) {
+            bodyViolation = compiled.credentials.find((c) => c.name === name);
+          } else applied.add(name);
+        });
+        if (transform) {
+          body = req.body.pipeThrough(transform);
+          // Substitution may change the length: send it chunked.
+          if (allowed.some((c) => c.in.includes("body"))) bodyLength = undefined;
+        }
+      }
+    }
+    if (applied.size) {
+      // Ask for an uncompressed response so an echoed secret can be scrubbed.
+      headers = headers.filter(([n]) => n.toLowerCase() !== "accept-encoding");
+      headers.push(["accept-encoding", "identity"]);
+    }
+    const upstreamPath = rewritten.target;
+    const trust = ctx.trust().forHost(bare);
     let upstream: UpstreamResponse;
     try {
       upstream = await pool.request(
@@ -170,16 +256,15 @@ export function makeRequestHandler(
         },
         {
           method: req.method,
-          path,
+          path: upstreamPath,
           headers,
-          body: req.body,
-          bodyLength: lengthHeader !== null && /^\d+$/.test(lengthHeader)
-            ? Number(lengthHeader)
-            : undefined,
+          body,
+          bodyLength,
         },
         ctx.signal,
       );
     } catch (e) {
+      if (bodyViolation) return violation(bodyViolation, "body");
       const kind = e instanceof UpstreamError ? e.kind : "connect";
       ctx.metrics.upstreamErrors.inc({ kind });
       const status = kind === "timeout" ? 504 : 502;
@@ -201,9 +286,20 @@ export function makeRequestHandler(
       rule: decision.rule.source,
       rule_at: decision.rule.at,
       address,
+      ...(applied.size ? { credentials: [...applied] } : {}),
     };
+    // An upstream that echoes a real value gets it replaced by the placeholder
+    // before the workload sees it (headers always; textual bodies streaming).
+    const scrub = applied.size ? broker.responseBodyStream(upstream.headers, applied) : null;
+    const upstreamHeaders = applied.size
+      ? broker.scrubHeaders(upstream.headers, applied)
+      : upstream.headers;
     const responseHeaders = new Headers();
-    for (const [name, value] of upstream.headers) responseHeaders.append(name, value);
+    for (const [name, value] of upstreamHeaders) {
+      // Scrubbing can change the body's length: let the server frame it.
+      if (scrub && name.toLowerCase() === "content-length") continue;
+      responseHeaders.append(name, value);
+    }
     let down = 0;
     let recorded = false;
     const record = (extra: Partial<AuditRecord> = {}) => {
@@ -230,7 +326,8 @@ export function makeRequestHandler(
     }
     // The record is written when the body has been sent, or when the client
     // went away first (then `reason` says so).
-    const counted = upstream.body.pipeThrough(
+    const source = scrub ? upstream.body.pipeThrough(scrub) : upstream.body;
+    const counted = source.pipeThrough(
       new TransformStream<Uint8Array, Uint8Array>({
         transform(chunk, controller) {
           down += chunk.length;

@@ -19,6 +19,8 @@ import { UpstreamPool } from "./upstream.ts";
 import { Metrics } from "./metrics.ts";
 import { startAdmin } from "./admin.ts";
 import { exportCaPem } from "./ca.ts";
+import type { Broker } from "./substitute.ts";
+import type { Credential } from "../policy/types.ts";
 
 /** A listen address. */
 export type ListenAddr = { hostname: string; port: number };
@@ -26,6 +28,10 @@ export type ListenAddr = { hostname: string; port: number };
 /** Everything `startServer` needs; the CLI fills it from flags and the policy. */
 export type ServerOptions = {
   compiled: CompiledPolicy;
+  /** The credential broker for `compiled` (lib/credentials.ts). */
+  broker: Broker;
+  /** Told after a request carrying a placeholder to the wrong host was blocked. */
+  onViolation?: (credential: Credential, host: string) => void;
   ca: CertificateAuthority;
   audit: AuditSink;
   resolver: Resolver;
@@ -53,8 +59,8 @@ export type Server = {
   metrics: Metrics;
   /** Records a refused reload (the running policy stays). */
   reloadFailed(): void;
-  /** Replaces the policy (already validated and compiled); in-flight requests keep the old one. */
-  reload(compiled: CompiledPolicy): Promise<void>;
+  /** Replaces the policy (already validated and compiled) and its broker; in-flight requests keep the old ones. */
+  reload(compiled: CompiledPolicy, broker: Broker): Promise<void>;
   /**
    * Stops accepting, lets in-flight requests finish for up to `drainMs`
    * (default 30 s), then closes whatever is left and releases everything.
@@ -66,6 +72,7 @@ export type Server = {
 /** Starts the listeners the options name. */
 export async function startServer(opts: ServerOptions): Promise<Server> {
   let compiled = opts.compiled;
+  let broker = opts.broker;
   let trust: TrustStore = await loadTrust(compiled, opts.systemBundles);
   const limits: Limits = { ...DEFAULT_LIMITS, ...opts.limits };
   const shutdown = new AbortController();
@@ -92,6 +99,8 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
     inflight: { count: 0 },
     signal: shutdown.signal,
     metrics,
+    broker: () => broker,
+    onViolation: opts.onViolation,
   };
   const pool = new UpstreamPool({
     connectTimeoutMs: limits.connectTimeoutMs,
@@ -180,7 +189,7 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
   return {
     addrs,
     metrics,
-    async reload(next) {
+    async reload(next, nextBroker) {
       // Build everything the new policy needs first; swap only when it all worked.
       let nextTrust: TrustStore;
       try {
@@ -192,6 +201,7 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
       }
       compiled = next;
       trust = nextTrust;
+      broker = nextBroker;
       generation++;
       lastReloadOk = 1;
       metrics.reloads.inc({ result: "ok" });

@@ -8,7 +8,8 @@ import { AuditLog } from "../audit.ts";
 import { type ListenAddr, startServer } from "../serve.ts";
 import { readPolicyFile } from "../policy_file.ts";
 import { OverrideResolver, parseResolveOverrides, SystemResolver } from "../resolver.ts";
-import { obtainCa } from "./ca.ts";
+import { obtainCa, stateDirFrom } from "./ca.ts";
+import { buildBrokerage } from "../credentials.ts";
 import { sdNotify } from "../systemd.ts";
 import { formatIssue } from "../../policy/mod.ts";
 
@@ -52,6 +53,8 @@ export async function runServe(flags: ServeFlags, log: (s: string) => void): Pro
     state: flags.state,
     ephemeral: flags.ephemeralCa,
   });
+  const stateDir = stateDirFrom(flags.state);
+  const { broker } = await buildBrokerage(loaded.compiled, stateDir);
   const audit = await AuditLog.open(flags.auditLog ?? policy.audit.log);
   const overrides = parseResolveOverrides(flags.resolve);
   const resolver = overrides.size
@@ -59,6 +62,7 @@ export async function runServe(flags: ServeFlags, log: (s: string) => void): Pro
     : new SystemResolver();
   const server = await startServer({
     compiled: loaded.compiled,
+    broker,
     ca,
     audit,
     resolver,
@@ -104,7 +108,9 @@ export async function runServe(flags: ServeFlags, log: (s: string) => void): Pro
         return (e as Error).message;
       }
       try {
-        await server.reload(next.compiled);
+        // Credential files are re-read too; a missing one refuses the reload.
+        const { broker: nextBroker } = await buildBrokerage(next.compiled, stateDir);
+        await server.reload(next.compiled, nextBroker);
       } catch (e) {
         log(
           `sluice: reload (${why}) refused; the running policy stays in force:\n${

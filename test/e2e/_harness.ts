@@ -26,9 +26,32 @@ export const GZIP_BODY: Uint8Array<ArrayBuffer> = new Uint8Array(
   gzipSync(new TextEncoder().encode("compressed ".repeat(5000))),
 );
 
-/** Handles upstream requests: /echo, /bytes?n=N, /gzip, /upload (returns sha256 of the body). */
+/** What a test upstream received: every request's host, target, headers, and body hash. */
+export type Received = {
+  host: string;
+  target: string;
+  headers: Record<string, string>;
+  bodySha256?: string;
+  body?: string;
+};
+
+/** Every request the in-process test upstreams received, newest last. */
+export const received: Received[] = [];
+
+/**
+ * Handles upstream requests: /echo (the request as JSON, including a text
+ * body), /bytes?n=N, /gzip, /upload (returns sha256 of the body).
+ */
 async function upstreamHandler(req: Request): Promise<Response> {
   const url = new URL(req.url);
+  const headersSeen: Record<string, string> = {};
+  req.headers.forEach((v, k) => (headersSeen[k] = v));
+  const entry: Received = {
+    host: url.host,
+    target: url.pathname + url.search,
+    headers: headersSeen,
+  };
+  received.push(entry);
   if (url.pathname === "/gzip") {
     return new Response(GZIP_BODY, {
       headers: { "content-encoding": "gzip", "content-type": "text/plain" },
@@ -58,15 +81,17 @@ async function upstreamHandler(req: Request): Promise<Response> {
   }
   if (url.pathname === "/upload") {
     const body = new Uint8Array(await req.arrayBuffer());
-    return Response.json({ length: body.length, sha256: await sha256(body) });
+    entry.bodySha256 = await sha256(body);
+    return Response.json({ length: body.length, sha256: entry.bodySha256 });
   }
-  const headers: Record<string, string> = {};
-  req.headers.forEach((v, k) => (headers[k] = v));
+  const body = req.body ? await req.text() : undefined;
+  entry.body = body;
   return Response.json({
     method: req.method,
     path: url.pathname + url.search,
-    headers,
+    headers: headersSeen,
     host: url.host,
+    body,
   });
 }
 
@@ -142,6 +167,7 @@ export async function startSluice(
   dir: string,
   extra: string[] = [],
   netns?: string,
+  env?: Record<string, string>,
 ): Promise<Sluice> {
   const auditPath = `${dir}/audit.jsonl`;
   const deno = [Deno.execPath()];
@@ -167,6 +193,7 @@ export async function startSluice(
     ],
     stdout: "null",
     stderr: "piped",
+    env,
   }).spawn();
   let text = "";
   const reader = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
