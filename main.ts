@@ -12,6 +12,7 @@ import { readPolicyFile } from "./lib/policy_file.ts";
 import { existingCa, formatCa, runCaExport, runCaInit } from "./lib/cli/ca.ts";
 import { runServe } from "./lib/cli/serve.ts";
 import { runPlaceholders } from "./lib/cli/placeholders.ts";
+import { runRules } from "./lib/cli/rules.ts";
 import { makeLogger, resolveLogFormat } from "./lib/log.ts";
 
 /** Exit codes: 0 ok, 1 invalid input (policy), 2 usage, 3 denied (explain). */
@@ -128,6 +129,7 @@ function buildProgram(): Command {
       "--admin <addr>",
       "admin listener for /healthz, /metrics, /ca.crt, POST /reload (default: listen.admin)",
     )
+    .option("--enforce", "apply the policy's netfilter rules while serving (removed on exit)")
     .option(
       "--drain-timeout <seconds>",
       "on SIGTERM/SIGINT, how long in-flight requests may finish",
@@ -168,6 +170,35 @@ function buildProgram(): Command {
     .action(async (opts: { policy: string; state?: string; format?: string }) => {
       out(await runPlaceholders(opts));
     });
+
+  program
+    .command("rules")
+    .description("print the netfilter rules for the policy's enforce section, or apply/remove them")
+    .requiredOption("-p, --policy <file>", "policy file")
+    .option("--apply", "load the rules (atomically, replacing sluice's table)")
+    .option("--remove", "delete sluice's table (no error if it is absent)")
+    .option("--table <name>", "table name", "sluice")
+    .option("--backend <backend>", "auto, nftables, iptables or none (default: enforce.backend)")
+    .addHelpText(
+      "after",
+      example(
+        "sluice rules --policy examples/host-users.yaml            # print the nftables ruleset",
+        "sudo sluice rules --policy examples/host-users.yaml --apply",
+      ),
+    )
+    .action(
+      async (
+        opts: {
+          policy: string;
+          apply?: boolean;
+          remove?: boolean;
+          table?: string;
+          backend?: string;
+        },
+      ) => {
+        out(await runRules(opts));
+      },
+    );
 
   const ca = program.command("ca").description(
     "manage the local CA that signs interception certificates",

@@ -57,6 +57,8 @@ export type Server = {
     admin?: Deno.NetAddr;
   };
   metrics: Metrics;
+  /** The policy in force now. */
+  policy(): CompiledPolicy;
   /** Records a refused reload (the running policy stays). */
   reloadFailed(): void;
   /** Replaces the policy (already validated and compiled) and its broker; in-flight requests keep the old ones. */
@@ -189,6 +191,7 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
   return {
     addrs,
     metrics,
+    policy: () => compiled,
     async reload(next, nextBroker) {
       // Build everything the new policy needs first; swap only when it all worked.
       let nextTrust: TrustStore;

@@ -11,6 +11,9 @@ import { OverrideResolver, parseResolveOverrides, SystemResolver } from "../reso
 import { obtainCa, stateDirFrom } from "./ca.ts";
 import { buildBrokerage } from "../credentials.ts";
 import { sdNotify } from "../systemd.ts";
+import { applyRules, DEFAULT_REDIRECT, detectBackend, hostSpec } from "../enforce.ts";
+import type { Backend, Enforcement } from "../netfilter.ts";
+import { startDnsServer } from "../dns.ts";
 import { formatIssue } from "../../policy/mod.ts";
 
 /** Flags of `sluice serve`. */
@@ -26,6 +29,7 @@ export type ServeFlags = {
   admin?: string;
   drainTimeout?: string;
   logFormat?: string;
+  enforce?: boolean;
 };
 
 /** Parses `host:port`, `[v6]:port` or a bare port (loopback). */
@@ -60,6 +64,13 @@ export async function runServe(flags: ServeFlags, log: (s: string) => void): Pro
   const resolver = overrides.size
     ? new OverrideResolver(overrides, new SystemResolver())
     : new SystemResolver();
+  // With --enforce, redirected traffic needs the transparent listeners (and
+  // the DNS listener when enforce.dns is proxy): default them when unset. In
+  // gateway mode REDIRECT targets the incoming interface's address, so bind all.
+  const enforcing = !!flags.enforce;
+  const bindHost = policy.enforce.subjects.interfaces.length ? "0.0.0.0" : "127.0.0.1";
+  const orDefault = (e: ListenAddr | undefined, port: number) =>
+    e ?? (enforcing ? { hostname: bindHost, port } : undefined);
   const server = await startServer({
     compiled: loaded.compiled,
     broker,
@@ -68,16 +79,67 @@ export async function runServe(flags: ServeFlags, log: (s: string) => void): Pro
     resolver,
     proxy: flags.proxy ? parseListen(flags.proxy, "--proxy") : fromEndpoint(policy.listen.proxy) ??
       { hostname: "127.0.0.1", port: 3128 },
-    transparentHttps: flags.transparentHttps
-      ? parseListen(flags.transparentHttps, "--transparent-https")
-      : fromEndpoint(policy.listen.transparent?.https),
-    transparentHttp: flags.transparentHttp
-      ? parseListen(flags.transparentHttp, "--transparent-http")
-      : fromEndpoint(policy.listen.transparent?.http),
+    transparentHttps: orDefault(
+      flags.transparentHttps
+        ? parseListen(flags.transparentHttps, "--transparent-https")
+        : fromEndpoint(policy.listen.transparent?.https),
+      DEFAULT_REDIRECT.https,
+    ),
+    transparentHttp: orDefault(
+      flags.transparentHttp
+        ? parseListen(flags.transparentHttp, "--transparent-http")
+        : fromEndpoint(policy.listen.transparent?.http),
+      DEFAULT_REDIRECT.http,
+    ),
     admin: flags.admin ? parseListen(flags.admin, "--admin") : fromEndpoint(policy.listen.admin),
     onReloadRequest: () => reload("POST /reload"),
     log,
   });
+  const dnsAddr = fromEndpoint(policy.listen.dns) ??
+    (enforcing && policy.enforce.dns === "proxy"
+      ? { hostname: bindHost, port: DEFAULT_REDIRECT.dns! }
+      : undefined);
+  const dns = dnsAddr
+    ? await startDnsServer({ ...dnsAddr, policy: () => server.policy(), resolver, audit })
+    : undefined;
+
+  // Enforcement goes on only once every listener it redirects to is up, and
+  // comes off on every way out: signals, errors, even an uncaught exception.
+  let enforcement: Enforcement | undefined;
+  let backend: Backend = "none";
+  const enforceNow = async () => {
+    const a = server.addrs;
+    const spec = await hostSpec(server.policy().policy, {
+      https: a.transparentHttps!.port,
+      http: a.transparentHttp!.port,
+      dns: dns?.udpAddr.port,
+      proxy: a.proxy?.port,
+    });
+    enforcement = await applyRules(spec, backend) ?? enforcement;
+  };
+  const removeSync = () => {
+    if (!enforcement) return;
+    const argv = backend === "nftables"
+      ? ["nft", "delete", "table", "inet", enforcement.table]
+      : ["sh", "-c", "true"];
+    try {
+      new Deno.Command(argv[0], { args: argv.slice(1), stderr: "null" }).outputSync();
+    } catch { /* best effort on a dying process */ }
+  };
+  if (enforcing) {
+    try {
+      backend = await detectBackend(policy.enforce.backend);
+      await enforceNow();
+    } catch (e) {
+      await server.close(0);
+      await dns?.close();
+      throw e;
+    }
+    globalThis.addEventListener("error", removeSync);
+    globalThis.addEventListener("unhandledrejection", removeSync);
+    log(`sluice: enforcing with ${backend} (table ${enforcement?.table ?? "none"})`);
+  }
+
   // Reloads run one at a time; each builds the new policy completely before
   // the swap, so a broken file leaves the running policy in force.
   let chain: Promise<unknown> = Promise.resolve();
@@ -111,6 +173,8 @@ export async function runServe(flags: ServeFlags, log: (s: string) => void): Pro
         // Credential files are re-read too; a missing one refuses the reload.
         const { broker: nextBroker } = await buildBrokerage(next.compiled, stateDir);
         await server.reload(next.compiled, nextBroker);
+        // The new rules replace the old table atomically.
+        if (enforcing) await enforceNow();
       } catch (e) {
         log(
           `sluice: reload (${why}) refused; the running policy stays in force:\n${
@@ -130,7 +194,9 @@ export async function runServe(flags: ServeFlags, log: (s: string) => void): Pro
     `sluice: serving ${flags.policy}; proxy ${show(a.proxy)}; transparent https ${
       show(a.transparentHttps)
     }, ` +
-      `http ${show(a.transparentHttp)}; admin ${show(a.admin)}; CA ${origin}`,
+      `http ${show(a.transparentHttp)}; dns ${dns ? show(dns.udpAddr) : "off"}; admin ${
+        show(a.admin)
+      }; CA ${origin}`,
   );
   await sdNotify(`READY=1\nSTATUS=serving ${flags.policy}`);
   const stopped = Promise.withResolvers<string>();
@@ -146,6 +212,13 @@ export async function runServe(flags: ServeFlags, log: (s: string) => void): Pro
   log(`sluice: ${why}, shutting down`);
   await sdNotify("STOPPING=1");
   const drain = flags.drainTimeout === undefined ? 30 : Number(flags.drainTimeout);
-  await server.close(Number.isFinite(drain) && drain >= 0 ? drain * 1000 : 30_000);
+  try {
+    await server.close(Number.isFinite(drain) && drain >= 0 ? drain * 1000 : 30_000);
+    await dns?.close();
+  } finally {
+    // Rules come off after the drain: redirected clients finish first.
+    await enforcement?.remove();
+    if (enforcement) log(`sluice: removed netfilter table ${enforcement.table}`);
+  }
   return 0;
 }
