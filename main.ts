@@ -13,6 +13,7 @@ import { existingCa, formatCa, runCaExport, runCaInit } from "./lib/cli/ca.ts";
 import { runServe } from "./lib/cli/serve.ts";
 import { runPlaceholders } from "./lib/cli/placeholders.ts";
 import { runRules } from "./lib/cli/rules.ts";
+import { runRun } from "./lib/cli/run.ts";
 import { makeLogger, resolveLogFormat } from "./lib/log.ts";
 
 /** Exit codes: 0 ok, 1 invalid input (policy), 2 usage, 3 denied (explain). */
@@ -34,6 +35,7 @@ function buildProgram(): Command {
     )
     .version(`sluice ${denoJson.version} (deno ${Deno.version.deno})`, "-V, --version")
     .showHelpAfterError("(run with --help for usage)")
+    .enablePositionalOptions()
     .exitOverride()
     .configureOutput({
       writeOut: (s) => Deno.stdout.writeSync(new TextEncoder().encode(s)),
@@ -199,6 +201,43 @@ function buildProgram(): Command {
         out(await runRules(opts));
       },
     );
+
+  program
+    .command("run")
+    .description(
+      "run a command whose network is only what the policy allows, with placeholders for secrets",
+    )
+    .requiredOption("-p, --policy <file>", "policy file")
+    .option("--user <user>", "run the command as this user (drops root)")
+    .option(
+      "--weak",
+      "no namespace or rules: only set HTTP(S)_PROXY and CA variables (nothing enforced)",
+    )
+    .option("-q, --quiet", "no summary at the end")
+    .option("--state <dir>", "state directory (placeholder key)")
+    .option(
+      "--resolve <name=addr>",
+      "resolve NAME to ADDR instead of asking DNS (repeatable)",
+      collect,
+      [],
+    )
+    .option(
+      "--audit-log <target>",
+      "stderr, stdout or a file (default: audit.log when it is a file)",
+    )
+    .argument("<command...>", "the command and its arguments, after --")
+    .passThroughOptions()
+    .addHelpText(
+      "after",
+      example(
+        "sudo sluice run --policy examples/ci-npm-publish.yaml --user ci -- npm publish",
+        "sluice run --weak --policy examples/ai-agent.yaml -- python agent.py   # not enforced",
+      ) +
+        "\nExit status: the command's; 123 when sluice ended it after a credential violation;\n125 when sluice itself failed.\n",
+    )
+    .action(async (command: string[], opts) => {
+      Deno.exitCode = await runRun({ ...opts, resolve: opts.resolve ?? [] }, command, err);
+    });
 
   const ca = program.command("ca").description(
     "manage the local CA that signs interception certificates",

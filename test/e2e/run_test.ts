@@ -1,0 +1,213 @@
+/**
+ * `sluice run` as root: each case runs a real command (curl, dig, python,
+ * sh) in the namespace sluice creates, against an upstream on the host's
+ * loopback, and then checks that nothing sluice created is left behind.
+ */
+import { assert, assertEquals, assertMatch } from "../_assert.ts";
+import { IS_ROOT, received, ROOT, run, startTlsUpstream, testCas } from "./_harness.ts";
+
+const SECRET = "run-secret-value-5d8e1f";
+
+type Result = { code: number; stdout: string; stderr: string };
+
+function sluiceRun(
+  policy: string,
+  dir: string,
+  script: string,
+  extra: string[] = [],
+  env: Record<string, string> = {},
+) {
+  return new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      `${ROOT}main.ts`,
+      "run",
+      "--policy",
+      policy,
+      "--state",
+      `${dir}/state`,
+      "--resolve",
+      "allowed.test=127.0.0.1",
+      "--resolve",
+      "other.test=127.0.0.1",
+      ...extra,
+      "--",
+      "sh",
+      "-c",
+      script,
+    ],
+    env: { SLUICE_TEST_SECRET: SECRET, ...env },
+    stdout: "piped",
+    stderr: "piped",
+  });
+}
+
+async function output(c: Deno.Command): Promise<Result> {
+  const o = await c.output();
+  return {
+    code: o.code,
+    stdout: new TextDecoder().decode(o.stdout),
+    stderr: new TextDecoder().decode(o.stderr),
+  };
+}
+
+async function leftovers(): Promise<string[]> {
+  const found: string[] = [];
+  const ns = await run(["ip", "netns", "list"]);
+  if (/sluice-run-/.test(ns)) found.push(`namespace: ${ns.trim()}`);
+  const links = await run(["ip", "-o", "link", "show"]);
+  if (/\bslh\d+/.test(links)) found.push("veth left");
+  const tables = await run(["nft", "list", "tables"]);
+  if (/sluice_run|sluice_r\d/.test(tables)) found.push(`table: ${tables.trim()}`);
+  const etc = await Array.fromAsync(Deno.readDir("/etc/netns")).catch(() => [] as Deno.DirEntry[]);
+  if (etc.some((e) => e.name.startsWith("sluice-run-"))) found.push("/etc/netns entry left");
+  return found;
+}
+
+Deno.test({
+  name: "sluice run",
+  ignore: !IS_ROOT,
+  sanitizeResources: false,
+  async fn(t) {
+    const dir = await Deno.makeTempDir({ prefix: "sluice-run-t-" });
+    const cas = await testCas(dir);
+    // The upstream listens where sluice will connect: port 443 on the host's loopback.
+    const up = startTlsUpstream(cas.trusted, 443);
+    const policy = `${dir}/policy.yaml`;
+    await Deno.writeTextFile(
+      policy,
+      `version: 1
+network:
+  allow: [allowed.test, other.test, "127.0.0.1:443"]
+  deny: [denied.test]
+credentials:
+  API_KEY:
+    from: env:SLUICE_TEST_SECRET
+    hosts: [allowed.test]
+    on_violation: block_and_terminate
+tls:
+  upstream: { ca: [${cas.trustedPath}] }
+`,
+    );
+    const front = (name: string) => `--resolve ${name}:443:192.0.2.10`;
+    try {
+      await t.step(
+        "an allowed host works over HTTPS with the placeholder substituted",
+        async () => {
+          const r = await output(
+            sluiceRun(
+              policy,
+              dir,
+              `curl -sS ${
+                front("allowed.test")
+              } -H "Authorization: Bearer $API_KEY" https://allowed.test/echo`,
+            ),
+          );
+          assertEquals(r.code, 0, r.stderr);
+          assertEquals(received[received.length - 1].headers.authorization, `Bearer ${SECRET}`);
+          assert(!r.stdout.includes(SECRET), "the real value reached the command");
+          assertMatch(JSON.parse(r.stdout).headers.authorization, /^Bearer sluice-api-key-/);
+          assertMatch(
+            r.stderr,
+            /sluice: command exited 0; 1 allowed, 0 denied, 0 credential violations/,
+          );
+        },
+      );
+
+      await t.step("a denied host gets 403", async () => {
+        const r = await output(
+          sluiceRun(
+            policy,
+            dir,
+            `curl -sS -o /dev/null -w '%{http_code}' ${front("denied.test")} https://denied.test/`,
+          ),
+        );
+        assertEquals(r.stdout, "403");
+        assertMatch(r.stderr, /most denied: denied\.test/);
+      });
+
+      await t.step("a direct TCP connection to an address no rule allows fails", async () => {
+        const r = await output(
+          sluiceRun(
+            policy,
+            dir,
+            "curl -sS --connect-timeout 2 http://192.0.2.99:8080/; echo exit=$?",
+          ),
+        );
+        assertMatch(r.stdout, /exit=(7|28)/);
+      });
+
+      await t.step("a UDP packet to an address no rule allows is dropped", async () => {
+        const r = await output(
+          sluiceRun(
+            policy,
+            dir,
+            `python3 -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", ("192.0.2.99", 9999))'; echo exit=$?`,
+          ),
+        );
+        assertMatch(r.stdout, /exit=1/);
+        assertMatch(r.stderr, /Operation not permitted/);
+      });
+
+      await t.step("a DNS query for a denied name gets NXDOMAIN", async () => {
+        const r = await output(
+          sluiceRun(
+            policy,
+            dir,
+            "dig +time=3 +tries=1 denied.test A; dig +time=3 +tries=1 nothing-allows-this.example A",
+          ),
+        );
+        assertEquals(r.stdout.match(/status: NXDOMAIN/g)?.length, 2, r.stdout);
+      });
+
+      await t.step("the command's exit status comes back", async () => {
+        const r = await output(sluiceRun(policy, dir, "exit 7"));
+        assertEquals(r.code, 7);
+      });
+
+      await t.step(
+        "a placeholder sent to the wrong host ends the command (block_and_terminate)",
+        async () => {
+          const r = await output(
+            sluiceRun(
+              policy,
+              dir,
+              `curl -sS -o /dev/null ${
+                front("other.test")
+              } -H "X-Key: $API_KEY" https://other.test/; sleep 30`,
+            ),
+          );
+          assertEquals(r.code, 123, r.stderr);
+          assertMatch(
+            r.stderr,
+            /credential API_KEY was headed to a host outside its scope; ending the command/,
+          );
+          assertMatch(r.stderr, /1 credential violation/);
+        },
+      );
+
+      await t.step(
+        "nothing is left behind, also when sluice is killed with SIGTERM mid-run",
+        async () => {
+          assertEquals(await leftovers(), []);
+          const child = sluiceRun(policy, dir, "sleep 30").spawn();
+          const end = Date.now() + 15000;
+          while (!/sluice-run-/.test(await run(["ip", "netns", "list"])) && Date.now() < end) {
+            await new Promise((r) => setTimeout(r, 100));
+          }
+          await new Promise((r) => setTimeout(r, 500));
+          child.kill("SIGTERM");
+          const status = await child.status;
+          assertEquals(status.code, 128 + 15);
+          await child.stdout.cancel();
+          await child.stderr.cancel();
+          assertEquals(await leftovers(), []);
+        },
+      );
+    } finally {
+      up.close();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
