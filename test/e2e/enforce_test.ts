@@ -4,7 +4,7 @@
  * sluice and drop the rest, and disappear when sluice exits.
  */
 import { assert, assertEquals, assertMatch } from "../_assert.ts";
-import { curl, IS_ROOT, ROOT, run, startSluice } from "./_harness.ts";
+import { IS_ROOT, ROOT, run, startSluice } from "./_harness.ts";
 
 const NOBODY = "65534";
 
