@@ -7,9 +7,9 @@
 import { Command, CommanderError } from "commander";
 import denoJson from "./deno.json" with { type: "json" };
 import { runCheck } from "./lib/cli/check.ts";
-import { parseHeaderArgs, runExplain } from "./lib/cli/explain.ts";
+import { knownPlaceholders, parseHeaderArgs, runExplain } from "./lib/cli/explain.ts";
 import { readPolicyFile } from "./lib/policy_file.ts";
-import { existingCa, formatCa, runCaExport, runCaInit } from "./lib/cli/ca.ts";
+import { existingCa, formatCa, runCaExport, runCaInit, stateDirFrom } from "./lib/cli/ca.ts";
 import { runServe } from "./lib/cli/serve.ts";
 import { runPlaceholders } from "./lib/cli/placeholders.ts";
 import { runRules } from "./lib/cli/rules.ts";
@@ -65,6 +65,10 @@ function buildProgram(): Command {
     .requiredOption("-p, --policy <file>", "policy file")
     .option("-H, --header <header>", 'request header "Name: value" (repeatable)', collect, [])
     .option("--json", "print the explanation as JSON")
+    .option(
+      "--state <dir>",
+      "state directory, to recognise derived placeholders (default as serve)",
+    )
     .addHelpText(
       "after",
       example(
@@ -73,7 +77,10 @@ function buildProgram(): Command {
       ),
     )
     .action(
-      async (request: string[], opts: { policy: string; header: string[]; json?: boolean }) => {
+      async (
+        request: string[],
+        opts: { policy: string; header: string[]; json?: boolean; state?: string },
+      ) => {
         if (request.length > 2) {
           err(
             `explain takes [METHOD] URL, got ${request.length} arguments; quote a URL with spaces`,
@@ -89,12 +96,17 @@ function buildProgram(): Command {
           return;
         }
         const loaded = await readPolicyFile(opts.policy);
+        let stateDir: string | undefined;
+        try {
+          stateDir = stateDirFrom(opts.state);
+        } catch { /* no state directory: fixed placeholders only */ }
+        const placeholders = await knownPlaceholders(loaded.compiled, stateDir);
         const [text, code] = runExplain(loaded.compiled, {
           method,
           url,
           headers,
           json: !!opts.json,
-        });
+        }, placeholders);
         out(text);
         Deno.exitCode = code;
       },

@@ -4,6 +4,7 @@
  * @module
  */
 import { type CompiledPolicy, explain, type Explanation } from "../../policy/mod.ts";
+import { PLACEHOLDER_KEY_FILE, placeholdersFor } from "../secrets.ts";
 
 /** Exit code when the request would be denied (0 when allowed, 1 for bad input). */
 export const EXIT_DENIED = 3;
@@ -84,16 +85,32 @@ export function formatExplanation(e: Explanation): string {
   return lines.join("\n");
 }
 
+/**
+ * The placeholders explain recognises: fixed ones, plus derived ones when the
+ * state directory already holds the placeholder key (explain never creates it).
+ */
+export async function knownPlaceholders(
+  compiled: CompiledPolicy,
+  stateDir: string | undefined,
+): Promise<Map<string, string>> {
+  const fixed = fixedPlaceholders(compiled);
+  if (!stateDir || compiled.credentials.every((c) => c.placeholder)) return fixed;
+  const key = await Deno.readFile(`${stateDir}/${PLACEHOLDER_KEY_FILE}`).catch(() => undefined);
+  if (!key) return fixed;
+  return await placeholdersFor(compiled.credentials, key);
+}
+
 /** Runs `explain` and returns `[output, exit code]`. */
 export function runExplain(
   compiled: CompiledPolicy,
   args: { method: string; url: string; headers: [string, string][]; json: boolean },
+  placeholders: ReadonlyMap<string, string> = fixedPlaceholders(compiled),
 ): [string, number] {
   const e = explain(compiled, {
     method: args.method,
     url: args.url,
     headers: args.headers,
-    placeholders: fixedPlaceholders(compiled),
+    placeholders,
   });
   const text = args.json ? JSON.stringify(e, null, 2) : formatExplanation(e);
   return [text, e.error ? 1 : e.verdict === "allow" ? 0 : EXIT_DENIED];

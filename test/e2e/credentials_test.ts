@@ -232,3 +232,38 @@ tls:
     }
   }
 });
+
+Deno.test("sluice explain recognises derived placeholders from the state directory", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const policy = `${dir}/p.yaml`;
+    await Deno.writeTextFile(
+      policy,
+      "version: 1\nnetwork:\n  allow: [a.test, b.test]\ncredentials:\n  KEY:\n    from: env:KEY\n    hosts: [a.test]\n",
+    );
+    const ph = await placeholders(policy, `${dir}/state`);
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        new URL("../../main.ts", import.meta.url).pathname,
+        "explain",
+        "-p",
+        policy,
+        "--state",
+        `${dir}/state`,
+        "https://b.test/",
+        "-H",
+        `X-Key: ${ph.KEY}`,
+      ],
+      stdout: "piped",
+    }).output();
+    assertEquals(out.code, 3);
+    assertMatch(
+      new TextDecoder().decode(out.stdout),
+      /placeholder of credential KEY \(in header X-Key\) may only be sent to a\.test, not b\.test/,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
