@@ -2,12 +2,25 @@
  * Running sluice as a service: the admin listener, metrics that move with
  * traffic, and reloads that keep the running policy when the new one is bad.
  */
+import parsePrometheus from "parse-prometheus-text-format";
 import { assert, assertEquals, assertMatch } from "../_assert.ts";
 import { curl, startPlainUpstream, startSluice } from "./_harness.ts";
 
-function metric(text: string, name: string, labels: string): number {
-  const line = text.split("\n").find((l) => l.startsWith(`${name}${labels} `));
-  return line ? Number(line.split(" ")[1]) : 0;
+/**
+ * Reads one sample through a Prometheus text-format parser (not a regex), so
+ * the exposition must be well-formed for the test to pass.
+ */
+function metric(text: string, name: string, labels: Record<string, string> = {}): number {
+  const families = parsePrometheus(text) as {
+    name: string;
+    metrics: { value?: string; labels?: Record<string, string> }[];
+  }[];
+  const family = families.find((f) => f.name === name);
+  const sample = family?.metrics.find((m) =>
+    Object.entries(labels).every(([k, v]) => m.labels?.[k] === v) &&
+    Object.keys(m.labels ?? {}).length === Object.keys(labels).length
+  );
+  return sample?.value === undefined ? 0 : Number(sample.value);
 }
 
 async function waitFor(
@@ -71,8 +84,8 @@ Deno.test("sluice serve: admin endpoints, metrics and reload", async (t) => {
       assertEquals(await status("one.test"), "200");
       assertEquals(await status("two.test"), "403");
       const after = await (await fetch(`${admin}/metrics`)).text();
-      const l = '{mode="explicit",verdict="allow"}';
-      const d = '{mode="explicit",verdict="deny"}';
+      const l = { mode: "explicit", verdict: "allow" };
+      const d = { mode: "explicit", verdict: "deny" };
       assertEquals(
         metric(after, "sluice_requests_total", l) - metric(before, "sluice_requests_total", l),
         1,
@@ -82,7 +95,7 @@ Deno.test("sluice serve: admin endpoints, metrics and reload", async (t) => {
         1,
       );
       assertMatch(after, /# TYPE sluice_request_duration_seconds histogram/);
-      assertEquals(metric(after, "sluice_policy_generation", ""), 1);
+      assertEquals(metric(after, "sluice_policy_generation"), 1);
     });
 
     await t.step(
@@ -100,8 +113,8 @@ Deno.test("sluice serve: admin endpoints, metrics and reload", async (t) => {
         );
         assertEquals(await status("one.test"), "200");
         const m = await (await fetch(`${admin}/metrics`)).text();
-        assertEquals(metric(m, "sluice_last_reload_success", ""), 0);
-        assertEquals(metric(m, "sluice_policy_generation", ""), 1);
+        assertEquals(metric(m, "sluice_last_reload_success"), 0);
+        assertEquals(metric(m, "sluice_policy_generation"), 1);
       },
     );
 
@@ -112,8 +125,8 @@ Deno.test("sluice serve: admin endpoints, metrics and reload", async (t) => {
       assertEquals(await status("two.test"), "200");
       assertEquals(await status("one.test"), "403");
       const m = await (await fetch(`${admin}/metrics`)).text();
-      assertEquals(metric(m, "sluice_policy_generation", ""), 2);
-      assertEquals(metric(m, "sluice_last_reload_success", ""), 1);
+      assertEquals(metric(m, "sluice_policy_generation"), 2);
+      assertEquals(metric(m, "sluice_last_reload_success"), 1);
     });
 
     await t.step("POST /reload of a broken policy answers 422 with the errors", async () => {
