@@ -18,7 +18,15 @@ import {
   removeNft,
   resolveUids,
 } from "./netfilter.ts";
-import { type EnforceSpec, renderNft, specFromPolicy } from "./nft_render.ts";
+import {
+  type EnforceSpec,
+  HOST_SETS,
+  type HostSetEntry,
+  renderNft,
+  specFromPolicy,
+} from "./nft_render.ts";
+import type { Ip } from "../policy/address.ts";
+import { hostMatches } from "../policy/host.ts";
 
 /** Where the transparent and DNS listeners are, for the redirect rules. */
 export type RedirectPorts = { https: number; http: number; dns?: number; proxy?: number };
@@ -52,7 +60,43 @@ export async function hostSpec(
     exemptUid: self !== undefined && !uids.includes(self) ? self : undefined,
     loopbackPorts: ports.proxy ? [ports.proxy] : undefined,
     cgroupPrefix: policy.enforce.subjects.cgroups.length ? await detectCgroupPrefix() : undefined,
+    hostSets: rawHostRules(policy).length ? HOST_SETS : undefined,
   });
+}
+
+/**
+ * Allow rules that name a host with ports the proxy does not carry
+ * (`github.com:22`): netfilter cannot match names, so the addresses sluice's
+ * DNS answers for them are added to address sets, with a timeout.
+ */
+export function rawHostRules(
+  policy: Policy,
+): { pattern: import("../policy/host.ts").HostPattern; ports: number[] }[] {
+  const web = new Set([...policy.enforce.ports.http, ...policy.enforce.ports.https]);
+  const out = [];
+  for (const r of policy.network.allow) {
+    if (r.target.kind !== "host" || !r.ports || r.methods || r.paths) continue;
+    const ports = r.ports.filter((p) => !web.has(p));
+    if (ports.length) out.push({ pattern: r.target.pattern, ports });
+  }
+  return out;
+}
+
+/** Set elements for addresses resolved for `name` (pure). */
+export function hostSetEntries(
+  policy: Policy,
+  name: string,
+  ips: readonly Ip[],
+  timeoutSec = 300,
+): HostSetEntry[] {
+  const entries: HostSetEntry[] = [];
+  for (const rule of rawHostRules(policy)) {
+    if (!hostMatches(rule.pattern, name)) continue;
+    for (const ip of ips) {
+      for (const port of rule.ports) entries.push({ ip: ip.text, port, timeoutSec });
+    }
+  }
+  return entries;
 }
 
 /** The rules as text, for `sluice rules` without flags. */

@@ -11,8 +11,15 @@ import { OverrideResolver, parseResolveOverrides, SystemResolver } from "../reso
 import { obtainCa, stateDirFrom } from "./ca.ts";
 import { buildBrokerage } from "../credentials.ts";
 import { sdNotify } from "../systemd.ts";
-import { applyRules, DEFAULT_REDIRECT, detectBackend, hostSpec } from "../enforce.ts";
-import type { Backend, Enforcement } from "../netfilter.ts";
+import {
+  applyRules,
+  DEFAULT_REDIRECT,
+  detectBackend,
+  hostSetEntries,
+  hostSpec,
+} from "../enforce.ts";
+import { addHostSetElements, type Backend, type Enforcement } from "../netfilter.ts";
+import type { Ip } from "../../policy/address.ts";
 import { startDnsServer } from "../dns.ts";
 import { formatIssue } from "../../policy/mod.ts";
 
@@ -99,14 +106,31 @@ export async function runServe(flags: ServeFlags, log: (s: string) => void): Pro
     (enforcing && policy.enforce.dns === "proxy"
       ? { hostname: bindHost, port: DEFAULT_REDIRECT.dns! }
       : undefined);
+  let enforcement: Enforcement | undefined;
+  let backend: Backend = "none";
+  // Addresses resolved for host rules with raw ports (github.com:22) go into
+  // the enforcement table's address sets, so netfilter lets them through.
+  const onResolved = (name: string, ips: Ip[]) => {
+    if (!enforcement || backend !== "nftables") return;
+    const entries = hostSetEntries(server.policy().policy, name, ips);
+    if (entries.length) {
+      addHostSetElements(enforcement.table, entries).catch((e) =>
+        log(`sluice: host set update failed: ${(e as Error).message}`)
+      );
+    }
+  };
   const dns = dnsAddr
-    ? await startDnsServer({ ...dnsAddr, policy: () => server.policy(), resolver, audit })
+    ? await startDnsServer({
+      ...dnsAddr,
+      policy: () => server.policy(),
+      resolver,
+      audit,
+      onResolved,
+    })
     : undefined;
 
   // Enforcement goes on only once every listener it redirects to is up, and
   // comes off on every way out: signals, errors, even an uncaught exception.
-  let enforcement: Enforcement | undefined;
-  let backend: Backend = "none";
   const enforceNow = async () => {
     const a = server.addrs;
     const spec = await hostSpec(server.policy().policy, {

@@ -74,19 +74,27 @@ Deno.test({
         policy,
         `version: 1
 network:
-  allow: [allowed.test, "127.0.0.1:443"]
+  allow: [allowed.test, "127.0.0.1:443", "ssh.test:2222"]
   deny: [denied.test]
 tls:
   upstream: { ca: [${dir}/up-ca.crt] }
 enforce:
   subjects: { users: [${NOBODY}] }
-  dns: allow
+  dns: proxy
 `,
       );
       sluice = await startSluice(
         policy,
         dir,
-        ["--enforce", "--resolve", "allowed.test=127.0.0.1", "--resolve", "denied.test=127.0.0.1"],
+        [
+          "--enforce",
+          "--resolve",
+          "allowed.test=127.0.0.1",
+          "--resolve",
+          "denied.test=127.0.0.1",
+          "--resolve",
+          "ssh.test=192.0.2.20",
+        ],
         ns,
       );
       await Deno.chmod(`${dir}/state`, 0o755);
@@ -151,6 +159,80 @@ enforce:
             "https://127.0.0.1:443/echo",
           ]);
           assertEquals(rootDirect.code, 0, rootDirect.err);
+        },
+      );
+
+      await t.step(
+        "a host rule with a raw port opens for the addresses sluice's DNS answered",
+        async () => {
+          await run(["ip", "-n", ns, "addr", "add", "192.0.2.20/32", "dev", "lo"]);
+          const server = new Deno.Command("ip", {
+            args: [
+              "netns",
+              "exec",
+              ns,
+              "python3",
+              "-m",
+              "http.server",
+              "2222",
+              "--bind",
+              "192.0.2.20",
+            ],
+            stdout: "null",
+            stderr: "null",
+          }).spawn();
+          try {
+            await new Promise((r) => setTimeout(r, 800));
+            const before = await asNobody([
+              "--connect-timeout",
+              "2",
+              "-o",
+              "/dev/null",
+              "http://192.0.2.20:2222/",
+            ]);
+            assert(before.code !== 0, "raw TCP must be dropped before the name was resolved");
+            const dig = await inNs(ns, [
+              "setpriv",
+              `--reuid=${NOBODY}`,
+              `--regid=${NOBODY}`,
+              "--clear-groups",
+              "dig",
+              "+short",
+              "+time=3",
+              "+tries=1",
+              "@192.0.2.53",
+              "ssh.test",
+            ]);
+            assertEquals(dig.out.trim(), "192.0.2.20", dig.err);
+            const denied = await inNs(ns, [
+              "setpriv",
+              `--reuid=${NOBODY}`,
+              `--regid=${NOBODY}`,
+              "--clear-groups",
+              "dig",
+              "+time=3",
+              "+tries=1",
+              "@192.0.2.53",
+              "denied.test",
+            ]);
+            assertMatch(denied.out, /status: NXDOMAIN/, sluice!.stderr());
+            await new Promise((r) => setTimeout(r, 300));
+            const after = await asNobody([
+              "--connect-timeout",
+              "2",
+              "-o",
+              "/dev/null",
+              "-w",
+              "%{http_code}",
+              "http://192.0.2.20:2222/",
+            ]);
+            assertEquals(after.out, "200", after.err);
+            const list = await inNs(ns, ["nft", "list", "set", "inet", "sluice", "sluice_allow4"]);
+            assertMatch(list.out, /192\.0\.2\.20 \. 2222 timeout/);
+          } finally {
+            server.kill("SIGTERM");
+            await server.status;
+          }
         },
       );
 
