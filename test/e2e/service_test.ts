@@ -207,12 +207,12 @@ Deno.test("sluice serve: a reload keeps an in-flight download, and SIGTERM drain
       "/dev/null",
       "-w",
       "%{size_download} %{http_code}",
-      `http://a.test:${plain.port}/bytes?n=${n}&pace=40`,
+      `http://a.test:${plain.port}/bytes?n=${n}&pace=20`,
     ]);
   let stopped = false;
   try {
-    // 5 MB in 64 KiB chunks 40 ms apart: ~3 s in flight, across the reload and the SIGTERM.
-    const n = 5_000_000;
+    // 10 MB in 64 KiB chunks 20 ms apart: ~3 s in flight, across the reload and the SIGTERM.
+    const n = 10_000_000;
     const during = download(n);
     await new Promise((r) => setTimeout(r, 700));
     await Deno.writeTextFile(
