@@ -23,18 +23,20 @@
  *   `Http: InvalidData: Failed: <your message>`. Plain-text garbage rejects it with
  *   `Http: InvalidData: received corrupt message of type InvalidContentType`, a client that
  *   hangs up early with `Http: ConnectionReset: connection reset`.
- * - `Deno[Deno.internal].serveHttpOnConnection(conn, signal, handler, onError, onListen)`:
- *   `onListen` is called synchronously with the scheme ("https://" for a TlsConn, "http://" for
- *   a TcpConn); it returns `{ addr, finished, shutdown, ref, unref }`. It serves HTTP/1.1 and,
- *   when ALPN selected "h2", HTTP/2 (the listener needs `alpnProtocols: ["h2", "http/1.1"]`).
- *   `onError` answers a request whose handler threw.
- * - Each call adds a listener to `signal` that is never removed when the connection ends, and
- *   aborting a signal after its connection closed throws `BadResource: Bad resource ID` from that
- *   listener, an uncaught error that kills the process (it cannot be caught around `abort()`).
- *   `shutdown()` instead resolves in every state: on a closed connection, on an idle keep-alive
- *   one (closes it at once), and with a request in flight (which completes first). So
- *   {@link serveHttpOnConnection} never aborts Deno's signal: the caller's abort calls
- *   `shutdown()`, and the abort listener is removed when the connection ends.
+ * - `Deno[Deno.internal].serveHttpOnListener(listener, signal, handler, onError, onListen)`:
+ *   `onListen` is called synchronously with the scheme ("https://" for a TlsListener); it returns
+ *   `{ addr, finished, shutdown, ref, unref }` and accepts in native code. It serves HTTP/1.1
+ *   and, when ALPN selected "h2", HTTP/2 (the listener needs `alpnProtocols: ["h2",
+ *   "http/1.1"]`). `onError` answers a request whose handler threw. A failed handshake (a
+ *   throwing resolver, plain-text bytes, a reset) ends that connection only and is not reported.
+ *   `shutdown()` stops accepting, closes idle keep-alive connections at once and lets in-flight
+ *   requests finish.
+ * - Why the listener form and not `serveHttpOnConnection` (one accepted connection): that one
+ *   finishes as soon as its connection has no next request, and after a WebSocket upgrade that
+ *   is at once: the upgraded socket is closed with code 1005 right after the 101. It also added
+ *   a listener to its signal per connection that threw BadResource (an uncaught error) when
+ *   aborted after the connection closed. The listener form has neither problem, and accepts in
+ *   native code.
  *
  * @module
  */
@@ -64,26 +66,20 @@ export interface ListenTlsWithResolverOptions {
   alpnProtocols?: string[];
 }
 
-/** The handler of {@link serveHttpOnConnection}; `info.remoteAddr` is the connection's peer. */
+/** The handler of {@link serveHttpOnListener}; `info.remoteAddr` is the connection's peer. */
 export type ConnectionHandler = (
   req: Request,
   info: Deno.ServeHandlerInfo<Deno.NetAddr>,
 ) => Response | Promise<Response>;
 
-/** Options of {@link serveHttpOnConnection}. */
-export interface ServeHttpOnConnectionOptions {
-  /**
-   * Told why a connection ended abnormally: failed handshake (including a throwing resolver),
-   * non-TLS bytes, a peer reset. Never called for a normal close. Errors it throws are ignored.
-   */
-  onConnectionError?: (error: unknown) => void;
-}
-
-/** What {@link serveHttpOnConnection} returns. */
-export interface ServedConnection {
-  /** Settles when the connection is closed. Never rejects: failures go to `onConnectionError`. */
+/** What {@link serveHttpOnListener} returns. */
+export interface ServedListener {
+  /** Settles when the server has stopped (after `shutdown()`). Never rejects. */
   finished: Promise<void>;
-  /** Stops accepting requests on this connection, lets in-flight ones finish, then closes. */
+  /**
+   * Stops accepting, closes idle keep-alive connections at once, lets in-flight requests (and
+   * their streaming bodies) finish, then resolves. Upgraded WebSockets are not waited for.
+   */
   shutdown(): Promise<void>;
 }
 
@@ -101,8 +97,8 @@ export class DenoInternalsError extends Error {
 /** The subset of `Deno[Deno.internal]` used here, as found in Deno 2.9.6. */
 interface Internals {
   resolverSymbol?: symbol;
-  serveHttpOnConnection?: (
-    conn: Deno.Conn,
+  serveHttpOnListener?: (
+    listener: Deno.Listener,
     signal: AbortSignal,
     handler: ConnectionHandler,
     onError: (error: unknown) => Response | Promise<Response>,
@@ -141,15 +137,15 @@ export function assertInternalsAvailable(): void {
   if (typeof deno.internal !== "symbol") throw missing("symbol Deno.internal");
   const i = internals();
   if (i === undefined) throw missing("object Deno[Deno.internal]");
-  if (typeof i.serveHttpOnConnection !== "function") {
-    throw missing("function Deno[Deno.internal].serveHttpOnConnection");
+  if (typeof i.serveHttpOnListener !== "function") {
+    throw missing("function Deno[Deno.internal].serveHttpOnListener");
   }
-  // 2.9.6 takes (conn, signal, handler, onError, onListen); a different arity means the
+  // 2.9.6 takes (listener, signal, handler, onError, onListen); a different arity means the
   // arguments may no longer mean what we pass.
-  if (i.serveHttpOnConnection.length !== 5) {
+  if (i.serveHttpOnListener.length !== 5) {
     throw missing(
-      `5-argument serveHttpOnConnection(conn, signal, handler, onError, onListen) ` +
-        `(found ${i.serveHttpOnConnection.length} arguments)`,
+      `5-argument serveHttpOnListener(listener, signal, handler, onError, onListen) ` +
+        `(found ${i.serveHttpOnListener.length} arguments)`,
     );
   }
   // Deno.listenTls reads the resolver under this key; if Deno moved it, a resolver passed under
@@ -164,7 +160,7 @@ export function assertInternalsAvailable(): void {
  * client's SNI. No default certificate is needed.
  *
  * @param opts address, port, resolver and ALPN protocols
- * @returns the listener; serve its connections with {@link serveHttpOnConnection}
+ * @returns the listener; serve it with {@link serveHttpOnListener}
  * @throws {Deno.errors.AddrInUse} and the other errors of `Deno.listenTls`
  */
 export function listenTlsWithResolver(opts: ListenTlsWithResolverOptions): Deno.TlsListener {
@@ -179,61 +175,29 @@ export function listenTlsWithResolver(opts: ListenTlsWithResolverOptions): Deno.
 }
 
 /**
- * Serve HTTP/1.1 and HTTP/2 (if ALPN chose "h2") on one accepted connection with Deno's native
- * HTTP server, the same one `Deno.serve` uses. For a connection from
- * {@link listenTlsWithResolver} this is what runs the TLS handshake (and so the resolver).
+ * Serve HTTP/1.1 and HTTP/2 (if ALPN chose "h2") on every connection of a listener with Deno's
+ * native HTTP server, the same one `Deno.serve` uses. For a listener from
+ * {@link listenTlsWithResolver} this is what runs each TLS handshake (and so the resolver).
  *
- * @param conn an accepted connection (TlsConn, or TcpConn for plain HTTP)
- * @param signal aborting it shuts this connection down gracefully (in-flight requests finish,
- *   an idle keep-alive connection closes at once); safe to share among many connections
+ * @param listener a TlsListener (or a plain TCP listener for HTTP)
  * @param handler answers each request
  * @param onError answers a request whose handler threw or rejected
- * @param options `onConnectionError` hears why a connection failed
  * @returns `finished`, which never rejects, and `shutdown`
- * @throws {DenoInternalsError} if this Deno lacks serveHttpOnConnection
+ * @throws {DenoInternalsError} if this Deno lacks serveHttpOnListener
  */
-export function serveHttpOnConnection(
-  conn: Deno.Conn,
-  signal: AbortSignal,
+export function serveHttpOnListener(
+  listener: Deno.Listener,
   handler: ConnectionHandler,
   onError: (error: unknown) => Response | Promise<Response>,
-  options: ServeHttpOnConnectionOptions = {},
-): ServedConnection {
-  const serve = internals()?.serveHttpOnConnection;
+): ServedListener {
+  const serve = internals()?.serveHttpOnListener;
   if (typeof serve !== "function") {
-    throw missing("function Deno[Deno.internal].serveHttpOnConnection");
+    throw missing("function Deno[Deno.internal].serveHttpOnListener");
   }
-  if (signal.aborted) {
-    // The caller is already shutting down: do not start a handshake it would have to wait for.
-    try {
-      conn.close();
-    } catch {
-      // Already closed: nothing to release.
-    }
-    return { finished: Promise.resolve(), shutdown: () => Promise.resolve() };
-  }
-  // Deno's own signal is never aborted (see the module comment); the caller's abort becomes a
-  // shutdown(), which tolerates connections that already closed.
-  const served = serve(conn, new AbortController().signal, handler, onError, () => {});
-  const onAbort = (): void => {
-    served.shutdown().catch((error: unknown) => report(options, error));
-  };
-  signal.addEventListener("abort", onAbort, { once: true });
-  const finished = served.finished.then(
-    () => {},
-    (error: unknown) => {
-      // A failed handshake or a garbage client must not become an unhandled rejection, which
-      // would kill the whole process.
-      report(options, error);
-    },
-  ).finally(() => signal.removeEventListener("abort", onAbort));
-  return { finished, shutdown: () => served.shutdown() };
-}
-
-function report(options: ServeHttpOnConnectionOptions, error: unknown): void {
-  try {
-    options.onConnectionError?.(error);
-  } catch {
-    // A reporting failure must not take the process down either.
-  }
+  // Deno's own signal is never aborted: shutdown() is the one way to stop, and it tolerates
+  // every state (idle, in flight, already stopped).
+  const served = serve(listener, new AbortController().signal, handler, onError, () => {});
+  // A failure of the server as a whole must not become an unhandled rejection.
+  const finished = served.finished.then(() => {}, () => {});
+  return { finished, shutdown: () => served.shutdown().catch(() => {}) };
 }

@@ -113,7 +113,6 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
     handler: makeRequestHandler(ctx, () => terminator, pool),
     signal: shutdown.signal,
     idleMs: limits.idleTimeoutMs,
-    onConnectionError: () => {},
   });
   terminator.start();
 

@@ -23,7 +23,8 @@ import type { Destination } from "../policy/mod.ts";
 import {
   type ConnectionHandler,
   listenTlsWithResolver,
-  serveHttpOnConnection,
+  type ServedListener,
+  serveHttpOnListener,
 } from "./deno_internal.ts";
 import type { LeafCache } from "./leaf_cache.ts";
 import { setListenerNoDelay } from "./sockopt.ts";
@@ -45,7 +46,13 @@ export type HopMeta = {
   denied?: ConnectionDecision;
 };
 
-type Internal = { listener: Deno.Listener; port: number; names: Set<string>; born: number };
+type Internal = {
+  listener: Deno.Listener;
+  served: ServedListener;
+  port: number;
+  names: Set<string>;
+  born: number;
+};
 
 /** Options of the terminator. */
 export type TerminatorOptions = {
@@ -58,7 +65,6 @@ export type TerminatorOptions = {
   maxAgeMs?: number;
   /** Close a hop with no bytes either way for this long (0: never). */
   idleMs?: number;
-  onConnectionError?: (e: unknown) => void;
   now?: () => number;
 };
 
@@ -68,7 +74,8 @@ export class Terminator {
   readonly #hops = new Map<number, HopMeta>();
   #tls!: Internal;
   #plain!: Internal;
-  readonly #served = new Set<Promise<void>>();
+  /** Servers still finishing their connections: recycled TLS listeners, then all at close. */
+  readonly #draining = new Set<Promise<void>>();
 
   constructor(opts: TerminatorOptions) {
     this.#opts = opts;
@@ -76,15 +83,18 @@ export class Terminator {
 
   /** Opens the internal listeners on loopback. */
   start(): void {
+    // The signal starts the graceful part of a drain: idle keep-alive connections close at
+    // once, requests in flight finish.
+    this.#opts.signal.addEventListener("abort", () => this.#shutdownServers(), { once: true });
     this.#tls = this.#openTls();
     const plain = Deno.listen({ hostname: "127.0.0.1", port: 0 });
     this.#plain = {
       listener: plain,
+      served: this.#serve(plain),
       port: (plain.addr as Deno.NetAddr).port,
       names: new Set(),
       born: 0,
     };
-    this.#acceptLoop(plain);
   }
 
   /** Metadata for the connection whose hop has this local port. */
@@ -110,9 +120,14 @@ export class Terminator {
     });
     // Without this, every streamed response stalls ~40 ms on Nagle + delayed ACK.
     setListenerNoDelay(listener);
-    this.#acceptLoop(listener);
     const now = this.#opts.now?.() ?? Date.now();
-    return { listener, port: (listener.addr as Deno.NetAddr).port, names, born: now };
+    return {
+      listener,
+      served: this.#serve(listener),
+      port: (listener.addr as Deno.NetAddr).port,
+      names,
+      born: now,
+    };
   }
 
   #maybeRecycle(): void {
@@ -124,33 +139,23 @@ export class Terminator {
     ) {
       return;
     }
-    // New hops go to a fresh listener; the old one stops accepting, and its
-    // open connections run to completion.
+    // New hops go to a fresh listener; the old one stops accepting, closes its idle
+    // keep-alive connections and lets requests in flight run to completion.
     this.#tls = this.#openTls();
-    try {
-      t.listener.close();
-    } catch { /* already closed */ }
+    this.#retire(t);
   }
 
-  async #acceptLoop(listener: Deno.Listener): Promise<void> {
-    try {
-      for await (const conn of listener) {
-        const served = serveHttpOnConnection(
-          conn,
-          this.#opts.signal,
-          this.#opts.handler,
-          (e) =>
-            new Response(`sluice: internal error: ${(e as Error)?.message ?? e}\n`, {
-              status: 500,
-            }),
-          { onConnectionError: this.#opts.onConnectionError },
-        ).finished;
-        this.#served.add(served);
-        served.finally(() => this.#served.delete(served));
-      }
-    } catch {
-      // The listener was closed (recycle or shutdown).
-    }
+  // One native server per internal listener (not one per connection: that variant closes
+  // upgraded WebSockets at once, see deno_internal.ts).
+  #serve(listener: Deno.Listener): ServedListener {
+    return serveHttpOnListener(
+      listener,
+      this.#opts.handler,
+      (e) =>
+        new Response(`sluice: internal error: ${(e as Error)?.message ?? e}\n`, {
+          status: 500,
+        }),
+    );
   }
 
   /**
@@ -180,11 +185,17 @@ export class Terminator {
 
   /** Stops the internal listeners and waits for served connections to finish. */
   async close(): Promise<void> {
-    for (const l of [this.#tls?.listener, this.#plain?.listener]) {
-      try {
-        l?.close();
-      } catch { /* already closed */ }
-    }
-    await Promise.allSettled([...this.#served]);
+    this.#shutdownServers();
+    await Promise.allSettled([...this.#draining]);
+  }
+
+  #shutdownServers(): void {
+    for (const t of [this.#tls, this.#plain]) if (t !== undefined) this.#retire(t);
+  }
+
+  #retire(t: Internal): void {
+    const done = t.served.shutdown();
+    this.#draining.add(done);
+    done.finally(() => this.#draining.delete(done));
   }
 }

@@ -4,7 +4,7 @@
  */
 import { gzipSync } from "node:zlib";
 import { type CertificateAuthority, ephemeralCa, mintLeaf } from "../../lib/ca.ts";
-import { listenTlsWithResolver, serveHttpOnConnection } from "../../lib/deno_internal.ts";
+import { listenTlsWithResolver, serveHttpOnListener } from "../../lib/deno_internal.ts";
 
 export const ROOT = new URL("../../", import.meta.url).pathname;
 
@@ -40,7 +40,8 @@ export const received: Received[] = [];
 
 /**
  * Handles upstream requests: /echo (the request as JSON, including a text
- * body), /bytes?n=N, /gzip, /upload (returns sha256 of the body).
+ * body), /bytes?n=N, /gzip, /upload (returns sha256 of the body), /ws (a
+ * WebSocket echo).
  */
 async function upstreamHandler(req: Request): Promise<Response> {
   const url = new URL(req.url);
@@ -52,6 +53,12 @@ async function upstreamHandler(req: Request): Promise<Response> {
     headers: headersSeen,
   };
   received.push(entry);
+  if (url.pathname === "/ws") {
+    // A WebSocket echo: every message comes back as it was, prefixed for text.
+    const { socket, response } = Deno.upgradeWebSocket(req);
+    socket.onmessage = (e) => socket.send(typeof e.data === "string" ? `echo:${e.data}` : e.data);
+    return response;
+  }
   if (url.pathname === "/gzip") {
     return new Response(GZIP_BODY, {
       headers: { "content-encoding": "gzip", "content-type": "text/plain" },
@@ -106,25 +113,14 @@ export function startTlsUpstream(ca: CertificateAuthority, port = 0) {
       return { cert: leaf.certPem, key: leaf.keyPem };
     },
   });
-  const controller = new AbortController();
-  (async () => {
-    try {
-      for await (const conn of listener) {
-        serveHttpOnConnection(
-          conn,
-          controller.signal,
-          upstreamHandler,
-          () => new Response("error", { status: 500 }),
-        );
-      }
-    } catch { /* closed */ }
-  })();
+  const served = serveHttpOnListener(
+    listener,
+    upstreamHandler,
+    () => new Response("error", { status: 500 }),
+  );
   return {
     port: (listener.addr as Deno.NetAddr).port,
-    close: () => {
-      controller.abort();
-      listener.close();
-    },
+    close: () => served.shutdown(),
   };
 }
 

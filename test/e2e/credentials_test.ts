@@ -215,7 +215,7 @@ tls:
     });
   } finally {
     await sluice.stop();
-    up.close();
+    await up.close();
     // Nothing sluice wrote may contain a real value: logs, audit, state directory.
     const written: string[] = [
       sluice.stderr(),

@@ -206,7 +206,7 @@ tls:
         },
       );
     } finally {
-      up.close();
+      await up.close();
       await Deno.remove(dir, { recursive: true });
     }
   },

@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { connFd, findSocketFd, originalDst, setListenerNoDelay } from "../../lib/sockopt.ts";
-import { listenTlsWithResolver, serveHttpOnConnection } from "../../lib/deno_internal.ts";
+import { listenTlsWithResolver, serveHttpOnListener } from "../../lib/deno_internal.ts";
 
 // An independent libc handle, so the check does not trust the code under test to read back
 // what it set.
@@ -166,32 +166,24 @@ Deno.test("setListenerNoDelay() removes the ~40 ms Nagle stall from streamed TLS
         resolver: () => leaf,
       });
       if (noDelay) assert.equal(setListenerNoDelay(listener), true);
-      const stop = new AbortController();
-      const served: Promise<void>[] = [];
-      const loop = (async () => {
-        try {
-          for await (const conn of listener) {
-            served.push(
-              serveHttpOnConnection(conn, stop.signal, () =>
-                // The body arrives after a tick, as a proxied upstream body does, so the
-                // server writes the head and the body separately.
-                new Response(
-                  new ReadableStream({
-                    async pull(ctl) {
-                      await new Promise((r) => setTimeout(r, 0));
-                      ctl.enqueue(body);
-                      ctl.close();
-                    },
-                  }),
-                ), (e) => new Response(String(e), { status: 500 })).finished,
-            );
-          }
-        } catch {
-          // listener closed
-        }
-      })();
+      const port = listener.addr.port;
+      const served = serveHttpOnListener(
+        listener,
+        () =>
+          // The body arrives after a tick, as a proxied upstream body does, so the
+          // server writes the head and the body separately.
+          new Response(
+            new ReadableStream({
+              async pull(ctl) {
+                await new Promise((r) => setTimeout(r, 0));
+                ctl.enqueue(body);
+                ctl.close();
+              },
+            }),
+          ),
+        (e) => new Response(String(e), { status: 500 }),
+      );
       try {
-        const port = listener.addr.port;
         const url = `https://a.test:${port}/`;
         const args = ["-sS", "--http1.1", "--cacert", leaf.caFile, "--resolve"];
         args.push(`a.test:${port}:127.0.0.1`, "--max-time", "30", "-w", "%{time_total}\\n");
@@ -203,10 +195,7 @@ Deno.test("setListenerNoDelay() removes the ~40 ms Nagle stall from streamed TLS
         times.sort((a, b) => a - b);
         medians[noDelay ? "with" : "without"] = times[10];
       } finally {
-        stop.abort();
-        listener.close();
-        await loop;
-        await Promise.all(served);
+        await served.shutdown();
       }
     }
     console.log(
