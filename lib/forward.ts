@@ -32,6 +32,7 @@ import { denyResponse, errorResponse } from "./respond.ts";
 import type { HopMeta, Terminator } from "./terminator.ts";
 import { UpstreamError, type UpstreamPool, type UpstreamResponse } from "./upstream.ts";
 import { removeHopByHop } from "./http1.ts";
+import { isWebSocketUpgrade, proxyWebSocket } from "./websocket.ts";
 import { BUFFERED_BODY_LIMIT } from "./substitute.ts";
 import type { Credential } from "../policy/types.ts";
 
@@ -243,17 +244,79 @@ export function makeRequestHandler(
     }
     const upstreamPath = rewritten.target;
     const trust = ctx.trust().forHost(bare);
+    const target = {
+      host: bare,
+      port,
+      address: choice.ip.text,
+      tls: meta.secure,
+      caCerts: trust.caCerts.length ? trust.caCerts : undefined,
+      verify: trust.verify,
+    };
+    const allowAudit: Partial<AuditRecord> = {
+      verdict: "allow",
+      code: decision.code,
+      reason: decision.reason,
+      rule: decision.rule.source,
+      rule_at: decision.rule.at,
+      address,
+      ...(applied.size ? { credentials: [...applied] } : {}),
+    };
+    const upstreamFailure = (e: unknown): Response => {
+      const kind = e instanceof UpstreamError ? e.kind : "connect";
+      ctx.metrics.upstreamErrors.inc({ kind });
+      const status = kind === "timeout" ? 504 : 502;
+      const message = (e as Error).message;
+      return finish(errorResponse(status, `upstream-${kind}`, message), {
+        ...allowAudit,
+        code: `upstream-${kind}`,
+        reason: message,
+      });
+    };
+
+    if (isWebSocketUpgrade(req)) {
+      // The handshake was decided like any GET above (host, path, credentials in its
+      // headers); from the 101 on, messages are relayed until either side closes, and the
+      // session counts as in flight (graceful drain) until then.
+      let session: Response;
+      try {
+        session = await proxyWebSocket(
+          req,
+          (fields) =>
+            pool.request(
+              target,
+              { method: "GET", path: upstreamPath, headers: fields, body: null },
+              ctx.signal,
+            ),
+          {
+            headers,
+            onClose: (stats) => {
+              release();
+              ctx.audit.write({
+                ...base,
+                ...allowAudit,
+                status: 101,
+                bytes_up: stats.up,
+                bytes_down: stats.down,
+                duration_ms: Math.round(performance.now() - started),
+                reason: `${decision.reason}; WebSocket closed` +
+                  (stats.code === undefined ? "" : ` with ${stats.code}`),
+              });
+            },
+          },
+        );
+      } catch (e) {
+        return upstreamFailure(e);
+      }
+      if (session.status !== 101) return finish(session, allowAudit);
+      ctx.metrics.requests.inc({ verdict: "allow", mode: meta.mode });
+      streaming.set(session, release);
+      return session;
+    }
+
     let upstream: UpstreamResponse;
     try {
       upstream = await pool.request(
-        {
-          host: dest.kind === "name" ? dest.name : dest.ip.text,
-          port,
-          address: choice.ip.text,
-          tls: meta.secure,
-          caCerts: trust.caCerts.length ? trust.caCerts : undefined,
-          verify: trust.verify,
-        },
+        target,
         {
           method: req.method,
           path: upstreamPath,
@@ -265,29 +328,9 @@ export function makeRequestHandler(
       );
     } catch (e) {
       if (bodyViolation) return violation(bodyViolation, "body");
-      const kind = e instanceof UpstreamError ? e.kind : "connect";
-      ctx.metrics.upstreamErrors.inc({ kind });
-      const status = kind === "timeout" ? 504 : 502;
-      const message = (e as Error).message;
-      return finish(errorResponse(status, `upstream-${kind}`, message), {
-        verdict: "allow",
-        code: `upstream-${kind}`,
-        reason: message,
-        rule: decision.rule.source,
-        rule_at: decision.rule.at,
-        address,
-      });
+      return upstreamFailure(e);
     }
 
-    const allowAudit: Partial<AuditRecord> = {
-      verdict: "allow",
-      code: decision.code,
-      reason: decision.reason,
-      rule: decision.rule.source,
-      rule_at: decision.rule.at,
-      address,
-      ...(applied.size ? { credentials: [...applied] } : {}),
-    };
     // An upstream that echoes a real value gets it replaced by the placeholder
     // before the workload sees it (headers always; textual bodies streaming).
     const scrub = applied.size ? broker.responseBodyStream(upstream.headers, applied) : null;
