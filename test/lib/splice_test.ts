@@ -46,3 +46,46 @@ Deno.test("splice() closes both sides after the idle timeout", async () => {
   close1();
   close2();
 });
+
+Deno.test("splice() keeps bytes intact across its small and large buffers, bulk and chatty in turn", async () => {
+  const [client, sluiceSide, close1] = await pair();
+  const [upstreamSide, server, close2] = await pair();
+  const done = splice(sluiceSide, upstreamSide);
+  // Bulk (fills the small buffer: moves to a large one), then small writes (back to the
+  // small one), then bulk again: each phase must arrive whole and in order.
+  const bulk = (n: number, seed: number) =>
+    Uint8Array.from({ length: n }, (_, i) => (i * seed) & 255);
+  const phases = [
+    bulk(1 << 20, 7),
+    new Uint8Array([1, 2, 3]),
+    bulk(300_000, 13),
+    new Uint8Array([9]),
+  ];
+  const total = phases.reduce((n, p) => n + p.length, 0);
+  const received = new Uint8Array(total);
+  const reading = (async () => {
+    let n = 0;
+    while (n < total) {
+      const r = await server.read(received.subarray(n));
+      if (r === null) break;
+      n += r;
+    }
+    return n;
+  })();
+  for (const p of phases) {
+    for (let at = 0; at < p.length;) at += await client.write(p.subarray(at));
+    await new Promise((r) => setTimeout(r, 20)); // let the small write be read on its own
+  }
+  assertEquals(await reading, total);
+  let at = 0;
+  for (const p of phases) {
+    assertEquals(received.subarray(at, at + p.length), p);
+    at += p.length;
+  }
+  client.close();
+  server.close();
+  const r = await done;
+  assertEquals(r.aToB, total);
+  close1();
+  close2();
+});
