@@ -362,6 +362,13 @@ export function makeRequestHandler(
     ctx.metrics.duration.observe((performance.now() - started) / 1000, { verdict: "allow" });
     // Responses to HEAD and 204/304 have no body whatever their headers say.
     const bodyless = req.method === "HEAD" || upstream.status === 204 || upstream.status === 304;
+    if (upstream.whole !== undefined && !scrub && !bodyless) {
+      // The whole body arrived with the head: answer with the bytes (one write by Deno's
+      // server, no stream per response).
+      down = upstream.whole.length;
+      record();
+      return new Response(upstream.whole, init);
+    }
     if (!upstream.body || bodyless) {
       upstream.body?.cancel().catch(() => {});
       record();

@@ -83,6 +83,12 @@ export type UpstreamResponse = {
   headers: [string, string][];
   /** De-chunked, never decompressed; null when the response has no body (HEAD, 204, 304, 101). */
   body: ReadableStream<Uint8Array> | null;
+  /**
+   * The whole body, when it was complete in the bytes already read with the head (a small
+   * Content-Length response, the common case on keep-alive APIs). Then `body` only replays
+   * it, and the caller may answer with these bytes directly: one write, no stream machinery.
+   */
+  whole?: Uint8Array<ArrayBuffer>;
   /** Bytes read from the upstream for this exchange so far (head, framing and body). */
   bytesIn(): number;
   /** Set for a 101 response: the raw connection and the bytes already read past the head. */
@@ -849,6 +855,26 @@ export class UpstreamPool {
       if (framing.kind === "length") {
         response.body = new ReadableStream({ start: (c) => c.close() });
       }
+      finish(true);
+      return response;
+    }
+    if (framing.kind === "length" && conn.end - conn.start >= framing.length) {
+      // The whole body came with the head: hand it over as bytes, and the connection goes
+      // back to the pool now rather than after a stream has been drained.
+      const whole = conn.buf.slice(conn.start, conn.start + framing.length);
+      conn.start += framing.length;
+      response.whole = whole;
+      let replay: ReadableStream<Uint8Array> | undefined;
+      Object.defineProperty(response, "body", {
+        get: () =>
+          replay ??= new ReadableStream({
+            start(c) {
+              c.enqueue(whole);
+              c.close();
+            },
+          }),
+        enumerable: true,
+      });
       finish(true);
       return response;
     }

@@ -701,6 +701,39 @@ Deno.test("UpstreamPool.request() reuses one keep-alive connection for sequentia
   }
 });
 
+Deno.test("UpstreamPool.request() hands a body that came with the head over whole", async () => {
+  // Head and body in one write (one read on our side); then a body that arrives later.
+  const server: ScriptedServer = serve(async (peer) => {
+    for (let n = 0;; n++) {
+      const req = await peer.readRequest();
+      if (req === null) return;
+      server.requests.push(req);
+      if (n === 0) await peer.write("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello");
+      else {
+        await peer.write("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n");
+        await new Promise((r) => setTimeout(r, 30));
+        await peer.write("later");
+      }
+    }
+  });
+  const pool = new UpstreamPool();
+  try {
+    const first = await pool.request(target(server.port), get("/a"));
+    assert.equal(dec.decode(first.whole), "hello");
+    // Back in the pool already: nothing is left to read on this exchange.
+    assert.deepEqual(pool.stats(), { idle: 1, active: 0, created: 1, reused: 0 });
+    // A caller that reads `body` gets the same bytes.
+    assert.equal(dec.decode(await readAll(first)), "hello");
+    const second = await pool.request(target(server.port), get("/b"));
+    assert.equal(second.whole, undefined);
+    assert.equal(dec.decode(await readAll(second)), "later");
+    assert.equal(server.accepted, 1);
+  } finally {
+    pool.close();
+    await server.close();
+  }
+});
+
 Deno.test("UpstreamPool.request() keeps targets with different trust apart", async () => {
   const server: ScriptedServer = serve(
     answering(() => server, () => "HTTP/1.1 204 No Content\r\n\r\n"),
