@@ -178,6 +178,22 @@ export class Metrics {
         "1 if the last reload succeeded (or none happened), 0 if it failed.",
         () => [[{}, gauges.lastReloadOk()]],
       ),
+      new Gauge(
+        "process_resident_memory_bytes",
+        "Resident set size of the sluice process.",
+        () => [[{}, Deno.memoryUsage().rss]],
+      ),
+      new Gauge(
+        "sluice_js_memory_bytes",
+        "V8 memory: heap in use, heap reserved, and external (buffers held by JS objects).",
+        () => {
+          const m = Deno.memoryUsage();
+          return [[{ kind: "heap_used" }, m.heapUsed], [{ kind: "heap_total" }, m.heapTotal], [
+            { kind: "external" },
+            m.external,
+          ]];
+        },
+      ),
     ];
   }
 
