@@ -11,6 +11,7 @@
  * @module
  */
 import { lookup } from "node:dns/promises";
+import { LRUCache } from "lru-cache";
 import { type Ip, parseIp } from "../policy/address.ts";
 
 /** Resolves a normalized host name to addresses, in preference order. */
@@ -42,6 +43,57 @@ export class SystemResolver implements Resolver {
       if (e instanceof ResolveError) throw e;
       throw new ResolveError(name, (e as { code?: string }).code ?? "EFAIL", { cause: e });
     }
+  }
+}
+
+/** Options of {@link CachingResolver}. */
+export type CachingResolverOptions = {
+  /** How long an answer is reused (getaddrinfo reports no TTL); default 30 s. */
+  ttlMs?: number;
+  /** Names kept at most; the least recently used go first. Default 10,000. */
+  maxNames?: number;
+  /** Clock for the TTL, in ms (tests). */
+  now?: () => number;
+};
+
+/**
+ * Remembers another resolver's answers for a short fixed time, and lets concurrent
+ * look-ups of one name share a single query.
+ *
+ * Why: getaddrinfo runs on a thread per call and may query DNS; doing it per request cost
+ * more than the rest of a keep-alive request, and a changing answer split the upstream
+ * pool (its key includes the address). Safety is unchanged: every address, cached or
+ * not, still passes the policy's address decision before sluice connects to it.
+ * Failures are not cached: the next request asks again.
+ */
+export class CachingResolver implements Resolver {
+  readonly #inner: Resolver;
+  readonly #answers: LRUCache<string, Ip[]>;
+  readonly #inflight = new Map<string, Promise<Ip[]>>();
+
+  constructor(inner: Resolver, opts: CachingResolverOptions = {}) {
+    this.#inner = inner;
+    const now = opts.now;
+    this.#answers = new LRUCache<string, Ip[]>({
+      max: opts.maxNames ?? 10_000,
+      ttl: opts.ttlMs ?? 30_000,
+      // Read the clock on every look-up (lru-cache otherwise caches it for 1 ms on a timer).
+      ttlResolution: 0,
+      ...(now ? { perf: { now } } : {}),
+    });
+  }
+
+  resolve(name: string): Promise<Ip[]> {
+    const cached = this.#answers.get(name);
+    if (cached !== undefined) return Promise.resolve(cached);
+    const pending = this.#inflight.get(name);
+    if (pending !== undefined) return pending;
+    const p = this.#inner.resolve(name).then((ips) => {
+      this.#answers.set(name, ips);
+      return ips;
+    }).finally(() => this.#inflight.delete(name));
+    this.#inflight.set(name, p);
+    return p;
   }
 }
 
