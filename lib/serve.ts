@@ -14,7 +14,7 @@ import { LeafCache } from "./leaf_cache.ts";
 import type { Resolver } from "./resolver.ts";
 import { Terminator } from "./terminator.ts";
 import { handleTransparentHttp, handleTransparentTls } from "./transparent.ts";
-import { loadTrust, type TrustStore } from "./trust.ts";
+import { loadTrust, type TrustStore, useSystemRootsByDefault } from "./trust.ts";
 import { UpstreamPool } from "./upstream.ts";
 import { Metrics } from "./metrics.ts";
 import { startAdmin } from "./admin.ts";
@@ -42,7 +42,10 @@ export type ServerOptions = {
   /** Called by `POST /reload` on the admin listener: re-read the policy, return an error message or nothing. */
   onReloadRequest?: () => Promise<string | undefined>;
   limits?: Partial<Limits>;
-  /** Where the system CA bundle is looked for (tests point this elsewhere). */
+  /**
+   * Where the system CA bundle is looked for, to pass it explicitly (tests). Unset: the host's
+   * store becomes Deno's default store (trust.ts).
+   */
   systemBundles?: readonly string[];
   log?: (message: string) => void;
 };
@@ -75,7 +78,12 @@ export type Server = {
 export async function startServer(opts: ServerOptions): Promise<Server> {
   let compiled = opts.compiled;
   let broker = opts.broker;
-  let trust: TrustStore = await loadTrust(compiled, opts.systemBundles);
+  // Before the process's first TLS connection (see trust.ts); explicit bundles are for tests.
+  const trustOptions = {
+    systemBundles: opts.systemBundles,
+    systemInDefaultStore: opts.systemBundles === undefined && useSystemRootsByDefault(),
+  };
+  let trust: TrustStore = await loadTrust(compiled, trustOptions);
   const limits: Limits = { ...DEFAULT_LIMITS, ...opts.limits };
   const shutdown = new AbortController();
   let nextId = 1;
@@ -195,7 +203,7 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
       // Build everything the new policy needs first; swap only when it all worked.
       let nextTrust: TrustStore;
       try {
-        nextTrust = await loadTrust(next, opts.systemBundles);
+        nextTrust = await loadTrust(next, trustOptions);
       } catch (e) {
         lastReloadOk = 0;
         metrics.reloads.inc({ result: "failed" });

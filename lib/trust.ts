@@ -4,8 +4,13 @@
  * request.
  *
  * "Verify against the system roots" means the host's store, not Deno's
- * bundled Mozilla list (PLATFORM.md): the system bundle is read and passed
- * explicitly, plus any `ca` files the policy adds.
+ * bundled Mozilla list (PLATFORM.md). sluice makes the host's store Deno's
+ * default store for the process (`DENO_TLS_CA_STORE=system`, set before the
+ * first TLS connection), so an upstream connection passes only the policy's
+ * extra `ca` files. Passing the ~220 KB system bundle as `caCerts` instead
+ * made Deno parse it again for every upstream connection: ~1.7 ms of CPU and
+ * ~80 KB of memory each (docs/performance.md). When the user chose another
+ * default store, the bundle is read and passed explicitly, as before.
  *
  * @module
  */
@@ -29,19 +34,46 @@ export class TrustError extends Error {
 }
 
 /**
- * Reads every CA file the policy names and the system bundle.
+ * Makes the host's trust store Deno's default one for this process, unless the user chose
+ * a store with `DENO_TLS_CA_STORE`. Deno reads the variable when it first builds its store,
+ * so call this before the process makes its first TLS connection.
  *
- * @param systemBundles candidates for the system roots; the first readable one is used
+ * @returns true when the default store now includes the system roots
+ */
+export function useSystemRootsByDefault(): boolean {
+  const chosen = Deno.env.get("DENO_TLS_CA_STORE");
+  if (chosen === undefined || chosen.trim() === "") {
+    Deno.env.set("DENO_TLS_CA_STORE", "system");
+    return true;
+  }
+  return chosen.split(",").some((s) => s.trim() === "system");
+}
+
+/** Options of {@link loadTrust}. */
+export type LoadTrustOptions = {
+  /** Candidates for the system bundle, when it must be passed explicitly; first readable wins. */
+  systemBundles?: readonly string[];
+  /** The system roots are in Deno's default store: do not read or pass the bundle. */
+  systemInDefaultStore?: boolean;
+};
+
+/**
+ * Reads every CA file the policy names and, unless the default store has them, the system
+ * bundle.
+ *
+ * @param opts where the system roots come from
  * @throws {TrustError} naming the unreadable file
  */
 export async function loadTrust(
   compiled: CompiledPolicy,
-  systemBundles: readonly string[] = SYSTEM_BUNDLES,
+  opts: LoadTrustOptions = {},
 ): Promise<TrustStore> {
   let system: string | undefined;
-  for (const path of systemBundles) {
-    system = await Deno.readTextFile(path).catch(() => undefined);
-    if (system) break;
+  if (!opts.systemInDefaultStore) {
+    for (const path of opts.systemBundles ?? SYSTEM_BUNDLES) {
+      system = await Deno.readTextFile(path).catch(() => undefined);
+      if (system) break;
+    }
   }
   const files = new Map<string, string>();
   const up = compiled.policy.tls.upstream;
