@@ -118,6 +118,12 @@ export class UpstreamError extends Error {
 export type UpstreamPoolOptions = {
   /** Idle connections kept per key (target + trust settings). Default 32. */
   maxIdlePerHost?: number;
+  /**
+   * Idle connections kept in all, the least recently used closed first. Default 256: each
+   * idle TLS connection holds tens of KB, and a client visiting many hosts must not make
+   * sluice keep one per host for the whole idle timeout.
+   */
+  maxIdleTotal?: number;
   /** Idle connections are closed after this long. Default 30 s. */
   idleTimeoutMs?: number;
   /** TCP connect plus TLS handshake. Default 10 s. */
@@ -468,6 +474,9 @@ class ExchangeFailure {
  */
 export class UpstreamPool {
   readonly #maxIdle: number;
+  readonly #maxIdleTotal: number;
+  /** Every idle connection, least recently released first. */
+  readonly #idleOrder = new Set<Connection>();
   readonly #idleMs: number;
   readonly #connectMs: number;
   readonly #headerMs: number;
@@ -480,6 +489,7 @@ export class UpstreamPool {
   /** @param opts pool sizes and timeouts; see {@link UpstreamPoolOptions} for defaults */
   constructor(opts?: UpstreamPoolOptions) {
     this.#maxIdle = opts?.maxIdlePerHost ?? 32;
+    this.#maxIdleTotal = opts?.maxIdleTotal ?? 256;
     this.#idleMs = opts?.idleTimeoutMs ?? 30_000;
     this.#connectMs = opts?.connectTimeoutMs ?? 10_000;
     this.#headerMs = opts?.headerTimeoutMs ?? 30_000;
@@ -537,6 +547,7 @@ export class UpstreamPool {
     this.#closed = true;
     for (const list of this.#idle.values()) for (const c of list) c.destroy();
     this.#idle.clear();
+    this.#idleOrder.clear();
   }
 
   /** @returns pool counters */
@@ -553,6 +564,7 @@ export class UpstreamPool {
     const conn = list.pop();
     if (list.length === 0) this.#idle.delete(key);
     if (conn === undefined) return undefined;
+    this.#idleOrder.delete(conn);
     clearTimeout(conn.idleTimer);
     conn.state = "active";
     conn.io.ref?.();
@@ -570,22 +582,31 @@ export class UpstreamPool {
     let list = this.#idle.get(conn.key);
     if (list === undefined) this.#idle.set(conn.key, list = []);
     list.push(conn);
-    if (list.length > this.#maxIdle) list.shift()?.destroy();
-    const drop = (): void => {
-      const l = this.#idle.get(conn.key);
-      const i = l?.indexOf(conn) ?? -1;
-      if (l !== undefined && i >= 0) {
-        l.splice(i, 1);
-        if (l.length === 0) this.#idle.delete(conn.key);
-      }
-      conn.destroy();
-    };
+    this.#idleOrder.add(conn);
+    if (list.length > this.#maxIdle) this.#evict(list[0]);
+    for (const oldest of this.#idleOrder) {
+      if (this.#idleOrder.size <= this.#maxIdleTotal) break;
+      this.#evict(oldest);
+    }
+    const drop = (): void => this.#evict(conn);
     const timer = setTimeout(drop, this.#idleMs);
     Deno.unrefTimer(timer);
     conn.idleTimer = timer;
     conn.watch(drop);
     // An idle connection must not keep the process alive.
     conn.io.unref?.();
+  }
+
+  /** Remove an idle connection from the pool and close it. */
+  #evict(conn: Connection): void {
+    this.#idleOrder.delete(conn);
+    const l = this.#idle.get(conn.key);
+    const i = l?.indexOf(conn) ?? -1;
+    if (l !== undefined && i >= 0) {
+      l.splice(i, 1);
+      if (l.length === 0) this.#idle.delete(conn.key);
+    }
+    conn.destroy();
   }
 
   async #connect(

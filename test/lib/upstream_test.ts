@@ -734,6 +734,30 @@ Deno.test("UpstreamPool.request() hands a body that came with the head over whol
   }
 });
 
+Deno.test("UpstreamPool keeps at most maxIdleTotal idle connections, closing the least recently used", async () => {
+  const server: ScriptedServer = serve(
+    ...Array.from(
+      { length: 5 },
+      () => answering(() => server, () => "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+    ),
+  );
+  const pool = new UpstreamPool({ maxIdleTotal: 2 });
+  const to = (host: string) => target(server.port, { host });
+  try {
+    for (const host of ["a.test", "b.test", "c.test"]) {
+      await readAll(await pool.request(to(host), get()));
+    }
+    // a.test's connection was the least recently used when c.test's went idle.
+    assert.deepEqual(pool.stats(), { idle: 2, active: 0, created: 3, reused: 0 });
+    await readAll(await pool.request(to("b.test"), get()));
+    await readAll(await pool.request(to("a.test"), get()));
+    assert.deepEqual(pool.stats(), { idle: 2, active: 0, created: 4, reused: 1 });
+  } finally {
+    pool.close();
+    await server.close();
+  }
+});
+
 Deno.test("UpstreamPool.request() keeps targets with different trust apart", async () => {
   const server: ScriptedServer = serve(
     answering(() => server, () => "HTTP/1.1 204 No Content\r\n\r\n"),
