@@ -15,6 +15,7 @@ import {
   startTlsUpstream,
   testCas,
 } from "./_harness.ts";
+import { websocketThroughProxy } from "./_ws_client.ts";
 
 Deno.test("sluice serve (explicit proxy)", async (t) => {
   const dir = await Deno.makeTempDir({ prefix: "sluice-e2e-" });
@@ -373,102 +374,3 @@ tls:
     assertEquals(code, 0);
   }
 });
-
-type Frame = { opcode: number; payload: Uint8Array };
-
-/**
- * A minimal WebSocket client through the explicit proxy: CONNECT, TLS against sluice's CA
- * (Deno.startTls), the RFC 6455 handshake, masked frames out, frames read back. Its own
- * framing code, not lib/websocket.ts, so a bug shared with sluice cannot hide.
- */
-async function websocketThroughProxy(
-  proxyPort: number,
-  authority: string,
-  caPem: string,
-  path = "/ws",
-) {
-  const tcp = await Deno.connect({ hostname: "127.0.0.1", port: proxyPort });
-  const enc = new TextEncoder();
-  let buf = new Uint8Array(0);
-  const more = async (conn: Deno.Conn) => {
-    const chunk = new Uint8Array(65536);
-    const n = await conn.read(chunk);
-    if (n === null) throw new Error("connection closed");
-    const next = new Uint8Array(buf.length + n);
-    next.set(buf);
-    next.set(chunk.subarray(0, n), buf.length);
-    buf = next;
-  };
-  const readHead = async (conn: Deno.Conn): Promise<string> => {
-    while (true) {
-      const end = new TextDecoder().decode(buf).indexOf("\r\n\r\n");
-      if (end >= 0) {
-        const head = new TextDecoder().decode(buf.subarray(0, end));
-        buf = buf.slice(end + 4);
-        return head;
-      }
-      await more(conn);
-    }
-  };
-  await tcp.write(enc.encode(`CONNECT ${authority} HTTP/1.1\r\nHost: ${authority}\r\n\r\n`));
-  const connected = await readHead(tcp);
-  if (!/^HTTP\/1\.1 200/.test(connected)) throw new Error(`CONNECT refused: ${connected}`);
-  const hostname = authority.split(":")[0];
-  const tls = await Deno.startTls(tcp, { hostname, caCerts: [caPem] });
-  const key = btoa(String.fromCharCode(...crypto.getRandomValues(new Uint8Array(16))));
-  await tls.write(enc.encode(
-    `GET ${path} HTTP/1.1\r\nHost: ${authority}\r\nUpgrade: websocket\r\n` +
-      `Connection: Upgrade\r\nSec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n\r\n`,
-  ));
-  const head = await readHead(tls);
-  const writeAll = async (bytes: Uint8Array) => {
-    for (let at = 0; at < bytes.length;) at += await tls.write(bytes.subarray(at));
-  };
-  return {
-    head,
-    async send(opcode: number, payload: Uint8Array): Promise<void> {
-      const n = payload.length;
-      const len = n < 126 ? [n] : n < 65536 ? [126, n >> 8, n & 255] : [
-        127,
-        0,
-        0,
-        0,
-        0,
-        (n >>> 24) & 255,
-        (n >> 16) & 255,
-        (n >> 8) & 255,
-        n & 255,
-      ];
-      const mask = crypto.getRandomValues(new Uint8Array(4));
-      const frame = new Uint8Array(2 + len.length - 1 + 4 + n);
-      frame.set([0x80 | opcode, 0x80 | len[0], ...len.slice(1)]);
-      frame.set(mask, len.length + 1);
-      const start = len.length + 5;
-      for (let i = 0; i < n; i++) frame[start + i] = payload[i] ^ mask[i & 3];
-      await writeAll(frame);
-    },
-    async read(): Promise<Frame> {
-      while (buf.length < 2) await more(tls);
-      let len = buf[1] & 0x7f;
-      let at = 2;
-      if (len === 126) {
-        while (buf.length < 4) await more(tls);
-        len = (buf[2] << 8) | buf[3];
-        at = 4;
-      } else if (len === 127) {
-        while (buf.length < 10) await more(tls);
-        len = Number(new DataView(buf.buffer, buf.byteOffset + 2, 8).getBigUint64(0));
-        at = 10;
-      }
-      while (buf.length < at + len) await more(tls);
-      const frame = { opcode: buf[0] & 0x0f, payload: buf.slice(at, at + len) };
-      buf = buf.slice(at + len);
-      return frame;
-    },
-    close(): void {
-      try {
-        tls.close();
-      } catch { /* already closed */ }
-    },
-  };
-}

@@ -123,6 +123,28 @@ tls:
         assertMatch(r.text, /x-sluice-decision: deny; code=deny-rule; rule=.*policy\.yaml:11/);
       });
 
+      await t.step("a WebSocket echo works through the redirect", async () => {
+        const out = await run([
+          "ip",
+          "netns",
+          "exec",
+          ns,
+          Deno.execPath(),
+          "run",
+          "-A",
+          `${ROOT}test/e2e/_ws_client.ts`,
+          FRONT,
+          "443",
+          "allowed.test",
+          ca,
+          "/ws",
+        ]);
+        assertEquals(JSON.parse(out), {
+          status: "HTTP/1.1 101 Switching Protocols",
+          reply: "echo:hello",
+        });
+      });
+
       await t.step("a passthrough host is spliced with its own certificate", async () => {
         const r = await curl([
           "--cacert",
