@@ -29,23 +29,7 @@ import {
 import type { Resolver } from "../../lib/resolver.ts";
 import { type Ip, parseIp } from "../../policy/address.ts";
 import { loadPolicyText } from "../../policy/load.ts";
-
-function envNumber(name: string, fallback: number): number {
-  let raw: string | undefined;
-  try {
-    raw = Deno.env.get(name);
-  } catch {
-    raw = undefined; // no --allow-env: use the default
-  }
-  if (raw === undefined || raw === "") return fallback;
-  const n = Number(raw);
-  if (!Number.isSafeInteger(n) || n < 0) {
-    throw new Error(
-      `${name}=${JSON.stringify(raw)} is not a non-negative integer; unset it or fix it`,
-    );
-  }
-  return n;
-}
+import { cat, envNumber, Rng } from "./_fuzz.ts";
 
 const SEED = envNumber("SLUICE_FUZZ_SEED", 0xd25) >>> 0;
 /** Cases for the parser; the async whole-path run takes a fifth of this. */
@@ -54,50 +38,7 @@ const CASES = envNumber("SLUICE_FUZZ_CASES", 100_000);
 const HANG_MS = 50;
 
 // ---------------------------------------------------------------------------------------------
-// PRNG and generic mutations (the same scheme as parsers elsewhere in test/fuzz).
-
-/** mulberry32: tiny, fast, and good enough to spread cases; not for anything secret. */
-function mulberry32(a: number): () => number {
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-class Rng {
-  #next: () => number;
-  constructor(seed: number, index: number) {
-    this.#next = mulberry32((seed ^ Math.imul(index + 1, 0x9e3779b1)) >>> 0);
-  }
-  /** An integer in [0, n). */
-  int(n: number): number {
-    return Math.floor(this.#next() * n);
-  }
-  chance(p: number): boolean {
-    return this.#next() < p;
-  }
-  pick<T>(xs: readonly T[]): T {
-    return xs[this.int(xs.length)];
-  }
-  bytes(n: number): Uint8Array {
-    const out = new Uint8Array(n);
-    for (let i = 0; i < n; i++) out[i] = this.int(256);
-    return out;
-  }
-}
-
-function cat(...parts: (Uint8Array | number[])[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
+// Generic mutations (the PRNG is in _fuzz.ts).
 
 function u16(v: number): number[] {
   return [(v >> 8) & 0xff, v & 0xff];

@@ -20,37 +20,10 @@ import {
 } from "../../lib/substitute.ts";
 import { SecretValue } from "../../lib/secrets.ts";
 import type { Credential } from "../../policy/types.ts";
-
-function envNumber(name: string, fallback: number): number {
-  let raw: string | undefined;
-  try {
-    raw = Deno.env.get(name);
-  } catch {
-    raw = undefined; // no --allow-env: use the default
-  }
-  if (raw === undefined || raw === "") return fallback;
-  const n = Number(raw);
-  if (!Number.isSafeInteger(n) || n < 0) {
-    throw new Error(
-      `${name}=${JSON.stringify(raw)} is not a non-negative integer; unset it or fix it`,
-    );
-  }
-  return n;
-}
+import { envNumber, mulberry32 } from "./_fuzz.ts";
 
 const SEED = envNumber("SLUICE_FUZZ_SEED", 0x5ab5) >>> 0;
 const CASES = envNumber("SLUICE_FUZZ_CASES", 100_000);
-
-/** mulberry32: tiny, fast, and good enough to spread cases; not for anything secret. */
-function mulberry32(a: number): () => number {
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function caseRng(i: number): () => number {
   return mulberry32((SEED ^ Math.imul(i + 1, 0x9e3779b1)) >>> 0);

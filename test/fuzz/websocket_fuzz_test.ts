@@ -16,23 +16,7 @@
 import assert from "node:assert/strict";
 import { isValidCloseCode, WebSocketDecoder } from "../../lib/websocket.ts";
 import type { WebSocketEvent } from "../../lib/websocket.ts";
-
-function envNumber(name: string, fallback: number): number {
-  let raw: string | undefined;
-  try {
-    raw = Deno.env.get(name);
-  } catch {
-    raw = undefined; // no --allow-env: use the default
-  }
-  if (raw === undefined || raw === "") return fallback;
-  const n = Number(raw);
-  if (!Number.isSafeInteger(n) || n < 0) {
-    throw new Error(
-      `${name}=${JSON.stringify(raw)} is not a non-negative integer; unset it or fix it`,
-    );
-  }
-  return n;
-}
+import { cat, envNumber, mutateBytes, Rng } from "./_fuzz.ts";
 
 const SEED = envNumber("SLUICE_FUZZ_SEED", 0x3b50c) >>> 0;
 const CASES = envNumber("SLUICE_FUZZ_CASES", 100_000);
@@ -40,50 +24,7 @@ const CASES = envNumber("SLUICE_FUZZ_CASES", 100_000);
 const HANG_MS = 50;
 
 // ---------------------------------------------------------------------------------------------
-// PRNG and mutations (the same scheme as parsers_fuzz_test.ts).
-
-/** mulberry32: tiny, fast, and good enough to spread cases; not for anything secret. */
-function mulberry32(a: number): () => number {
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-class Rng {
-  #next: () => number;
-  constructor(seed: number, index: number) {
-    this.#next = mulberry32((seed ^ Math.imul(index + 1, 0x9e3779b1)) >>> 0);
-  }
-  /** An integer in [0, n). */
-  int(n: number): number {
-    return Math.floor(this.#next() * n);
-  }
-  chance(p: number): boolean {
-    return this.#next() < p;
-  }
-  pick<T>(xs: readonly T[]): T {
-    return xs[this.int(xs.length)];
-  }
-  bytes(n: number): Uint8Array {
-    const out = new Uint8Array(n);
-    for (let i = 0; i < n; i++) out[i] = this.int(256);
-    return out;
-  }
-}
-
-function cat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
+// Mutations (the PRNG is in _fuzz.ts; the same scheme as parsers_fuzz_test.ts).
 
 const u8 = (...xs: number[]): Uint8Array => new Uint8Array(xs);
 const INTERESTING_BYTES = [0x00, 0x01, 0x7d, 0x7e, 0x7f, 0x80, 0x81, 0x88, 0xfe, 0xff];
@@ -105,46 +46,11 @@ const EXTRAS = [
 ];
 
 function mutate(rng: Rng, b: Uint8Array, other: Uint8Array): Uint8Array {
-  const at = rng.int(b.length + 1);
-  switch (rng.int(9)) {
-    case 0: { // bit flip
-      if (b.length === 0) return b;
-      const c = b.slice();
-      c[at % b.length] ^= 1 << rng.int(8);
-      return c;
-    }
-    case 1: { // set a byte to an interesting or random value
-      if (b.length === 0) return b;
-      const c = b.slice();
-      c[at % b.length] = rng.chance(0.5) ? rng.pick(INTERESTING_BYTES) : rng.int(256);
-      return c;
-    }
-    case 2: // insert random bytes
-      return cat(b.subarray(0, at), rng.bytes(1 + rng.int(4)), b.subarray(at));
-    case 3: // delete a run
-      return cat(b.subarray(0, at), b.subarray(Math.min(b.length, at + 1 + rng.int(8))));
-    case 4: // truncate
-      return b.subarray(0, at);
-    case 5: // insert a format-specific token
-      return cat(b.subarray(0, at), rng.pick(EXTRAS), b.subarray(at));
-    case 6: { // splice: our head, another input's tail
-      const from = rng.int(other.length + 1);
-      return cat(b.subarray(0, at), other.subarray(from));
-    }
-    case 7: { // duplicate a chunk in place
-      const len = 1 + rng.int(32);
-      return cat(b.subarray(0, at), b.subarray(at, at + len), b.subarray(at));
-    }
-    default: { // overwrite two bytes (a 16-bit length somewhere) with an extreme value
-      if (b.length < 2) return b;
-      const c = b.slice();
-      const p = at % (b.length - 1);
-      const v = rng.pick([0x0000, 0x0001, 0x007d, 0x007e, 0x00ff, 0x7fff, 0x8000, 0xffff]);
-      c[p] = v >> 8;
-      c[p + 1] = v & 0xff;
-      return c;
-    }
-  }
+  return mutateBytes(rng, b, other, {
+    interesting: INTERESTING_BYTES,
+    extras: EXTRAS,
+    lengths: [0x0000, 0x0001, 0x007d, 0x007e, 0x00ff, 0x7fff, 0x8000, 0xffff],
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
