@@ -95,6 +95,36 @@ export type UpstreamResponse = {
   upgrade?: { conn: UpstreamConn; head: Uint8Array };
 };
 
+/**
+ * A response whose body came whole with its head. `body` replays `whole` as a stream, made only
+ * if asked for (a getter on the class, so every such response shares one object shape).
+ */
+class WholeResponse implements UpstreamResponse {
+  readonly status: number;
+  readonly reason: string;
+  readonly headers: [string, string][];
+  readonly whole: Uint8Array<ArrayBuffer>;
+  readonly bytesIn: () => number;
+  #replay: ReadableStream<Uint8Array> | undefined;
+
+  constructor(head: UpstreamResponse, whole: Uint8Array<ArrayBuffer>) {
+    this.status = head.status;
+    this.reason = head.reason;
+    this.headers = head.headers;
+    this.whole = whole;
+    this.bytesIn = head.bytesIn;
+  }
+
+  get body(): ReadableStream<Uint8Array> {
+    return this.#replay ??= new ReadableStream({
+      start: (c) => {
+        c.enqueue(this.whole);
+        c.close();
+      },
+    });
+  }
+}
+
 /** What failed, for the caller's status code and log line. */
 export type UpstreamErrorKind = "connect" | "tls" | "timeout" | "protocol" | "reset";
 
@@ -884,20 +914,8 @@ export class UpstreamPool {
       // back to the pool now rather than after a stream has been drained.
       const whole = conn.buf.slice(conn.start, conn.start + framing.length);
       conn.start += framing.length;
-      response.whole = whole;
-      let replay: ReadableStream<Uint8Array> | undefined;
-      Object.defineProperty(response, "body", {
-        get: () =>
-          replay ??= new ReadableStream({
-            start(c) {
-              c.enqueue(whole);
-              c.close();
-            },
-          }),
-        enumerable: true,
-      });
       finish(true);
-      return response;
+      return new WholeResponse(response, whole);
     }
     const next = this.#bodyReader(conn, framing, where);
     response.body = new ReadableStream<Uint8Array>({
