@@ -24,11 +24,11 @@ export type Duplex = {
 };
 
 /** Per-direction buffer while traffic is light (one TLS record of a typical request). */
-const SMALL = 2 * 1024;
+const SMALL = 1024;
 /** Per-direction buffer during bulk transfers. */
 const LARGE = 64 * 1024;
 /** Large buffers kept for reuse; more than this many are left to the garbage collector. */
-const MAX_SPARE = 64;
+const MAX_SPARE = 16;
 const spare: Uint8Array[] = [];
 
 function borrow(): Uint8Array {
