@@ -216,6 +216,16 @@ export async function runServe(flags: ServeFlags, log: (s: string) => void): Pro
       return undefined;
     }
   }
+  // Signal handlers before anyone is told we are serving: a SIGHUP or SIGTERM that follows the
+  // "serving" line or READY=1 at once must reload or drain, not kill the process.
+  const stopped = Promise.withResolvers<string>();
+  const onSignal = (name: string) => () => stopped.resolve(name);
+  const handlers: [Deno.Signal, () => void][] = [
+    ["SIGINT", onSignal("SIGINT")],
+    ["SIGTERM", onSignal("SIGTERM")],
+    ["SIGHUP", () => void reload("SIGHUP")],
+  ];
+  for (const [sig, h] of handlers) Deno.addSignalListener(sig, h);
   const a = server.addrs;
   const show = (x?: Deno.NetAddr) => (x ? `${x.hostname}:${x.port}` : "off");
   log(
@@ -227,14 +237,6 @@ export async function runServe(flags: ServeFlags, log: (s: string) => void): Pro
       }; CA ${origin}`,
   );
   await sdNotify(`READY=1\nSTATUS=serving ${flags.policy}`);
-  const stopped = Promise.withResolvers<string>();
-  const onSignal = (name: string) => () => stopped.resolve(name);
-  const handlers: [Deno.Signal, () => void][] = [
-    ["SIGINT", onSignal("SIGINT")],
-    ["SIGTERM", onSignal("SIGTERM")],
-    ["SIGHUP", () => void reload("SIGHUP")],
-  ];
-  for (const [sig, h] of handlers) Deno.addSignalListener(sig, h);
   const why = await stopped.promise;
   for (const [sig, h] of handlers) Deno.removeSignalListener(sig, h);
   log(`sluice: ${why}, shutting down`);
