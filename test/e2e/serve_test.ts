@@ -15,7 +15,7 @@ import {
   startTlsUpstream,
   testCas,
 } from "./_harness.ts";
-import { websocketThroughProxy } from "./_ws_client.ts";
+import { openWebSocket, websocketThroughProxy } from "./_ws_client.ts";
 
 Deno.test("sluice serve (explicit proxy)", async (t) => {
   const dir = await Deno.makeTempDir({ prefix: "sluice-e2e-" });
@@ -328,6 +328,24 @@ tls:
         20 + 70_000,
         25 + 70_000,
       ]);
+    });
+
+    await t.step("a plain ws:// WebSocket works through the explicit proxy", async () => {
+      // Absolute-form upgrade request, as HTTP_PROXY clients send it for ws:// URLs.
+      const tcp = await Deno.connect({ hostname: "127.0.0.1", port: sluice.proxyPort });
+      const ws = await openWebSocket(
+        tcp,
+        `plain.test:${plain.port}`,
+        `http://plain.test:${plain.port}/ws`,
+      );
+      try {
+        assertMatch(ws.head, /^HTTP\/1\.1 101 /);
+        await ws.send(0x1, new TextEncoder().encode("over plain HTTP"));
+        const reply = await ws.read();
+        assertEquals(new TextDecoder().decode(reply.payload), "echo:over plain HTTP");
+      } finally {
+        ws.close();
+      }
     });
 
     await t.step("a WebSocket to a denied path is refused before any upgrade", async () => {

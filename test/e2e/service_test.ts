@@ -96,6 +96,15 @@ Deno.test("sluice serve: admin endpoints, metrics and reload", async (t) => {
       );
       assertMatch(after, /# TYPE sluice_request_duration_seconds histogram/);
       assertEquals(metric(after, "sluice_policy_generation"), 1);
+      // Memory: the process's RSS from the kernel's view and V8's parts of it.
+      const rss = metric(after, "process_resident_memory_bytes");
+      const heapUsed = metric(after, "sluice_js_memory_bytes", { kind: "heap_used" });
+      const heapTotal = metric(after, "sluice_js_memory_bytes", { kind: "heap_total" });
+      assert(
+        heapUsed > 1e6 && heapUsed <= heapTotal && heapTotal < rss,
+        `${heapUsed} ${heapTotal} ${rss}`,
+      );
+      assert(metric(after, "sluice_js_memory_bytes", { kind: "external" }) > 0);
     });
 
     await t.step(
