@@ -109,10 +109,19 @@ export class AuditLog implements AuditSink {
   #flush(): void {
     this.#scheduled = false;
     if (this.#pending.length === 0) return;
+    const count = this.#pending.length;
     const data = encoder.encode(this.#pending.join("\n") + "\n");
     this.#pending = [];
-    let off = 0;
-    while (off < data.length) off += this.#out.writeSync(data.subarray(off));
+    try {
+      let off = 0;
+      while (off < data.length) off += this.#out.writeSync(data.subarray(off));
+    } catch (e) {
+      // A full disk or a closed log must not take the proxy down; say what was lost, without
+      // the records themselves (they are the audit trail, not operational output).
+      console.error(
+        `sluice: audit: ${count} record(s) could not be written: ${(e as Error)?.message ?? e}`,
+      );
+    }
   }
 
   close(): Promise<void> {

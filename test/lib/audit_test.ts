@@ -56,3 +56,22 @@ Deno.test("AuditLog batches a burst of records into one flush", async () => {
   assertEquals(log.records.length, 100);
   assertEquals(log.records[99].conn, 99);
 });
+
+Deno.test("AuditLog reports records it cannot write instead of throwing from its timer", async () => {
+  const dir = await Deno.makeTempDir();
+  const log = await AuditLog.open(`${dir}/audit.jsonl`);
+  await log.close();
+  const errors: string[] = [];
+  const original = console.error;
+  console.error = (...args: unknown[]) => void errors.push(args.join(" "));
+  try {
+    // Written after close: the flush on the next macrotask fails; it must not throw.
+    log.write({ event: "request", verdict: "allow", code: "allow-rule", reason: "late" });
+    await new Promise((r) => setTimeout(r, 20));
+  } finally {
+    console.error = original;
+    await Deno.remove(dir, { recursive: true });
+  }
+  assertEquals(errors.length, 1);
+  assertMatch(errors[0], /^sluice: audit: 1 record\(s\) could not be written: /);
+});
