@@ -247,6 +247,12 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
       }
       await terminator.close();
       await Promise.allSettled([...tasks]);
+      // A WebSocket session ends, and writes its audit record, only once its connection is
+      // closed above: give those records a moment before the audit log closes.
+      const settle = Date.now() + 2_000;
+      while (ctx.inflight.count > 0 && Date.now() < settle) {
+        await new Promise((r) => setTimeout(r, 20));
+      }
       pool.close();
       await admin?.close();
       await opts.audit.close();

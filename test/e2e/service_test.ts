@@ -5,6 +5,7 @@
 import parsePrometheus from "parse-prometheus-text-format";
 import { assert, assertEquals, assertMatch } from "../_assert.ts";
 import { curl, startPlainUpstream, startSluice } from "./_harness.ts";
+import { openWebSocket } from "./_ws_client.ts";
 
 /**
  * Reads one sample through a Prometheus text-format parser (not a regex), so
@@ -250,6 +251,52 @@ Deno.test("sluice serve: a reload keeps an in-flight download, and SIGTERM drain
     assertEquals((await drained).text, `${n} 200`);
     assert(Date.now() - signalled > 500, "the download must still have been running at SIGTERM");
     assertEquals(await exited, 0);
+  } finally {
+    if (!stopped) await sluice.stop();
+    await plain.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("sluice serve: SIGTERM waits for an open WebSocket up to --drain-timeout, then closes it", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "sluice-ws-drain-" });
+  const plain = startPlainUpstream();
+  const policy = `${dir}/policy.yaml`;
+  await Deno.writeTextFile(
+    policy,
+    `version: 1\nnetwork:\n  allow: [a.test, "127.0.0.1:${plain.port}"]\n`,
+  );
+  const sluice = await startSluice(policy, dir, [
+    "--resolve",
+    "a.test=127.0.0.1",
+    "--drain-timeout",
+    "2",
+  ]);
+  let stopped = false;
+  try {
+    const tcp = await Deno.connect({ hostname: "127.0.0.1", port: sluice.proxyPort });
+    const ws = await openWebSocket(tcp, `a.test:${plain.port}`, `http://a.test:${plain.port}/ws`);
+    assertMatch(ws.head, /^HTTP\/1\.1 101 /);
+    await ws.send(0x1, new TextEncoder().encode("before"));
+    assertEquals(new TextDecoder().decode((await ws.read()).payload), "echo:before");
+    const signalled = Date.now();
+    const exited = sluice.stop("SIGTERM");
+    stopped = true;
+    // The session still works during the drain...
+    await new Promise((r) => setTimeout(r, 500));
+    await ws.send(0x1, new TextEncoder().encode("during"));
+    assertEquals(new TextDecoder().decode((await ws.read()).payload), "echo:during");
+    // ...and is closed when the drain timeout is over; sluice then exits cleanly.
+    const end = await ws.read().then((f) => `frame ${f.opcode}`, () => "closed");
+    const waited = Date.now() - signalled;
+    assert(waited >= 1500 && waited < 10_000, `closed after ${waited} ms`);
+    assertMatch(end, /^(closed|frame 8)$/);
+    ws.close();
+    assertEquals(await exited, 0, sluice.stderr());
+    // Its audit record was written before the log closed.
+    const record = (await sluice.audit()).find((r) => r.path === "/ws" && r.status === 101);
+    assert(record, `no audit record for the drained WebSocket:\n${sluice.stderr()}`);
+    assertEquals([record.bytes_up, record.bytes_down], [12, 22]);
   } finally {
     if (!stopped) await sluice.stop();
     await plain.close();
