@@ -10,6 +10,7 @@ import { framing, parseRequestHead } from "../../lib/http_head.ts";
 import type { RequestHead } from "../../lib/http_head.ts";
 import { UpstreamError, UpstreamPool } from "../../lib/upstream.ts";
 import type { UpstreamRequest, UpstreamResponse, UpstreamTarget } from "../../lib/upstream.ts";
+import { type OpensslPki, opensslPki } from "../_pki.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -1090,71 +1091,7 @@ Deno.test("UpstreamPool.request() hands over the connection after 101 Switching 
 // ---------------------------------------------------------------------------------------------
 // TLS.
 
-type Pki = { dir: string; ca: string; cert: string; key: string };
-
-async function makePki(): Promise<Pki> {
-  const dir = await Deno.makeTempDir({ prefix: "sluice_upstream_" });
-  const run = async (args: string[]): Promise<void> => {
-    const out = await new Deno.Command("openssl", { args, cwd: dir, stderr: "piped" }).output();
-    if (!out.success) throw new Error(`openssl ${args[0]}: ${dec.decode(out.stderr)}`);
-  };
-  const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
-  await run([
-    "req",
-    "-x509",
-    ...ec,
-    "-keyout",
-    "ca.key",
-    "-out",
-    "ca.pem",
-    "-days",
-    "2",
-    "-subj",
-    "/CN=sluice upstream test CA",
-    "-addext",
-    "basicConstraints=critical,CA:TRUE",
-    "-addext",
-    "keyUsage=critical,keyCertSign",
-  ]);
-  await run([
-    "req",
-    ...ec,
-    "-keyout",
-    "leaf.key",
-    "-out",
-    "leaf.csr",
-    "-subj",
-    "/CN=upstream.test",
-  ]);
-  await Deno.writeTextFile(
-    `${dir}/ext.cnf`,
-    "subjectAltName=DNS:upstream.test\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-  );
-  await run([
-    "x509",
-    "-req",
-    "-in",
-    "leaf.csr",
-    "-CA",
-    "ca.pem",
-    "-CAkey",
-    "ca.key",
-    "-CAcreateserial",
-    "-out",
-    "leaf.pem",
-    "-days",
-    "2",
-    "-extfile",
-    "ext.cnf",
-  ]);
-  const read = (f: string): Promise<string> => Deno.readTextFile(`${dir}/${f}`);
-  return {
-    dir,
-    ca: await read("ca.pem"),
-    cert: await read("leaf.pem"),
-    key: await read("leaf.key"),
-  };
-}
+const makePki = (): Promise<OpensslPki> => opensslPki("upstream.test");
 
 Deno.test("UpstreamPool.request() speaks TLS with verification on, off, and failing", async (t) => {
   const pki = await makePki();

@@ -22,6 +22,7 @@ import {
   type WebSocketStats,
 } from "../../lib/websocket.ts";
 import { UpstreamPool } from "../../lib/upstream.ts";
+import { opensslPki } from "../_pki.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -992,57 +993,9 @@ Deno.test("proxyWebSocket() keeps order: a flood down, messages then close up", 
 // TLS upstream.
 
 async function makePki(): Promise<{ ca: string; cert: string; key: string }> {
-  const dir = await Deno.makeTempDir({ prefix: "sluice_ws_" });
-  try {
-    const run = async (args: string[]): Promise<void> => {
-      const out = await new Deno.Command("openssl", { args, cwd: dir, stderr: "piped" }).output();
-      if (!out.success) throw new Error(`openssl ${args[0]}: ${dec.decode(out.stderr)}`);
-    };
-    const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
-    await run([
-      "req",
-      "-x509",
-      ...ec,
-      "-keyout",
-      "ca.key",
-      "-out",
-      "ca.pem",
-      "-days",
-      "2",
-      "-subj",
-      "/CN=sluice ws test CA",
-      "-addext",
-      "basicConstraints=critical,CA:TRUE",
-      "-addext",
-      "keyUsage=critical,keyCertSign",
-    ]);
-    await run(["req", ...ec, "-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=ws.test"]);
-    await Deno.writeTextFile(
-      `${dir}/ext.cnf`,
-      "subjectAltName=DNS:ws.test\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    );
-    await run([
-      "x509",
-      "-req",
-      "-in",
-      "leaf.csr",
-      "-CA",
-      "ca.pem",
-      "-CAkey",
-      "ca.key",
-      "-CAcreateserial",
-      "-out",
-      "leaf.pem",
-      "-days",
-      "2",
-      "-extfile",
-      "ext.cnf",
-    ]);
-    const read = (f: string): Promise<string> => Deno.readTextFile(`${dir}/${f}`);
-    return { ca: await read("ca.pem"), cert: await read("leaf.pem"), key: await read("leaf.key") };
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  const pki = await opensslPki("ws.test");
+  await Deno.remove(pki.dir, { recursive: true });
+  return pki;
 }
 
 Deno.test("proxyWebSocket() relays to a TLS upstream (wss) through the pool", async () => {
