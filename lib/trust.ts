@@ -44,9 +44,26 @@ export function useSystemRootsByDefault(): boolean {
   const chosen = Deno.env.get("DENO_TLS_CA_STORE");
   if (chosen === undefined || chosen.trim() === "") {
     Deno.env.set("DENO_TLS_CA_STORE", "system");
+    storeSetHere = true;
     return true;
   }
   return chosen.split(",").some((s) => s.trim() === "system");
+}
+
+/** Whether {@link useSystemRootsByDefault} set the variable (rather than the user). */
+let storeSetHere = false;
+
+/**
+ * The environment for a program sluice starts (`sluice run`): without the trust store choice
+ * sluice made for itself, so the program sees the variables its user gave it.
+ *
+ * @param env an environment, e.g. `Deno.env.toObject()`
+ * @returns `env` without DENO_TLS_CA_STORE if sluice set it, else `env` unchanged
+ */
+export function withoutOwnTrustSetting(env: Record<string, string>): Record<string, string> {
+  if (!storeSetHere) return env;
+  const { DENO_TLS_CA_STORE: _ours, ...rest } = env;
+  return rest;
 }
 
 /** Options of {@link loadTrust}. */

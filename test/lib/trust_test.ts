@@ -89,15 +89,16 @@ Deno.test("useSystemRootsByDefault() makes the host's store verify upstreams wit
   const served = serveHttpOnListener(listener, () => new Response("ok"), () => new Response("x"));
   await Deno.writeTextFile(
     `${dir}/child.ts`,
-    `import { useSystemRootsByDefault } from "${ROOT}lib/trust.ts";
+    `import { useSystemRootsByDefault, withoutOwnTrustSetting } from "${ROOT}lib/trust.ts";
 const switched = Deno.args[0] === "switch" ? useSystemRootsByDefault() : null;
+const childSees = withoutOwnTrustSetting(Deno.env.toObject()).DENO_TLS_CA_STORE ?? null;
 try {
   const c = await Deno.connectTls({ hostname: "localhost", port: ${listener.addr.port} });
   await c.handshake();
   c.close();
-  console.log(JSON.stringify({ switched, verified: true, store: Deno.env.get("DENO_TLS_CA_STORE") }));
+  console.log(JSON.stringify({ switched, verified: true, store: Deno.env.get("DENO_TLS_CA_STORE"), childSees }));
 } catch (e) {
-  console.log(JSON.stringify({ switched, verified: false, error: String(e) }));
+  console.log(JSON.stringify({ switched, verified: false, error: String(e), childSees }));
 }
 `,
   );
@@ -124,11 +125,17 @@ try {
       assert(/UnknownIssuer/.test(r.error), r.error);
     });
     await t.step("with it, the host's store verifies", async () => {
-      assertEquals(await child("switch"), { switched: true, verified: true, store: "system" });
+      // ...and a program sluice starts does not inherit sluice's own choice.
+      assertEquals(await child("switch"), {
+        switched: true,
+        verified: true,
+        store: "system",
+        childSees: null,
+      });
     });
     await t.step("a store the user chose is kept", async () => {
       const r = await child("switch", { DENO_TLS_CA_STORE: "mozilla" });
-      assertEquals([r.switched, r.verified], [false, false]);
+      assertEquals([r.switched, r.verified, r.childSees], [false, false, "mozilla"]);
     });
   } finally {
     await served.shutdown();
