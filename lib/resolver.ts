@@ -138,3 +138,16 @@ export function parseResolveOverrides(entries: readonly string[]): Map<string, I
   }
   return out;
 }
+
+/**
+ * The resolver sluice's commands use: the host's (getaddrinfo) behind a {@link CachingResolver},
+ * with `--resolve NAME=ADDR` overrides in front.
+ *
+ * @param overrides the `--resolve` entries
+ * @throws {Error} naming a bad entry (see {@link parseResolveOverrides})
+ */
+export function hostResolver(overrides: readonly string[]): Resolver {
+  const fixed = parseResolveOverrides(overrides);
+  const system = new CachingResolver(new SystemResolver());
+  return fixed.size ? new OverrideResolver(fixed, system) : system;
+}

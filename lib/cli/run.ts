@@ -10,7 +10,7 @@ import { ephemeralCa, exportCaPem, loadCa } from "../ca.ts";
 import { buildBrokerage } from "../credentials.ts";
 import { startDnsServer } from "../dns.ts";
 import { readPolicyFile } from "../policy_file.ts";
-import { OverrideResolver, parseResolveOverrides, SystemResolver } from "../resolver.ts";
+import { hostResolver } from "../resolver.ts";
 import {
   applyRunRules,
   childEnv,
@@ -24,7 +24,7 @@ import {
   terminates,
 } from "../run.ts";
 import { startServer } from "../serve.ts";
-import { SYSTEM_BUNDLES } from "../trust.ts";
+import { SYSTEM_BUNDLES, withoutOwnTrustSetting } from "../trust.ts";
 import { stateDirFrom } from "./ca.ts";
 
 /** Flags of `sluice run`. */
@@ -82,10 +82,7 @@ export async function runRun(
       (policy.audit.log.startsWith("/") ? policy.audit.log : undefined);
     const sink: AuditSink | undefined = target ? await AuditLog.open(target) : undefined;
     summary = new RunSummary(sink);
-    const overrides = parseResolveOverrides(flags.resolve);
-    const resolver = overrides.size
-      ? new OverrideResolver(overrides, new SystemResolver())
-      : new SystemResolver();
+    const resolver = hostResolver(flags.resolve);
 
     // The CA bundle CMD trusts: the system roots plus sluice's CA.
     const tmp = await Deno.makeTempDir({ prefix: "sluice-run-" });
@@ -169,7 +166,7 @@ export async function runRun(
     }
     if (net) argv = ["ip", "netns", "exec", net.ns, ...argv];
     const env = childEnv(
-      Deno.env.toObject(),
+      withoutOwnTrustSetting(Deno.env.toObject()),
       placeholders,
       bundle,
       net ? undefined : `http://${host}:${a.proxy!.port}`,

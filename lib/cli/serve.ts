@@ -7,12 +7,7 @@ import type { Endpoint } from "../../policy/types.ts";
 import { AuditLog } from "../audit.ts";
 import { type ListenAddr, startServer } from "../serve.ts";
 import { readPolicyFile } from "../policy_file.ts";
-import {
-  CachingResolver,
-  OverrideResolver,
-  parseResolveOverrides,
-  SystemResolver,
-} from "../resolver.ts";
+import { hostResolver } from "../resolver.ts";
 import { obtainCa, stateDirFrom } from "./ca.ts";
 import { buildBrokerage } from "../credentials.ts";
 import { sdNotify } from "../systemd.ts";
@@ -72,9 +67,7 @@ export async function runServe(flags: ServeFlags, log: (s: string) => void): Pro
   const stateDir = stateDirFrom(flags.state);
   const { broker } = await buildBrokerage(loaded.compiled, stateDir);
   const audit = await AuditLog.open(flags.auditLog ?? policy.audit.log);
-  const overrides = parseResolveOverrides(flags.resolve);
-  const system = new CachingResolver(new SystemResolver());
-  const resolver = overrides.size ? new OverrideResolver(overrides, system) : system;
+  const resolver = hostResolver(flags.resolve);
   // With --enforce, redirected traffic needs the transparent listeners (and
   // the DNS listener when enforce.dns is proxy): default them when unset. In
   // gateway mode REDIRECT targets the incoming interface's address, so bind all.
