@@ -47,7 +47,6 @@ export type HopMeta = {
 };
 
 type Internal = {
-  listener: Deno.Listener;
   served: ServedListener;
   port: number;
   names: Set<string>;
@@ -76,6 +75,7 @@ export class Terminator {
   #plain!: Internal;
   /** Servers still finishing their connections: recycled TLS listeners, then all at close. */
   readonly #draining = new Set<Promise<void>>();
+  #stopping = false;
 
   constructor(opts: TerminatorOptions) {
     this.#opts = opts;
@@ -89,7 +89,6 @@ export class Terminator {
     this.#tls = this.#openTls();
     const plain = Deno.listen({ hostname: "127.0.0.1", port: 0 });
     this.#plain = {
-      listener: plain,
       served: this.#serve(plain),
       port: (plain.addr as Deno.NetAddr).port,
       names: new Set(),
@@ -122,7 +121,6 @@ export class Terminator {
     setListenerNoDelay(listener);
     const now = this.#opts.now?.() ?? Date.now();
     return {
-      listener,
       served: this.#serve(listener),
       port: (listener.addr as Deno.NetAddr).port,
       names,
@@ -190,6 +188,9 @@ export class Terminator {
   }
 
   #shutdownServers(): void {
+    // Once: the drain's abort and close() both ask for it.
+    if (this.#stopping) return;
+    this.#stopping = true;
     for (const t of [this.#tls, this.#plain]) if (t !== undefined) this.#retire(t);
   }
 
