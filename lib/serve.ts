@@ -163,6 +163,13 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
     return listener.addr as Deno.NetAddr;
   };
 
+  /** Resolves when no request is in flight, or at `deadline` (ms since the epoch). */
+  const inflightDone = async (deadline: number): Promise<void> => {
+    while (ctx.inflight.count > 0 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  };
+
   const addrs: Server["addrs"] = {};
   let admin: { addr: Deno.NetAddr; close(): Promise<void> } | undefined;
   try {
@@ -230,9 +237,7 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
       // HTTP servers are told to shut down, which closes idle keep-alive
       // connections at once; then tunnels get what is left of the deadline.
       const deadline = Date.now() + drainMs;
-      while (ctx.inflight.count > 0 && Date.now() < deadline) {
-        await new Promise((r) => setTimeout(r, 50));
-      }
+      await inflightDone(deadline);
       shutdown.abort();
       let timer: ReturnType<typeof setTimeout> | undefined;
       await Promise.race([
@@ -249,10 +254,7 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
       await Promise.allSettled([...tasks]);
       // A WebSocket session ends, and writes its audit record, only once its connection is
       // closed above: give those records a moment before the audit log closes.
-      const settle = Date.now() + 2_000;
-      while (ctx.inflight.count > 0 && Date.now() < settle) {
-        await new Promise((r) => setTimeout(r, 20));
-      }
+      await inflightDone(Date.now() + 2_000);
       pool.close();
       await admin?.close();
       await opts.audit.close();
