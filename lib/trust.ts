@@ -33,6 +33,9 @@ export class TrustError extends Error {
   override name = "TrustError";
 }
 
+/** Whether {@link useSystemRootsByDefault} set DENO_TLS_CA_STORE (rather than the user). */
+let storeSetHere = false;
+
 /**
  * Makes the host's trust store Deno's default one for this process, unless the user chose
  * a store with `DENO_TLS_CA_STORE`. Deno reads the variable when it first builds its store,
@@ -49,9 +52,6 @@ export function useSystemRootsByDefault(): boolean {
   }
   return chosen.split(",").some((s) => s.trim() === "system");
 }
-
-/** Whether {@link useSystemRootsByDefault} set the variable (rather than the user). */
-let storeSetHere = false;
 
 /**
  * The environment for a program sluice starts (`sluice run`): without the trust store choice
