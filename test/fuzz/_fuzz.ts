@@ -1,9 +1,10 @@
 /**
  * What every fuzz test shares: a seeded PRNG per case (so a failure names the one case to
- * replay), the environment knobs, and byte helpers.
+ * replay), the environment knobs, and the generic byte mutator.
  *
  * @module
  */
+import { cat } from "../_bytes.ts";
 
 /** A non-negative integer from the environment, or `fallback` when unset (or no --allow-env). */
 export function envNumber(name: string, fallback: number): number {
@@ -55,17 +56,6 @@ export class Rng {
     for (let i = 0; i < n; i++) out[i] = this.int(256);
     return out;
   }
-}
-
-/** Concatenates byte arrays (or plain number arrays). */
-export function cat(...parts: (Uint8Array | number[])[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
 }
 
 /** What {@link mutateBytes} splices in: bytes, format tokens and 16-bit extremes. */

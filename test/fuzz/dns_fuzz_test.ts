@@ -29,7 +29,8 @@ import {
 import type { Resolver } from "../../lib/resolver.ts";
 import { type Ip, parseIp } from "../../policy/address.ts";
 import { loadPolicyText } from "../../policy/load.ts";
-import { cat, envNumber, Rng } from "./_fuzz.ts";
+import { cat } from "../_bytes.ts";
+import { envNumber, Rng } from "./_fuzz.ts";
 
 const SEED = envNumber("SLUICE_FUZZ_SEED", 0xd25) >>> 0;
 /** Cases for the parser; the async whole-path run takes a fifth of this. */

@@ -19,7 +19,8 @@ import {
   parseResponseHead,
   responseFraming,
 } from "../../lib/http1.ts";
-import { cat, envNumber, Rng } from "./_fuzz.ts";
+import { cat } from "../_bytes.ts";
+import { envNumber, Rng } from "./_fuzz.ts";
 
 const SEED = envNumber("SLUICE_FUZZ_SEED", 0x4771) >>> 0;
 /** Cases per parser; two parsers, so twice this in all. */

@@ -12,7 +12,8 @@ import type { ClientHelloResult } from "../../lib/client_hello.ts";
 import { MAX_CLIENT_HELLO, parseClientHello } from "../../lib/client_hello.ts";
 import type { HeadLimits, HeadResult } from "../../lib/http_head.ts";
 import { framing, parseRequestHead } from "../../lib/http_head.ts";
-import { cat, envNumber, mutateBytes, Rng } from "./_fuzz.ts";
+import { cat } from "../_bytes.ts";
+import { envNumber, mutateBytes, Rng } from "./_fuzz.ts";
 
 const SEED = envNumber("SLUICE_FUZZ_SEED", 0x51c3) >>> 0;
 /** Cases per parser. */

@@ -16,7 +16,8 @@
 import assert from "node:assert/strict";
 import { isValidCloseCode, WebSocketDecoder } from "../../lib/websocket.ts";
 import type { WebSocketEvent } from "../../lib/websocket.ts";
-import { cat, envNumber, mutateBytes, Rng } from "./_fuzz.ts";
+import { cat } from "../_bytes.ts";
+import { envNumber, mutateBytes, Rng } from "./_fuzz.ts";
 
 const SEED = envNumber("SLUICE_FUZZ_SEED", 0x3b50c) >>> 0;
 const CASES = envNumber("SLUICE_FUZZ_CASES", 100_000);

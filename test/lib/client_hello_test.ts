@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import type { ClientHelloResult } from "../../lib/client_hello.ts";
 import { isTlsStart, MAX_CLIENT_HELLO, parseClientHello } from "../../lib/client_hello.ts";
+import { cat } from "../_bytes.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Builders for hand-made ClientHellos: real field layout, every length computed, so that each
@@ -10,16 +11,6 @@ type Ext = [type: number, data: Uint8Array];
 
 function u8(...xs: number[]): Uint8Array {
   return new Uint8Array(xs);
-}
-
-function cat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
 }
 
 function len16(body: Uint8Array): Uint8Array {

@@ -12,14 +12,11 @@ import {
   RCODE,
   udpLimit,
 } from "../../lib/dns_wire.ts";
+import { cat } from "../_bytes.ts";
 
 function hex(s: string): Uint8Array {
   const clean = s.replace(/\s+/g, "");
   return Uint8Array.from(clean.match(/../g) ?? [], (h) => parseInt(h, 16));
-}
-
-function cat(...parts: (Uint8Array | number[])[]): Uint8Array {
-  return Uint8Array.from(parts.flatMap((p) => [...p]));
 }
 
 /** A header: id 0x1234, the given flags and counts. */

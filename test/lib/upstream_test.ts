@@ -11,22 +11,13 @@ import type { RequestHead } from "../../lib/http_head.ts";
 import { UpstreamError, UpstreamPool } from "../../lib/upstream.ts";
 import type { UpstreamRequest, UpstreamResponse, UpstreamTarget } from "../../lib/upstream.ts";
 import { type OpensslPki, opensslPki } from "../_pki.ts";
+import { cat } from "../_bytes.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
 
 function latin1(s: string): Uint8Array {
   return Uint8Array.from(s, (c) => c.charCodeAt(0));
-}
-
-function cat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
 }
 
 /** A request as the scripted server saw it. */

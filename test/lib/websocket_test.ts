@@ -23,22 +23,13 @@ import {
 } from "../../lib/websocket.ts";
 import { UpstreamPool } from "../../lib/upstream.ts";
 import { opensslPki } from "../_pki.ts";
+import { cat } from "../_bytes.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
 const u8 = (...xs: number[]): Uint8Array => new Uint8Array(xs);
 const hex = (b: Uint8Array): string =>
   Array.from(b, (x) => x.toString(16).padStart(2, "0")).join(" ");
-
-function cat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
 
 function randomBytes(n: number): Uint8Array {
   const out = new Uint8Array(n);
