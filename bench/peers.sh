@@ -141,7 +141,7 @@ mkdir -p "$dir/www" "$dir/client" "$dir/client/denodir"
 # The client runs as another uid, which may not be able to read a deno under /root.
 cp "$(readlink -f "$DENO")" "$dir/client/deno"
 head -c 1048576 /dev/urandom >"$dir/www/1m"
-cp bench/lib/sni_client.ts bench/lib/idle_client.ts bench/lib/rate_client.ts "$dir/client/"
+cp bench/lib/sni_client.ts bench/lib/idle_client.ts bench/lib/rate_client.ts bench/lib/percentile.ts "$dir/client/"
 chown -R "$CLIENT_UID:$CLIENT_UID" "$dir/client"
 sed "s#@DIR@#$dir#g" bench/lib/nginx.conf >"$dir/nginx.conf"
 

@@ -14,6 +14,7 @@
  *
  * @module
  */
+import { percentile } from "./percentile.ts";
 
 const [
   host,
@@ -85,10 +86,7 @@ async function connection(index: number, start: number): Promise<void> {
 const start = performance.now() + 500;
 await Promise.all(Array.from({ length: conns }, (_, i) => connection(i, start)));
 latencies.sort((a, b) => a - b);
-const pct = (p: number): number =>
-  latencies.length
-    ? latencies[Math.min(latencies.length - 1, Math.floor(latencies.length * p))]
-    : 0;
+const pct = (p: number): number => percentile(latencies, p);
 console.log(JSON.stringify({
   requests: latencies.length,
   errors,

@@ -10,6 +10,7 @@
  *
  * @module
  */
+import { percentile } from "./percentile.ts";
 
 const [namesArg = "1000", concArg = "16", caPath = "", domain = "bench.test", path = "/ok"] =
   Deno.args;
@@ -49,10 +50,7 @@ const start = performance.now();
 await Promise.all(Array.from({ length: concurrency }, worker));
 const seconds = (performance.now() - start) / 1000;
 latencies.sort((a, b) => a - b);
-const pct = (p: number): number =>
-  latencies.length
-    ? latencies[Math.min(latencies.length - 1, Math.floor(latencies.length * p))]
-    : 0;
+const pct = (p: number): number => percentile(latencies, p);
 console.log(JSON.stringify({
   requests: latencies.length,
   errors,
