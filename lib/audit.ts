@@ -65,6 +65,7 @@ const encoder = new TextEncoder();
 export class AuditLog implements AuditSink {
   #pending: string[] = [];
   #scheduled = false;
+  #closed = false;
   #out: { writeSync(p: Uint8Array): number; close?(): void };
   #now: () => Date;
 
@@ -109,6 +110,13 @@ export class AuditLog implements AuditSink {
   #flush(): void {
     this.#scheduled = false;
     if (this.#pending.length === 0) return;
+    if (this.#closed) {
+      console.error(
+        `sluice: audit: ${this.#pending.length} record(s) could not be written: the log is closed`,
+      );
+      this.#pending = [];
+      return;
+    }
     const count = this.#pending.length;
     const data = encoder.encode(this.#pending.join("\n") + "\n");
     this.#pending = [];
@@ -124,8 +132,15 @@ export class AuditLog implements AuditSink {
     }
   }
 
+  /**
+   * Flushes and closes the destination. Idempotent: the server and `sluice run` may both
+   * close the log they share, and a second close must not fail a run that succeeded.
+   * Records written after close are reported on stderr as lost (never thrown).
+   */
   close(): Promise<void> {
+    if (this.#closed) return Promise.resolve();
     this.#flush();
+    this.#closed = true;
     if (this.#out !== Deno.stderr && this.#out !== Deno.stdout) this.#out.close?.();
     return Promise.resolve();
   }

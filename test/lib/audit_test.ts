@@ -75,3 +75,16 @@ Deno.test("AuditLog reports records it cannot write instead of throwing from its
   assertEquals(errors.length, 1);
   assertMatch(errors[0], /^sluice: audit: 1 record\(s\) could not be written: /);
 });
+
+Deno.test("AuditLog.close() twice is fine: the server and sluice run both close the log they share", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const log = await AuditLog.open(`${dir}/audit.jsonl`);
+    log.write({ event: "request", verdict: "allow", code: "allow-rule", reason: "x" });
+    await log.close();
+    await log.close();
+    assertEquals((await Deno.readTextFile(`${dir}/audit.jsonl`)).split("\n").length, 2);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
