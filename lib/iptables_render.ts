@@ -23,6 +23,9 @@
  * - cgroup paths go to `-m cgroup --path` as written: the kernel resolves them
  *   relative to the cgroup2 root, so `cgroupPrefix` (an nft quirk) is unused.
  * - One jump rule per uid (`-m owner --uid-owner`) instead of an nft set.
+ * - sluice's own traffic, as in nft: sluice is refused as a subject (its uid,
+ *   its cgroup) rather than exempted, because `--uid-owner 0 -j RETURN` in
+ *   front of `-m cgroup --path` would free every root process in the cgroup.
  *
  * @module
  */
@@ -109,25 +112,15 @@ function renderFamily(s: NormalizedSpec, family: Family): string[][] {
   const gateway = s.interfaces.length > 0;
   if (!host && !gateway) return [];
 
-  const exempt: string[][] = [];
-  if (s.exemptUid !== undefined) {
-    exempt.push([
-      "-m",
-      "owner",
-      "--uid-owner",
-      String(s.exemptUid),
-      ...comment("sluice's own traffic"),
-    ]);
-  }
-  if (s.exemptMark !== undefined) {
-    exempt.push([
-      "-m",
-      "mark",
-      "--mark",
-      `0x${s.exemptMark.toString(16)}`,
-      ...comment("sluice's own traffic"),
-    ]);
-  }
+  // sluice itself is never a subject (normalizeSpec refuses a spec where its
+  // uid or cgroup would be), so only a fwmark exemption is rendered.
+  const exempt: string[][] = s.exemptMark === undefined ? [] : [[
+    "-m",
+    "mark",
+    "--mark",
+    `0x${s.exemptMark.toString(16)}`,
+    ...comment("sluice's own traffic"),
+  ]];
 
   const natChains = [c.redirect, ...(host ? [c.natOut] : []), ...(gateway ? [c.natPre] : [])];
   const filterChains = [

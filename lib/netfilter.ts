@@ -21,12 +21,20 @@ export type CommandResult = { code: number; stdout: string; stderr: string };
 /** Runs argv (with optional stdin) and reports how it went; injectable for tests. */
 export type CommandRunner = (argv: readonly string[], stdin?: string) => Promise<CommandResult>;
 
+/**
+ * Runs argv synchronously: for removal from `error` / `unhandledrejection`
+ * handlers, where the process dies before any promise settles.
+ */
+export type CommandRunnerSync = (argv: readonly string[]) => CommandResult;
+
 /** Options shared by every function here. */
 export type NetfilterOptions = {
   /** A namespace under /run/netns (as `ip netns add` creates) to act in. */
   netns?: string;
   /** How to run commands; the default spawns them with Deno.Command. */
   run?: CommandRunner;
+  /** How the synchronous removal runs commands; the default is Deno.Command's outputSync. */
+  runSync?: CommandRunnerSync;
   /** iptables programs, e.g. `{ v4: "iptables-legacy", v6: "ip6tables-legacy" }`. */
   iptables?: { v4: string; v6: string };
 };
@@ -82,6 +90,22 @@ export const denoRunner: CommandRunner = async (argv, stdin) => {
   return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
 };
 
+/** The synchronous default runner, for a dying process. */
+export const denoRunnerSync: CommandRunnerSync = (argv) => {
+  try {
+    const out = new Deno.Command(argv[0], {
+      args: argv.slice(1),
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).outputSync();
+    const dec = new TextDecoder();
+    return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+  } catch (e) {
+    return { code: 127, stdout: "", stderr: `${argv[0]}: ${(e as Error).message}` };
+  }
+};
+
 function prefix(opts: NetfilterOptions | undefined): string[] {
   if (!opts?.netns) return [];
   if (!/^[A-Za-z0-9_.-]+$/.test(opts.netns)) {
@@ -95,6 +119,25 @@ function prefix(opts: NetfilterOptions | undefined): string[] {
 
 function exec(argv: string[], opts?: NetfilterOptions, stdin?: string): Promise<CommandResult> {
   return (opts?.run ?? denoRunner)([...prefix(opts), ...argv], stdin);
+}
+
+/**
+ * A command sequence whose next command may depend on the last result: it
+ * yields argv and is resumed with how that went. Removal is written once as
+ * such a sequence and driven either way, so the async path (normal exit) and
+ * the sync path (crash handlers) can never drift apart.
+ */
+type Steps = Generator<string[], void, CommandResult>;
+
+async function drive(steps: Steps, opts?: NetfilterOptions): Promise<void> {
+  for (let next = steps.next(); !next.done;) next = steps.next(await exec(next.value, opts));
+}
+
+function driveSync(steps: Steps, opts?: NetfilterOptions): void {
+  const run = opts?.runSync ?? denoRunnerSync;
+  for (let next = steps.next(); !next.done;) {
+    next = steps.next(run([...prefix(opts), ...next.value]));
+  }
 }
 
 /**
@@ -159,17 +202,21 @@ export async function checkNft(text: string, opts?: NetfilterOptions): Promise<v
   if (r.code !== 0) throw nftFailure("nft -c -f", argv, text, r);
 }
 
+function* nftRemoval(table: string): Steps {
+  checkTableName(table);
+  const argv = ["nft", "delete", "table", "inet", table];
+  const r = yield argv;
+  if (r.code === 0 || /No such file or directory|does not exist/i.test(r.stderr)) return;
+  throw nftFailure(`nft delete table inet ${table}`, argv, "", r);
+}
+
 /**
  * Deletes `inet <table>`; a table that does not exist is not an error.
  *
  * @throws {NetfilterError} for any other failure.
  */
 export async function removeNft(table: string, opts?: NetfilterOptions): Promise<void> {
-  checkTableName(table);
-  const argv = ["nft", "delete", "table", "inet", table];
-  const r = await exec(argv, opts);
-  if (r.code === 0 || /No such file or directory|does not exist/i.test(r.stderr)) return;
-  throw nftFailure(`nft delete table inet ${table}`, argv, "", r);
+  await drive(nftRemoval(table), opts);
 }
 
 /**
@@ -189,13 +236,7 @@ export async function addHostSetElements(
 const IPT_MISSING =
   /No chain\/target\/match|does a matching rule exist|Bad rule|doesn't exist|not exist/i;
 
-/**
- * Removes every chain sluice may own for `table`, in both families; what does
- * not exist is skipped.
- *
- * @throws {NetfilterError} for failures other than "does not exist".
- */
-export async function removeIptables(table: string, opts?: NetfilterOptions): Promise<void> {
+function* iptablesRemoval(table: string, opts?: NetfilterOptions): Steps {
   const rules = renderIptablesRemove(table);
   const progs = opts?.iptables ?? { v4: "iptables", v6: "ip6tables" };
   for (const [fam, prog] of [["v4", progs.v4], ["v6", progs.v6]] as const) {
@@ -203,7 +244,7 @@ export async function removeIptables(table: string, opts?: NetfilterOptions): Pr
       const argv = [prog, "-w", ...args];
       // A jump may have been inserted more than once: delete until none is left.
       for (let i = 0; i < (args.includes("-D") ? 32 : 1); i++) {
-        const r = await exec(argv, opts);
+        const r = yield argv;
         if (r.code === 0) continue;
         if (IPT_MISSING.test(r.stderr)) break;
         throw new NetfilterError(
@@ -213,6 +254,32 @@ export async function removeIptables(table: string, opts?: NetfilterOptions): Pr
       }
     }
   }
+}
+
+/**
+ * Removes every chain sluice may own for `table`, in both families; what does
+ * not exist is skipped.
+ *
+ * @throws {NetfilterError} for failures other than "does not exist".
+ */
+export async function removeIptables(table: string, opts?: NetfilterOptions): Promise<void> {
+  await drive(iptablesRemoval(table, opts), opts);
+}
+
+/**
+ * Removes sluice's rules for `table` with the given backend, synchronously:
+ * the same commands as {@link removeNft} / {@link removeIptables}, for
+ * `error` and `unhandledrejection` handlers, after which the process exits
+ * without running any more promises. What does not exist is skipped.
+ *
+ * @throws {NetfilterError} for failures other than "does not exist".
+ */
+export function removeRulesSync(
+  table: string,
+  backend: "nftables" | "iptables",
+  opts?: NetfilterOptions,
+): void {
+  driveSync(backend === "nftables" ? nftRemoval(table) : iptablesRemoval(table, opts), opts);
 }
 
 /**
@@ -295,12 +362,37 @@ export async function detectCgroupPrefix(): Promise<string | undefined> {
   return undefined;
 }
 
+/**
+ * This process's cgroup v2 path relative to the cgroup2 root ("" for the root
+ * cgroup), from the `0::PATH` line of /proc/self/cgroup text; undefined when
+ * there is none (no cgroup v2). Paths are relative to the cgroup namespace,
+ * as the subject paths and the cgroup2 mount are.
+ */
+export function parseOwnCgroup(procSelfCgroup: string): string | undefined {
+  const line = procSelfCgroup.split("\n").find((l) => l.startsWith("0::"));
+  return line?.slice(3).replace(/ \(deleted\)$/, "").replace(/^\/+|\/+$/g, "");
+}
+
+/** This process's cgroup v2 path (see {@link parseOwnCgroup}); undefined when unknown. */
+export async function ownCgroup(): Promise<string | undefined> {
+  try {
+    return parseOwnCgroup(await Deno.readTextFile("/proc/self/cgroup"));
+  } catch {
+    return undefined;
+  }
+}
+
 /** Applied enforcement; removing it (or disposing it) deletes the rules. */
 export type Enforcement = AsyncDisposable & {
   backend: "nftables" | "iptables";
   table: string;
   /** Removes the rules; safe to call more than once. */
   remove(): Promise<void>;
+  /**
+   * Removes the rules synchronously, for `error` / `unhandledrejection`
+   * handlers that cannot await. Throws as `remove()` does.
+   */
+  removeSync(): void;
 };
 
 /**
@@ -323,5 +415,10 @@ export async function enforce(
     else await removeIptables(table, opts);
     removed = true;
   };
-  return { backend: opts.backend, table, remove, [Symbol.asyncDispose]: remove };
+  const removeSync = () => {
+    if (removed) return;
+    removeRulesSync(table, opts.backend, opts);
+    removed = true;
+  };
+  return { backend: opts.backend, table, remove, removeSync, [Symbol.asyncDispose]: remove };
 }

@@ -46,14 +46,18 @@
  * local socket, so packets the kernel sends itself (neighbour discovery,
  * RSTs for closed ports) are never subjects' packets and are not touched.
  *
- * Not looping sluice's own upstream traffic back into sluice: the subjects are
- * matched by owner or cgroup, so when sluice runs as its own user (or root)
- * outside the subjects' cgroups its sockets are simply not subjects. Where that
- * is not enough (a subject cgroup that contains sluice), `exemptUid` makes the
- * first rule of every host chain `meta skuid <uid> return`; that is what sluice
- * uses because it needs no privilege on sluice's side. `exemptMark` is the
- * alternative for a sluice whose sockets carry a fwmark (SO_MARK needs
- * CAP_NET_ADMIN and Deno has no API to set it today, so it is not the default).
+ * Not looping sluice's own upstream traffic back into sluice: sluice is never
+ * a subject. Its sockets carry its uid and its cgroup, so they match no subject
+ * rule as long as its uid is not in `users` and its cgroup is neither a subject
+ * cgroup nor inside one; `self` names that identity and {@link normalizeSpec}
+ * refuses a spec that breaks either condition. There is deliberately no
+ * exemption rule in front of the subject matches: a uid exemption (root)
+ * would also exempt every root process in a subject cgroup, and a cgroup
+ * exemption would exempt whatever else runs in sluice's cgroup (every process
+ * when that is the root cgroup, a whole login session when sluice was started
+ * from a shell). `exemptMark` remains for a sluice whose sockets carry a
+ * fwmark (SO_MARK needs CAP_NET_ADMIN before connect, and Deno has no API for
+ * it today, so sluice does not use it).
  *
  * @module
  */
@@ -99,9 +103,14 @@ export type EnforceSpec = {
   denyCidrs?: readonly CidrRule[];
   /** More loopback TCP ports subjects may reach, e.g. sluice's explicit proxy port. */
   loopbackPorts?: readonly number[];
-  /** sluice's own uid: its traffic is never redirected nor filtered. */
-  exemptUid?: number;
-  /** A fwmark on sluice's sockets, the alternative to `exemptUid`. */
+  /**
+   * The sluice process that serves these rules: its uid and its cgroup v2
+   * path ("" for the root cgroup). Never rendered; a spec whose subjects
+   * would include it is refused, because its own upstream connections would
+   * be redirected back into it.
+   */
+  self?: SelfIdentity;
+  /** A fwmark on sluice's sockets: packets carrying it are never redirected nor filtered. */
   exemptMark?: number;
   /** Named sets for host rules with non-HTTP ports (e.g. github.com:22), nft only. */
   hostSets?: readonly HostSet[];
@@ -112,6 +121,9 @@ export type EnforceSpec = {
    */
   cgroupPrefix?: string;
 };
+
+/** Who sluice runs as, to keep it out of the subjects (see {@link EnforceSpec.self}). */
+export type SelfIdentity = { uid?: number; cgroup?: string };
 
 /** An {@link EnforceSpec} that cannot be rendered. */
 export class EnforceSpecError extends Error {
@@ -138,7 +150,6 @@ export type NormalizedSpec = {
   allow: CidrRule[];
   deny: CidrRule[];
   loopbackPorts: number[];
-  exemptUid?: number;
   exemptMark?: number;
   hostSets: HostSet[];
   cgroupPrefix: string;
@@ -191,6 +202,34 @@ function normalizeCidrs(what: string, rules: readonly CidrRule[]): CidrRule[] {
 }
 
 /**
+ * Refuses a spec whose subjects include the sluice that serves it: its own
+ * upstream connections would be redirected back into it (a loop) or dropped.
+ */
+function checkSelf(
+  self: SelfIdentity | undefined,
+  users: readonly number[],
+  cgroups: readonly { path: string }[],
+): void {
+  if (self?.uid !== undefined && users.includes(self.uid)) {
+    throw new EnforceSpecError(
+      `enforce.subjects.users: sluice itself runs as uid ${self.uid}, a subject, so its own upstream connections would be redirected back into it; run sluice as a user that is not a subject (it needs only CAP_NET_ADMIN, e.g. AmbientCapabilities= in its unit), or remove uid ${self.uid} from the subjects`,
+    );
+  }
+  if (self?.cgroup === undefined) return;
+  const own = self.cgroup.replace(/^\/+|\/+$/g, "");
+  for (const { path } of cgroups) {
+    if (own !== path && !own.startsWith(`${path}/`)) continue;
+    throw new EnforceSpecError(
+      `enforce.subjects.cgroups: sluice itself runs in cgroup ${JSON.stringify(own)}, ${
+        own === path ? "which is" : "inside"
+      } the subject ${
+        JSON.stringify(path)
+      }, so its own upstream connections would be redirected back into it. Start sluice in a cgroup outside every subject, as a systemd unit of its own (packaging/sluice.service, or systemd-run --unit=sluice-enforce sluice serve ...), or name narrower cgroups as subjects`,
+    );
+  }
+}
+
+/**
  * Validates and normalizes a spec: sorted, deduplicated, defaults filled.
  * Both renderers start here, so they reject the same specs.
  *
@@ -237,14 +276,7 @@ export function normalizeSpec(spec: EnforceSpec): NormalizedSpec {
       "enforce.dns is proxy but sluice has no DNS listener: set listen.dns, or enforce.dns to allow or block",
     );
   }
-  const exemptUid = spec.exemptUid === undefined
-    ? undefined
-    : checkUid("exemptUid", spec.exemptUid);
-  if (exemptUid !== undefined && users.includes(exemptUid)) {
-    throw new EnforceSpecError(
-      `sluice's own uid ${exemptUid} is also an enforced subject: its upstream traffic would loop back into it; run sluice as another user`,
-    );
-  }
+  checkSelf(spec.self, users, cgroups);
   if (
     spec.exemptMark !== undefined &&
     (!Number.isInteger(spec.exemptMark) || spec.exemptMark < 1 || spec.exemptMark > 0xffffffff)
@@ -276,7 +308,6 @@ export function normalizeSpec(spec: EnforceSpec): NormalizedSpec {
     allow: normalizeCidrs("allow CIDR", spec.allowCidrs),
     deny: normalizeCidrs("deny CIDR", spec.denyCidrs ?? []),
     loopbackPorts: sortedPorts("loopbackPorts", spec.loopbackPorts ?? []),
-    exemptUid,
     exemptMark: spec.exemptMark,
     hostSets,
     cgroupPrefix,
@@ -332,7 +363,7 @@ export function specFromPolicy(
     uids: readonly number[];
     redirect: EnforceSpec["redirect"];
     table?: string;
-    exemptUid?: number;
+    self?: SelfIdentity;
     loopbackPorts?: readonly number[];
     hostSets?: readonly HostSet[];
     cgroupPrefix?: string;
@@ -349,7 +380,7 @@ export function specFromPolicy(
     allowCidrs: cidrAllowsFromPolicy(policy),
     denyCidrs: cidrDeniesFromPolicy(policy),
     loopbackPorts: opts.loopbackPorts,
-    exemptUid: opts.exemptUid,
+    self: opts.self,
     hostSets: opts.hostSets,
     cgroupPrefix: opts.cgroupPrefix,
   };
@@ -403,18 +434,12 @@ function subjectMatches(s: NormalizedSpec): { match: string; why: string }[] {
 }
 
 function exemptions(s: NormalizedSpec): string[] {
-  const out: string[] = [];
-  if (s.exemptUid !== undefined) {
-    out.push(`meta skuid ${s.exemptUid} return${comment("sluice's own traffic")}`);
-  }
-  if (s.exemptMark !== undefined) {
-    out.push(
-      `meta mark 0x${s.exemptMark.toString(16).padStart(8, "0")} return${
-        comment("sluice's own traffic")
-      }`,
-    );
-  }
-  return out;
+  if (s.exemptMark === undefined) return [];
+  return [
+    `meta mark 0x${s.exemptMark.toString(16).padStart(8, "0")} return${
+      comment("sluice's own traffic")
+    }`,
+  ];
 }
 
 /** Rules of the shared `redirect` chain. */

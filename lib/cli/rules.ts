@@ -51,7 +51,9 @@ export async function runRules(opts: {
     await removeRules(table, backend);
     return `removed table ${table} (${backend})`;
   }
-  const spec = await hostSpec(policy, redirectPorts(policy), table);
+  // No `self`: these rules are served by a sluice started elsewhere (its unit), whose uid and
+  // cgroup this command cannot know; `serve --enforce` checks its own (docs/enforcement.md).
+  const spec = await hostSpec(policy, redirectPorts(policy), { table });
   if (opts.apply) {
     await applyRules(spec, backend);
     return `applied table ${table} (${backend}); remove with: sluice rules --policy ${opts.policy} --remove`;

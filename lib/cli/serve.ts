@@ -15,11 +15,13 @@ import {
   applyRules,
   DEFAULT_REDIRECT,
   detectBackend,
+  forwardingWarning,
   hostSetEntries,
   hostSpec,
+  ownIdentity,
 } from "../enforce.ts";
 import { addHostSetElements, type Backend, type Enforcement } from "../netfilter.ts";
-import type { Ip } from "../../policy/address.ts";
+import { classifyIp, type Ip, parseIp } from "../../policy/address.ts";
 import { startDnsServer } from "../dns.ts";
 import { formatIssue } from "../../policy/mod.ts";
 
@@ -39,20 +41,55 @@ export type ServeFlags = {
   enforce?: boolean;
 };
 
-/** Parses `host:port`, `[v6]:port` or a bare port (loopback). */
-export function parseListen(text: string, what: string): ListenAddr {
-  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s]+))?:?(\d{1,5})$/.exec(text);
+/** A listen address as written: `hostname` is absent when only a port was given. */
+export type ListenSpec = { hostname?: string; port: number };
+
+/** Parses `host:port`, `[v6]:port` or a bare port (no hostname: see {@link bindAddr}). */
+export function parseListen(text: string, what: string): ListenSpec {
+  // The host and its colon come together: a bare "15443" is a port, not host "1544" port 3.
+  const m = /^(?:(?:\[([0-9a-fA-F:.]+)\]|([^:\s]+))?:)?(\d{1,5})$/.exec(text);
   const port = m ? Number(m[3]) : NaN;
   if (!m || port > 65535) {
     throw new Error(
       `${what} "${text}" is not an address; write host:port or a port, e.g. 127.0.0.1:3128`,
     );
   }
-  return { hostname: m[1] ?? m[2] ?? "127.0.0.1", port };
+  return { hostname: m[1] ?? m[2], port };
 }
 
-function fromEndpoint(e: Endpoint | undefined): ListenAddr | undefined {
-  return e ? { hostname: e.hostname ?? "127.0.0.1", port: e.port } : undefined;
+function isLoopback(hostname: string): boolean {
+  const ip = parseIp(hostname);
+  return hostname === "localhost" || (ip !== undefined && classifyIp(ip) === "loopback");
+}
+
+/**
+ * Where a listener binds. A port alone binds loopback, except for the
+ * listeners that redirected traffic lands on (transparent, DNS) in gateway
+ * mode: REDIRECT rewrites a guest's connection to the address of the
+ * interface it came in on, so those bind every address. An explicit loopback
+ * address there would refuse every guest, so it is an error.
+ *
+ * @param opts.setting how the user wrote it, named in the error:
+ *   `listen.transparent.https`, `--transparent-https`.
+ * @throws {Error} for a loopback address on a redirected listener in gateway mode.
+ */
+export function bindAddr(
+  spec: ListenSpec,
+  opts: { setting: string; gateway: boolean; redirected: boolean },
+): ListenAddr {
+  if (!opts.gateway || !opts.redirected) {
+    return { hostname: spec.hostname ?? "127.0.0.1", port: spec.port };
+  }
+  if (spec.hostname === undefined) return { hostname: "0.0.0.0", port: spec.port };
+  if (isLoopback(spec.hostname)) {
+    const portOnly = opts.setting.startsWith("--")
+      ? `${opts.setting} ${spec.port}`
+      : `${opts.setting}: ${spec.port}`;
+    throw new Error(
+      `${opts.setting} is ${spec.hostname}:${spec.port}, but enforce.subjects.interfaces makes this a gateway: guests' redirected connections arrive at the address of the interface they come in on, never at loopback, so they would be refused. Write the port alone (${portOnly}) to listen on every address, or the gateway's address on those interfaces`,
+    );
+  }
+  return { hostname: spec.hostname, port: spec.port };
 }
 
 /** Runs the server until SIGINT/SIGTERM. */
@@ -60,6 +97,62 @@ export async function runServe(flags: ServeFlags, log: (s: string) => void): Pro
   const loaded = await readPolicyFile(flags.policy);
   for (const w of loaded.warnings) log(formatIssue(w));
   const policy = loaded.compiled.policy;
+  // With --enforce, redirected traffic needs the transparent listeners (and
+  // the DNS listener when enforce.dns is proxy): default them when unset.
+  // Gateway mode follows the policy, not --enforce (`sluice rules --apply`
+  // may have loaded the same redirects). Addresses are settled before
+  // anything starts, so a listener guests could not reach stops the start.
+  const enforcing = !!flags.enforce;
+  const gateway = policy.enforce.subjects.interfaces.length > 0;
+  const listen = (o: {
+    setting: string;
+    endpoint: Endpoint | undefined;
+    flag?: { name: string; value: string | undefined };
+    fallbackPort?: number;
+    redirected: boolean;
+  }): ListenAddr | undefined => {
+    // A flag overrides the policy's setting; the error names whichever was used.
+    const [setting, written]: [string, ListenSpec | undefined] = o.flag?.value
+      ? [o.flag.name, parseListen(o.flag.value, o.flag.name)]
+      : [o.setting, o.endpoint];
+    const spec = written ?? (o.fallbackPort === undefined ? undefined : { port: o.fallbackPort });
+    return spec && bindAddr(spec, { setting, gateway, redirected: o.redirected });
+  };
+  const addrs = {
+    proxy: listen({
+      setting: "listen.proxy",
+      endpoint: policy.listen.proxy,
+      flag: { name: "--proxy", value: flags.proxy },
+      fallbackPort: 3128,
+      redirected: false,
+    }),
+    transparentHttps: listen({
+      setting: "listen.transparent.https",
+      endpoint: policy.listen.transparent?.https,
+      flag: { name: "--transparent-https", value: flags.transparentHttps },
+      fallbackPort: enforcing ? DEFAULT_REDIRECT.https : undefined,
+      redirected: true,
+    }),
+    transparentHttp: listen({
+      setting: "listen.transparent.http",
+      endpoint: policy.listen.transparent?.http,
+      flag: { name: "--transparent-http", value: flags.transparentHttp },
+      fallbackPort: enforcing ? DEFAULT_REDIRECT.http : undefined,
+      redirected: true,
+    }),
+    admin: listen({
+      setting: "listen.admin",
+      endpoint: policy.listen.admin,
+      flag: { name: "--admin", value: flags.admin },
+      redirected: false,
+    }),
+    dns: listen({
+      setting: "listen.dns",
+      endpoint: policy.listen.dns,
+      fallbackPort: enforcing && policy.enforce.dns === "proxy" ? DEFAULT_REDIRECT.dns : undefined,
+      redirected: true,
+    }),
+  };
   const { ca, origin } = await obtainCa(policy, {
     state: flags.state,
     ephemeral: flags.ephemeralCa,
@@ -68,41 +161,20 @@ export async function runServe(flags: ServeFlags, log: (s: string) => void): Pro
   const { broker } = await buildBrokerage(loaded.compiled, stateDir);
   const audit = await AuditLog.open(flags.auditLog ?? policy.audit.log);
   const resolver = hostResolver(flags.resolve);
-  // With --enforce, redirected traffic needs the transparent listeners (and
-  // the DNS listener when enforce.dns is proxy): default them when unset. In
-  // gateway mode REDIRECT targets the incoming interface's address, so bind all.
-  const enforcing = !!flags.enforce;
-  const bindHost = policy.enforce.subjects.interfaces.length ? "0.0.0.0" : "127.0.0.1";
-  const orDefault = (e: ListenAddr | undefined, port: number) =>
-    e ?? (enforcing ? { hostname: bindHost, port } : undefined);
   const server = await startServer({
     compiled: loaded.compiled,
     broker,
     ca,
     audit,
     resolver,
-    proxy: flags.proxy ? parseListen(flags.proxy, "--proxy") : fromEndpoint(policy.listen.proxy) ??
-      { hostname: "127.0.0.1", port: 3128 },
-    transparentHttps: orDefault(
-      flags.transparentHttps
-        ? parseListen(flags.transparentHttps, "--transparent-https")
-        : fromEndpoint(policy.listen.transparent?.https),
-      DEFAULT_REDIRECT.https,
-    ),
-    transparentHttp: orDefault(
-      flags.transparentHttp
-        ? parseListen(flags.transparentHttp, "--transparent-http")
-        : fromEndpoint(policy.listen.transparent?.http),
-      DEFAULT_REDIRECT.http,
-    ),
-    admin: flags.admin ? parseListen(flags.admin, "--admin") : fromEndpoint(policy.listen.admin),
+    proxy: addrs.proxy,
+    transparentHttps: addrs.transparentHttps,
+    transparentHttp: addrs.transparentHttp,
+    admin: addrs.admin,
     onReloadRequest: () => reload("POST /reload"),
     log,
   });
-  const dnsAddr = fromEndpoint(policy.listen.dns) ??
-    (enforcing && policy.enforce.dns === "proxy"
-      ? { hostname: bindHost, port: DEFAULT_REDIRECT.dns! }
-      : undefined);
+  const dnsAddr = addrs.dns;
   let enforcement: Enforcement | undefined;
   let backend: Backend = "none";
   // Addresses resolved for host rules with raw ports (github.com:22) go into
@@ -128,23 +200,25 @@ export async function runServe(flags: ServeFlags, log: (s: string) => void): Pro
 
   // Enforcement goes on only once every listener it redirects to is up, and
   // comes off on every way out: signals, errors, even an uncaught exception.
+  const self = enforcing ? await ownIdentity() : undefined;
   const enforceNow = async () => {
     const a = server.addrs;
-    const spec = await hostSpec(server.policy().policy, {
+    const current = server.policy().policy;
+    const spec = await hostSpec(current, {
       https: a.transparentHttps!.port,
       http: a.transparentHttp!.port,
       dns: dns?.udpAddr.port,
       proxy: a.proxy?.port,
-    });
+    }, { self });
     enforcement = await applyRules(spec, backend) ?? enforcement;
+    // At start and on every reload: a reloaded policy may newly need forwarding.
+    const warning = forwardingWarning(current);
+    if (warning) log(warning);
   };
+  // A dying process runs no more promises: the error handlers remove synchronously.
   const removeSync = () => {
-    if (!enforcement) return;
-    const argv = backend === "nftables"
-      ? ["nft", "delete", "table", "inet", enforcement.table]
-      : ["sh", "-c", "true"];
     try {
-      new Deno.Command(argv[0], { args: argv.slice(1), stderr: "null" }).outputSync();
+      enforcement?.removeSync();
     } catch { /* best effort on a dying process */ }
   };
   if (enforcing) {

@@ -1,7 +1,9 @@
 /**
  * Gateway mode as root: a "VM" namespace whose only link is a veth into a
  * "gateway" namespace, where `sluice serve --enforce` with
- * `subjects.interfaces` forces the VM's traffic through sluice.
+ * `subjects.interfaces` forces the VM's traffic through sluice. The policy
+ * names the transparent HTTPS port alone, which in gateway mode must bind
+ * every address (REDIRECT targets the gateway's interface address).
  */
 import { assert, assertEquals, assertMatch } from "../_assert.ts";
 import { IS_ROOT, ROOT, run, startSluice } from "./_harness.ts";
@@ -52,6 +54,9 @@ Deno.test({
       await run(["ip", "-n", gw, "link", "set", "vmlink", "up"]);
       await run(["ip", "-n", vm, "link", "set", "eth0", "up"]);
       await run(["ip", "-n", vm, "route", "add", "default", "via", "10.232.0.1"]);
+      // A new namespace copies the host's ip_forward, which other tests may have
+      // turned on: this gateway starts with it off, as a fresh host does.
+      await run(["ip", "netns", "exec", gw, "sysctl", "-qw", "net.ipv4.ip_forward=0"]);
 
       upstream = new Deno.Command("ip", {
         args: [
@@ -78,19 +83,20 @@ Deno.test({
       reader.releaseLock();
 
       const policy = `${dir}/policy.yaml`;
-      await Deno.writeTextFile(
-        policy,
+      const policyText = (https: string) =>
         `version: 1
 network:
   allow: [allowed.test, "127.0.0.1:443"]
   deny: [denied.test]
 tls:
   upstream: { ca: [${dir}/up-ca.crt] }
+listen:
+  transparent: { https: ${https} }
 enforce:
   subjects: { interfaces: [vmlink] }
   dns: block
-`,
-      );
+`;
+      await Deno.writeTextFile(policy, policyText("16443"));
       sluice = await startSluice(policy, dir, [
         "--enforce",
         "--resolve",
@@ -99,6 +105,10 @@ enforce:
         "denied.test=127.0.0.1",
       ], gw);
       const fromVm = (args: string[]) => inNs(vm, ["curl", "-sS", "--max-time", "5", ...args]);
+
+      await t.step("the port-only transparent listener binds every address", () => {
+        assertMatch(sluice!.stderr(), /transparent https 0\.0\.0\.0:16443,/);
+      });
 
       await t.step("the VM's HTTPS to an allowed host goes through sluice", async () => {
         const r = await fromVm([
@@ -152,11 +162,41 @@ enforce:
         );
       });
 
+      await t.step(
+        "with ip_forward off, sluice says what will not work and how to fix it",
+        async () => {
+          // The policy's IP rule (127.0.0.1:443) is traffic the gateway would forward.
+          assertMatch(
+            sluice!.stderr(),
+            /warning: forwarding is off on this gateway \(net\.ipv4\.ip_forward = 0\).*network\.allow\[1\] 127\.0\.0\.1:443.*sysctl -w net\.ipv4\.ip_forward=1 /,
+          );
+          const forwarding = await inNs(gw, ["cat", "/proc/sys/net/ipv4/ip_forward"]);
+          assertEquals(forwarding.out.trim(), "0", "sluice must not change the sysctl itself");
+        },
+      );
+
       await t.step("the rules are removed on exit", async () => {
         assertEquals(await sluice!.stop("SIGTERM"), 0);
         const list = await inNs(gw, ["nft", "list", "table", "inet", "sluice"]);
         assert(list.code !== 0);
         assertMatch(sluice!.stderr(), /removed netfilter table sluice/);
+      });
+
+      await t.step("a loopback transparent address is refused in gateway mode", async () => {
+        await Deno.writeTextFile(policy, policyText(`"127.0.0.1:16443"`));
+        const refused = await startSluice(policy, dir, ["--enforce"], gw).then(
+          async (s) => {
+            await s.stop();
+            return "sluice started with a loopback transparent listener in gateway mode";
+          },
+          (e: Error) => e.message,
+        );
+        assertMatch(
+          refused,
+          /listen\.transparent\.https is 127\.0\.0\.1:16443, but enforce\.subjects\.interfaces makes this a gateway.*Write the port alone \(listen\.transparent\.https: 16443\)/,
+        );
+        const list = await inNs(gw, ["nft", "list", "table", "inet", "sluice"]);
+        assert(list.code !== 0, "nothing may be applied");
       });
     } finally {
       await sluice?.stop();

@@ -75,6 +75,21 @@ Deno.test("renderIptables() returns instead of accepting, so the host's own rule
   assert(all.some((a) => a.at(-1) === "RETURN"));
 });
 
+Deno.test("renderIptables() never exempts sluice's uid, so root in a subject cgroup is confined", () => {
+  const { v4, v6 } = renderIptables({
+    ...full,
+    subjects: { users: [], cgroups: [CGROUP], interfaces: [] },
+    self: { uid: 0, cgroup: "system.slice/sluice.service" },
+  });
+  for (const cmds of [v4, v6]) {
+    assert(!cmds.some((a) => a.includes("--uid-owner")), join(cmds).join("\n"));
+    const out = join(cmds.filter((a) => a[0] === "-A" && a[1] === "SLUICE-OUT"));
+    assertEquals(out.length, 2);
+    assertStringIncludes(out[0], "-m mark --mark 0x5c");
+    assertStringIncludes(out[1], `-m cgroup --path ${CGROUP} `);
+  }
+});
+
 Deno.test("renderIptables() splits more than 15 ports over several multiport rules", () => {
   const https = Array.from({ length: 20 }, (_, i) => 8400 + i);
   const { v4 } = renderIptables({ ...full, ports: { http: [], https } });
@@ -89,7 +104,11 @@ Deno.test("renderIptables() renders nothing without subjects, and rejects what r
     renderIptables({ ...full, subjects: { users: [], cgroups: [], interfaces: [] } }),
     { v4: [], v6: [] },
   );
-  assertThrows(() => renderIptables({ ...full, exemptUid: 1001 }), EnforceSpecError);
+  assertThrows(() => renderIptables({ ...full, self: { uid: 1001 } }), EnforceSpecError);
+  assertThrows(
+    () => renderIptables({ ...full, self: { cgroup: `${CGROUP}/inner` } }),
+    EnforceSpecError,
+  );
   assertThrows(() => iptablesChains("a-much-too-long-table-name"), EnforceSpecError);
 });
 

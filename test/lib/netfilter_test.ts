@@ -5,12 +5,15 @@ import {
   applyNft,
   type CommandResult,
   type CommandRunner,
+  type CommandRunnerSync,
   detectBackend,
   detectCgroupPrefix,
   enforce,
   NetfilterError,
+  parseOwnCgroup,
   removeIptables,
   removeNft,
+  removeRulesSync,
   resolveUids,
 } from "../../lib/netfilter.ts";
 import { type EnforceSpec, renderNft } from "../../lib/nft_render.ts";
@@ -128,6 +131,55 @@ Deno.test("removeIptables() deletes repeated jumps until none is left and skips 
   );
 });
 
+Deno.test("removeRulesSync() runs the same commands as the async removal, for both backends", async () => {
+  // Jumps inserted twice, chains that exist: the sync path must loop and stop as the async one does.
+  const answer = () => {
+    let jumps = 2;
+    return (argv: readonly string[]): CommandResult => {
+      if (argv.includes("-D")) {
+        return jumps-- > 0
+          ? { code: 0, stdout: "", stderr: "" }
+          : { code: 1, stdout: "", stderr: "iptables: Bad rule (does a matching rule exist?)." };
+      }
+      return argv.includes("-X") && argv.includes("SLUICE_HG-IN")
+        ? { code: 1, stdout: "", stderr: "iptables: No chain/target/match by that name." }
+        : { code: 0, stdout: "", stderr: "" };
+    };
+  };
+  for (const backend of ["nftables", "iptables"] as const) {
+    const asyncAnswer = answer(), syncAnswer = answer();
+    const viaAsync = fake((argv) => asyncAnswer(argv));
+    const syncCalls: string[][] = [];
+    const runSync: CommandRunnerSync = (argv) => (syncCalls.push([...argv]), syncAnswer(argv));
+    const opts = { netns: "sluice-hg-x", iptables: { v4: "iptables-legacy", v6: "ip6tables" } };
+    if (backend === "nftables") await removeNft("sluice_hg", { ...opts, run: viaAsync.run });
+    else await removeIptables("sluice_hg", { ...opts, run: viaAsync.run });
+    removeRulesSync("sluice_hg", backend, { ...opts, runSync });
+    assertEquals(syncCalls, viaAsync.calls.map((c) => c.argv), backend);
+    assert(syncCalls.every((a) => a[1] === "--net=/run/netns/sluice-hg-x"));
+  }
+  const failing: CommandRunnerSync = () => ({ code: 4, stdout: "", stderr: "Permission denied" });
+  let err: unknown;
+  try {
+    removeRulesSync("sluice_hg", "iptables", { runSync: failing });
+  } catch (e) {
+    err = e;
+  }
+  assert(err instanceof NetfilterError, String(err));
+  assertStringIncludes(err.message, "Permission denied");
+  // A missing table is not an error.
+  removeRulesSync("sluice_hg", "nftables", {
+    runSync: () => ({ code: 1, stdout: "", stderr: "Error: No such file or directory" }),
+  });
+});
+
+Deno.test("parseOwnCgroup() reads the cgroup v2 line of /proc/self/cgroup, on hybrid hosts too", () => {
+  assertEquals(parseOwnCgroup("0::/system.slice/sluice.service\n"), "system.slice/sluice.service");
+  assertEquals(parseOwnCgroup("9:name=systemd:/\n4:memory:/x\n0::/\n"), "");
+  assertEquals(parseOwnCgroup("0::/a/b (deleted)\n"), "a/b");
+  assertEquals(parseOwnCgroup("4:memory:/x\n1:cpu:/\n"), undefined);
+});
+
 Deno.test("applyIptables() removes first, and rolls back what it added when a command fails", async () => {
   const f = fake((argv) => {
     if (argv.includes("-D") || argv.includes("-F") || argv.includes("-X")) {
@@ -190,8 +242,10 @@ async function must(argv: string[]): Promise<string> {
 }
 
 /** A fresh namespace with loopback up, deleted on dispose. */
-async function namespace(): Promise<{ name: string; exec: string[] } & AsyncDisposable> {
-  const name = `sluice-nf-${crypto.randomUUID().slice(0, 8)}`;
+async function namespace(
+  prefix = "sluice-nf",
+): Promise<{ name: string; exec: string[] } & AsyncDisposable> {
+  const name = `${prefix}-${crypto.randomUUID().slice(0, 8)}`;
   await must(["ip", "netns", "add", name]);
   await must(["ip", "-n", name, "link", "set", "lo", "up"]);
   return {
@@ -380,6 +434,36 @@ Deno.test({
   name: "enforce() with iptables redirects a subject's TCP and drops its other traffic, not root's",
   ignore: !IS_ROOT,
   fn: () => behaviour("iptables"),
+});
+
+Deno.test({
+  name: "Enforcement.removeSync() removes the iptables chains (and the nft table) in a namespace",
+  ignore: !IS_ROOT,
+  async fn() {
+    await using ns = await namespace("sluice-hg");
+    const saved = async () =>
+      (await must([...ns.exec, "iptables-save"])) + (await must([...ns.exec, "ip6tables-save"]));
+    const gateway = { users: [65534], cgroups: [], interfaces: ["sluice-hg0"] };
+    const e = await enforce(spec("sluice_hg", { subjects: gateway }), {
+      backend: "iptables",
+      netns: ns.name,
+    });
+    const before = await saved();
+    for (const chain of ["SLUICE_HG-OUT", "SLUICE_HG-FWD", "SLUICE_HG-NAT-PRE", "SLUICE_HG-DROP"]) {
+      assertStringIncludes(before, `:${chain} `);
+    }
+    e.removeSync();
+    assert(!(await saved()).includes("SLUICE_HG"), "iptables chains left after removeSync");
+    // Already removed: the async removal (normal exit) must not fail or act again.
+    await e.remove();
+
+    const nft = await enforce(spec("sluice_hg"), { backend: "nftables", netns: ns.name });
+    nft.removeSync();
+    const list = await sh([...ns.exec, "nft", "list", "table", "inet", "sluice_hg"]);
+    assert(list.code !== 0, "nft table left after removeSync");
+    // Nothing left to remove is fine too, as after a crash that came before enforcement.
+    removeRulesSync("sluice_hg", "iptables", { netns: ns.name });
+  },
 });
 
 Deno.test({

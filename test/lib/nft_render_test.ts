@@ -102,12 +102,47 @@ Deno.test("renderNft() keeps the drop and its log apart, so the rate limit never
   ]);
 });
 
-Deno.test("renderNft() exempts sluice's own uid and mark before any subject rule", () => {
+Deno.test("renderNft() exempts sluice's mark, never its uid: root in a subject cgroup is confined", () => {
+  // sluice as root, as the shipped unit runs it, confining a cgroup: no uid may
+  // be let through ahead of the subject matches, or every root process in the
+  // cgroup would escape.
+  const text = renderNft({
+    ...base,
+    subjects: { users: [], cgroups: [CGROUP], interfaces: [] },
+    self: { uid: 0, cgroup: "system.slice/sluice.service" },
+  });
+  assert(!/meta skuid/.test(text), text);
   for (const chain of ["output_nat", "output_filter"]) {
-    const rules = chainRules(renderNft(base), chain);
-    assertMatch(rules[1], /^meta skuid 990 return/);
-    assertMatch(rules[2], /^meta mark 0x0000005c return/);
-    assertMatch(rules[3], /^meta skuid \{ 1001, 1002 \} jump /);
+    const rules = chainRules(text, chain);
+    assertMatch(rules[1], /^meta mark 0x0000005c return/);
+    assertMatch(rules[2], new RegExp(`^socket cgroupv2 level 2 "${CGROUP}" jump `));
+    assertEquals(rules.length, 3, rules.join("\n"));
+  }
+  const users = chainRules(renderNft(base), "output_nat");
+  assertEquals(users.filter((r) => r.startsWith("meta skuid")), [
+    'meta skuid { 1001, 1002 } jump to_listeners comment "enforce.subjects.users"',
+  ]);
+});
+
+Deno.test("renderNft() refuses a spec whose subjects include sluice itself, saying how to run it", () => {
+  const withSelf = (self: EnforceSpec["self"], cgroups = ["system.slice"]) => () =>
+    renderNft({ ...base, subjects: { users: [1001], cgroups, interfaces: [] }, self });
+  const refused = [
+    { self: { uid: 1001 }, message: /runs as uid 1001, a subject.*run sluice as a user/ },
+    {
+      self: { uid: 0, cgroup: "system.slice/sluice.service" },
+      message:
+        /runs in cgroup "system\.slice\/sluice\.service", inside the subject "system\.slice".*cgroup outside every subject/,
+    },
+    { self: { cgroup: "/system.slice/" }, message: /"system\.slice", which is the subject/ },
+  ];
+  for (const c of refused) {
+    assertMatch(assertThrows(withSelf(c.self), EnforceSpecError).message, c.message);
+  }
+  // Beside a subject, above one (the root cgroup, or a parent), or a sibling with a
+  // common prefix: sluice's sockets match no subject rule.
+  for (const cgroup of ["", "system.slice2/sluice.service", "user.slice", "a"]) {
+    withSelf({ uid: 0, cgroup }, ["system.slice", "a/b"])();
   }
 });
 
@@ -171,7 +206,11 @@ Deno.test("renderNft() computes the cgroup level and applies the cgroup prefix t
 
 Deno.test("renderNft() rejects specs it cannot render safely, saying what to fix", () => {
   const cases: { name: string; spec: EnforceSpec; message: RegExp }[] = [
-    { name: "sluice's uid is a subject", spec: { ...base, exemptUid: 1001 }, message: /loop back/ },
+    {
+      name: "sluice's uid is a subject",
+      spec: { ...base, self: { uid: 1001 } },
+      message: /redirected back into it/,
+    },
     {
       name: "dns proxy without a DNS listener",
       spec: { ...base, redirect: { https: 1, http: 2 } },
