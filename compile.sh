@@ -18,11 +18,12 @@ mkdir -p "$(dirname "$out")"
 #   write  state dir (CA, placeholder key), audit log, sluice run's temp files
 #   env    env: credential sources, NOTIFY_SOCKET, STATE_DIRECTORY, CREDENTIALS_DIRECTORY
 #   ffi    setsockopt/getsockopt (TCP_NODELAY on listeners, SO_ORIGINAL_DST) through libc
-#   run    only these programs: netfilter, namespaces, privilege drop, readiness fallback
+#   run    only these programs: netfilter, namespaces, privilege drop, readiness fallback,
+#          sluice run's sandbox (unshare, mount) and its CA files for children (openssl, keytool)
 #   sys    uid/gid and hostname lookups
 perms=(
   --allow-net --allow-read --allow-write --allow-env --allow-ffi --allow-sys
-  --allow-run=nft,iptables,ip6tables,iptables-restore,ip6tables-restore,ip,setpriv,getent,systemd-notify,sysctl
+  --allow-run=nft,iptables,ip6tables,iptables-restore,ip6tables-restore,ip,setpriv,unshare,mount,getent,systemd-notify,sysctl,openssl,keytool
 )
 # V8's young generation capped at 2 MiB per semi-space: ~20 MiB less RSS with many idle
 # connections, no measurable cost in throughput (bench/peers.sh, docs/performance.md).

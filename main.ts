@@ -226,6 +226,17 @@ function buildProgram(): Command {
       "no namespace or rules: only set HTTP(S)_PROXY and CA variables (nothing enforced)",
     )
     .option("-q, --quiet", "no summary at the end")
+    .option(
+      "--clear-env",
+      "give the command only PATH, HOME, USER, LOGNAME, SHELL, TERM, LANG, LANGUAGE, TZ, TMPDIR\n" +
+        "(plus --pass-env names, placeholders and CA variables) instead of sluice's environment",
+    )
+    .option(
+      "--pass-env <name>",
+      "with --clear-env: also pass this variable (repeatable; never one holding a secret)",
+      collect,
+      [],
+    )
     .option("--state <dir>", "state directory (placeholder key)")
     .option(
       "--resolve <name=addr>",
@@ -245,7 +256,10 @@ function buildProgram(): Command {
         "sudo sluice run --policy examples/ci-npm-publish.yaml --user ci -- npm publish",
         "sluice run --weak --policy examples/ai-agent.yaml -- python agent.py   # not enforced",
       ) +
-        "\nExit status: the command's; 123 when sluice ended it after a credential violation;\n125 when sluice itself failed.\n",
+        "\nThe command's environment is sluice's minus every variable a credential is read from or\n" +
+        "that holds a secret value (raw or encoded), plus the placeholders and CA variables.\n" +
+        "\nExit status: the command's; 128+N when a signal N killed it; 127 when it was not found;\n" +
+        "123 when sluice ended it after a credential violation; 125 when sluice itself failed.\n",
     )
     .action(async (command: string[], opts) => {
       Deno.exitCode = await runRun({ ...opts, resolve: opts.resolve ?? [] }, command, err);
@@ -287,7 +301,11 @@ function collect(value: string, previous: string[]): string[] {
   return [...previous, value];
 }
 
-if (import.meta.main) {
+if (import.meta.main && Deno.args[0] === "__run-init") {
+  // The first process inside a `sluice run` sandbox (lib/run_init.ts); not for people.
+  const { runInit } = await import("./lib/run_init.ts");
+  Deno.exit(await runInit(Deno.args[1] ?? "{}"));
+} else if (import.meta.main) {
   try {
     await buildProgram().parseAsync(Deno.args, { from: "user" });
   } catch (e) {

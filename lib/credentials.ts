@@ -9,11 +9,24 @@
  * @module
  */
 import type { CompiledPolicy } from "../policy/mod.ts";
-import { loadOrCreatePlaceholderKey, loadSecrets, placeholdersFor } from "./secrets.ts";
+import {
+  loadOrCreatePlaceholderKey,
+  loadSecrets,
+  placeholdersFor,
+  type SecretValue,
+} from "./secrets.ts";
 import { type Broker, makeBroker } from "./substitute.ts";
 
-/** The broker and the placeholders it recognises (name to placeholder). */
-export type Brokerage = { broker: Broker; placeholders: Map<string, string> };
+/**
+ * The broker, the placeholders it recognises (name to placeholder), and the
+ * loaded values (`sluice run` needs them only to keep them out of the
+ * command's environment).
+ */
+export type Brokerage = {
+  broker: Broker;
+  placeholders: Map<string, string>;
+  secrets: ReadonlyMap<string, SecretValue>;
+};
 
 /**
  * Loads every credential of the policy and builds its broker.
@@ -39,5 +52,5 @@ export async function buildBrokerage(
     ? (needsKey ? await loadOrCreatePlaceholderKey(stateDir) : new Uint8Array(32))
     : stateDir;
   const placeholders = await placeholdersFor(creds, key);
-  return { broker: makeBroker(creds, placeholders, secrets), placeholders };
+  return { broker: makeBroker(creds, placeholders, secrets), placeholders, secrets };
 }

@@ -9,9 +9,12 @@
  *   │ transparent, DNS)     │         │ else dropped but policy CIDRs    │
  *   └───────────────────────┘         └──────────────────────────────────┘
  *
- * CMD sees each credential's placeholder in its environment and a CA bundle
- * (system roots + sluice's CA) in the usual variables. Everything sluice
- * creates is removed on every way out, including SIGTERM to sluice itself.
+ * The host side of the veth has rules of its own (renderHostRules) that hold
+ * even if the namespace's rules were gone. The command starts through
+ * lib/run_init.ts (PID and mount namespaces, masks, a reduced capability
+ * bounding set) with the environment of lib/run_env.ts. Everything sluice
+ * creates is removed on every way out, including SIGTERM to sluice itself;
+ * after SIGKILL, the next run removes it (lib/run_state.ts).
  *
  * @module
  */
@@ -26,19 +29,6 @@ import { applyNft, removeNft } from "./netfilter.ts";
 export const EXIT_SLUICE_FAILED = 125;
 /** Exit status when sluice ended the command after a credential violation (`block_and_terminate`). */
 export const EXIT_VIOLATION = 123;
-
-/** The CA bundle variables every common runtime reads. */
-export const CA_VARIABLES = [
-  "SSL_CERT_FILE",
-  "REQUESTS_CA_BUNDLE",
-  "CURL_CA_BUNDLE",
-  "NODE_EXTRA_CA_CERTS",
-  "GIT_SSL_CAINFO",
-  "DENO_CERT",
-  "AWS_CA_BUNDLE",
-  "PIP_CERT",
-  "CARGO_HTTP_CAINFO",
-];
 
 /** Names and addresses for one run, derived from sluice's pid so runs never collide. */
 export type RunNet = {
@@ -137,24 +127,48 @@ export function renderNamespaceRules(
   ].join("\n");
 }
 
-/** The host's ruleset for a run: forward and masquerade the namespace's allowed CIDRs only. */
-export function renderHostRules(net: RunNet, allow: readonly CidrRule[], table: string): string {
+/**
+ * The host's ruleset for a run. It holds on its own, whatever happens to the
+ * namespace's rules (they are the first layer; a command cannot change them,
+ * since it runs without CAP_NET_ADMIN, but confinement must not depend on
+ * that alone):
+ * - input from the veth: only sluice's listeners on the host address (and
+ *   replies); nothing else on the host is reachable from the command;
+ * - forward from the veth: only the policy's CIDR allows (IPv4; the namespace
+ *   has no IPv6 route), and replies;
+ * - masquerade for what is forwarded.
+ */
+export function renderHostRules(
+  net: RunNet,
+  ports: RunPorts,
+  allow: readonly CidrRule[],
+  table: string,
+): string {
   const v4 = allow.filter((c) => c.cidr.family === 4);
+  const i = `iifname "${net.hostIf}"`;
   return [
     `table inet ${table} {}`,
     `delete table inet ${table}`,
     `table inet ${table} {`,
-    "\tchain forward {",
-    "\t\ttype filter hook forward priority -10; policy accept;",
-    `\t\tiifname "${net.hostIf}" ct state established,related accept`,
-    `\t\toifname "${net.hostIf}" ct state established,related accept`,
-    ...v4.map((c) => `\t\tiifname "${net.hostIf}" ${cidrMatch(c)} accept`),
-    `\t\tiifname "${net.hostIf}" drop`,
-    "\t}",
-    "\tchain postrouting {",
-    "\t\ttype nat hook postrouting priority 100; policy accept;",
-    ...v4.map((c) => `\t\tip saddr ${net.nsAddr} ${cidrMatch(c)} masquerade`),
-    "\t}",
+    "	chain input {",
+    "		type filter hook input priority -10; policy accept;",
+    `		${i} ct state established,related accept`,
+    `		${i} ip daddr ${net.hostAddr} tcp dport { ${ports.proxy}, ${ports.https}, ${ports.http} } accept comment "sluice's listeners"`,
+    `		${i} ip daddr ${net.hostAddr} meta l4proto { tcp, udp } th dport ${ports.dns} accept comment "sluice's DNS"`,
+    `		${i} counter drop comment "nothing else on the host"`,
+    "	}",
+    "	chain forward {",
+    "		type filter hook forward priority -10; policy accept;",
+    `		${i} ct state established,related accept`,
+    `		oifname "${net.hostIf}" ct state established,related accept`,
+    ...v4.map((c) => `		${i} ${cidrMatch(c)} accept`),
+    `		${i} counter drop comment "only the policy's CIDR allows leave"`,
+    `		oifname "${net.hostIf}" drop`,
+    "	}",
+    "	chain postrouting {",
+    "		type nat hook postrouting priority 100; policy accept;",
+    ...v4.map((c) => `		ip saddr ${net.nsAddr} ${cidrMatch(c)} masquerade`),
+    "	}",
     "}",
     "",
   ].join("\n");
@@ -188,17 +202,69 @@ export class RunSummary implements AuditSink {
   close(): Promise<void> {
     return this.next?.close() ?? Promise.resolve();
   }
-  /** The lines printed on stderr at the end of a run. */
-  render(code: number, why?: string): string {
+  /**
+   * The lines printed on stderr at the end of a run.
+   *
+   * @param ending how the command ended, from {@link describeEnding}
+   */
+  render(ending: string): string {
     const top = [...this.deniedHosts].sort((a, b) => b[1] - a[1]).slice(0, 5)
       .map(([h, n]) => `${h} (${n})`).join(", ");
     return [
-      `sluice: command exited ${code}${why ? ` (${why})` : ""}; ` +
+      `sluice: ${ending}; ` +
       `${this.allowed} allowed, ${this.denied} denied, ${this.violations} credential violation${
         this.violations === 1 ? "" : "s"
       }`,
       ...(top ? [`sluice: most denied: ${top}`] : []),
     ].join("\n");
+  }
+}
+
+/** How a run ended, for the summary and the exit status. */
+export type RunEnding =
+  | { kind: "exited"; code: number }
+  | { kind: "signal"; signal: string; number: number }
+  | { kind: "not-found" }
+  | { kind: "terminated"; credential: string }
+  | { kind: "failed" };
+
+/** Exit status when the command could not be found (as a shell says). */
+export const EXIT_NOT_FOUND = 127;
+
+/**
+ * The exit status of `sluice run` for an ending: the command's own code;
+ * 128+N for a signal N; 127 when it could not be found; 123 when sluice
+ * ended it after a violation; 125 when sluice failed.
+ */
+export function exitStatus(e: RunEnding): number {
+  switch (e.kind) {
+    case "exited":
+      return e.code;
+    case "signal":
+      return 128 + e.number;
+    case "not-found":
+      return EXIT_NOT_FOUND;
+    case "terminated":
+      return EXIT_VIOLATION;
+    case "failed":
+      return EXIT_SLUICE_FAILED;
+  }
+}
+
+/** The summary's opening words, naming the exit status so the two always agree. */
+export function describeEnding(e: RunEnding): string {
+  const status = exitStatus(e);
+  switch (e.kind) {
+    case "exited":
+      return `command exited ${status}`;
+    case "signal":
+      return `command killed by ${e.signal} (exit status ${status})`;
+    case "not-found":
+      return `command not found (exit status ${status})`;
+    case "terminated":
+      return `command ended by sluice: credential ${e.credential} violation (exit status ${status})`;
+    case "failed":
+      return `sluice failed (exit status ${status})`;
   }
 }
 
@@ -213,6 +279,21 @@ export async function sh(argv: string[]): Promise<string> {
     throw new Error(`${argv.join(" ")} failed: ${new TextDecoder().decode(out.stderr).trim()}`);
   }
   return new TextDecoder().decode(out.stdout);
+}
+
+/** Runs a command; its stdout, or undefined when it is missing or fails (for optional steps). */
+export async function trySh(argv: string[]): Promise<string | undefined> {
+  try {
+    const out = await new Deno.Command(argv[0], {
+      args: argv.slice(1),
+      stdout: "piped",
+      stderr: "null",
+      stdin: "null",
+    }).output();
+    return out.success ? new TextDecoder().decode(out.stdout) : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** Everything a run created, removable in any state and more than once. */
@@ -268,47 +349,33 @@ export async function createNamespace(net: RunNet, res: RunResources): Promise<v
   await Deno.writeTextFile(`${etc}/resolv.conf`, `nameserver ${net.hostAddr}\n`);
 }
 
-/** Applies the namespace's and host's rules; registers the host table's removal. */
+/**
+ * Applies the host's and the namespace's rules (host first: it confines on
+ * its own); registers the host table's removal and, when the policy's CIDR
+ * allows need forwarding, sets ip_forward (restored afterwards).
+ *
+ * @returns ip_forward's value before the run set it, when it did
+ */
 export async function applyRunRules(
   net: RunNet,
   ports: RunPorts,
   compiled: CompiledPolicy,
+  hostTable: string,
   res: RunResources,
-): Promise<void> {
+): Promise<string | undefined> {
   const allow = cidrAllowsFromPolicy(compiled.policy);
   const deny = cidrDeniesFromPolicy(compiled.policy);
+  await applyNft(renderHostRules(net, ports, allow, hostTable));
+  res.add(() => removeNft(hostTable));
   await applyNft(renderNamespaceRules(net, ports, compiled.policy.enforce, allow, deny), {
     netns: net.ns,
   });
-  if (allow.some((c) => c.cidr.family === 4)) {
-    // One host table per run (table names are at most 20 characters).
-    const table = `sluice_r${net.ns.replace(/\D/g, "")}`.slice(0, 20);
-    await applyNft(renderHostRules(net, allow, table));
-    res.add(() => removeNft(table));
-    const before = (await Deno.readTextFile("/proc/sys/net/ipv4/ip_forward")).trim();
-    if (before !== "1") {
-      await Deno.writeTextFile("/proc/sys/net/ipv4/ip_forward", "1");
-      res.add(() => Deno.writeTextFile("/proc/sys/net/ipv4/ip_forward", before));
-    }
-  }
-}
-
-/** The environment CMD gets: placeholders under credential names, CA bundle variables. */
-export function childEnv(
-  base: Record<string, string>,
-  placeholders: ReadonlyMap<string, string>,
-  bundle: string,
-  proxy?: string,
-): Record<string, string> {
-  const env: Record<string, string> = { ...base };
-  for (const [name, ph] of placeholders) env[name] = ph;
-  for (const v of CA_VARIABLES) env[v] = bundle;
-  if (proxy) {
-    for (const v of ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"]) env[v] = proxy;
-    delete env.NO_PROXY;
-    delete env.no_proxy;
-  }
-  return env;
+  if (!allow.some((c) => c.cidr.family === 4)) return undefined;
+  const before = (await Deno.readTextFile("/proc/sys/net/ipv4/ip_forward")).trim();
+  if (before === "1") return undefined;
+  await Deno.writeTextFile("/proc/sys/net/ipv4/ip_forward", "1");
+  res.add(() => Deno.writeTextFile("/proc/sys/net/ipv4/ip_forward", before));
+  return before;
 }
 
 /** Whether a credential violation should end the command. */

@@ -53,6 +53,11 @@ export function useSystemRootsByDefault(): boolean {
   return chosen.split(",").some((s) => s.trim() === "system");
 }
 
+/** Variables sluice set in its own environment for itself (to keep out of a command's). */
+export function ownTrustSettings(): string[] {
+  return storeSetHere ? ["DENO_TLS_CA_STORE"] : [];
+}
+
 /**
  * The environment for a program sluice starts (`sluice run`): without the trust store choice
  * sluice made for itself, so the program sees the variables its user gave it.

@@ -1,6 +1,9 @@
 /**
  * `sluice run --policy FILE [--user U] [--weak] -- CMD [ARGS...]`: wires
- * lib/run.ts (namespace, rules), lib/serve.ts (the proxy) and the child.
+ * lib/run.ts (namespace, rules), lib/run_state.ts (markers, recovery),
+ * lib/run_env.ts + lib/run_trust.ts (the command's environment and CA
+ * material), lib/run_init.ts (the sandbox's first process) and
+ * lib/serve.ts (the proxy).
  *
  * @module
  */
@@ -13,18 +16,29 @@ import { readPolicyFile } from "../policy_file.ts";
 import { hostResolver } from "../resolver.ts";
 import {
   applyRunRules,
-  childEnv,
   createNamespace,
-  EXIT_SLUICE_FAILED,
-  EXIT_VIOLATION,
+  describeEnding,
+  exitStatus,
+  type RunEnding,
   runNet,
   RunResources,
   RunSummary,
   sh,
   terminates,
 } from "../run.ts";
+import { buildChildEnv, caVariables } from "../run_env.ts";
+import type { InitSpec, InitStatus } from "../run_init.ts";
+import { READY_FILE, signalNumber } from "../run_init.ts";
+import {
+  hostTableName,
+  processStart,
+  recoverDeadRuns,
+  removeMarker,
+  writeMarker,
+} from "../run_state.ts";
+import { writeTrustFiles } from "../run_trust.ts";
 import { startServer } from "../serve.ts";
-import { SYSTEM_BUNDLES, withoutOwnTrustSetting } from "../trust.ts";
+import { ownTrustSettings } from "../trust.ts";
 import { stateDirFrom } from "./ca.ts";
 
 /** Flags of `sluice run`. */
@@ -36,9 +50,68 @@ export type RunFlags = {
   state?: string;
   resolve: string[];
   auditLog?: string;
+  clearEnv?: boolean;
+  passEnv?: string[];
 };
 
-const SIGNALS: Deno.Signal[] = ["SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT"];
+/** Signals sluice passes on to the command (through the sandbox's init). */
+const SIGNALS: Deno.Signal[] = [
+  "SIGINT",
+  "SIGTERM",
+  "SIGHUP",
+  "SIGQUIT",
+  "SIGUSR1",
+  "SIGUSR2",
+  "SIGWINCH",
+];
+
+/**
+ * How to start this same program again: the compiled binary, or deno running
+ * main.ts. The latter needs Deno's module cache, which it finds through HOME
+ * unless told: name it, so a `--user` HOME or `--clear-env` cannot hide it.
+ */
+function selfCommand(): { argv: string[]; env: Record<string, string> } {
+  if (Deno.build.standalone) return { argv: [Deno.execPath()], env: {} };
+  const home = Deno.env.get("HOME") ?? "/root";
+  const cache = Deno.env.get("DENO_DIR") ??
+    `${Deno.env.get("XDG_CACHE_HOME") ?? `${home}/.cache`}/deno`;
+  return {
+    argv: [Deno.execPath(), "run", "-A", new URL("../../main.ts", import.meta.url).pathname],
+    // No update check: it would be a request from inside the sandbox, denied and counted.
+    env: { DENO_DIR: cache, DENO_NO_UPDATE_CHECK: "1" },
+  };
+}
+
+/** The uid, gid, home and name of a user, for `--user`. */
+async function lookupUser(
+  user: string,
+): Promise<{ uid: number; gid: number; home?: string; name: string }> {
+  const line = (await sh(["getent", "passwd", user]).catch(() => "")).trim().split("\n")[0];
+  if (line) {
+    const f = line.split(":");
+    return { name: f[0], uid: Number(f[2]), gid: Number(f[3]), home: f[5] || undefined };
+  }
+  if (/^\d+$/.test(user)) return { name: user, uid: Number(user), gid: Number(user) };
+  throw new Error(`--user ${user}: no such user (getent passwd ${user} found nothing)`);
+}
+
+/**
+ * The sandbox's init (the child of `unshare --fork`) as the host sees it, once it
+ * handles signals (it creates READY_FILE then); undefined if unshare ended first.
+ */
+async function readyInit(unsharePid: number, workDir: string): Promise<number | undefined> {
+  for (let i = 0; i < 3000; i++) {
+    const text = await Deno.readTextFile(`/proc/${unsharePid}/task/${unsharePid}/children`)
+      .catch(() => undefined);
+    if (text === undefined) return undefined; // unshare is gone
+    const pid = Number(text.trim().split(/\s+/)[0]);
+    if (pid && (await Deno.lstat(`${workDir}/${READY_FILE}`).then(() => true, () => false))) {
+      return pid;
+    }
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  return undefined;
+}
 
 /** Runs CMD under the policy; returns the exit status for sluice. */
 export async function runRun(
@@ -56,22 +129,36 @@ export async function runRun(
       "sluice run: creating a network namespace and netfilter rules needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN).\n" +
         "  Run it with sudo, or add --weak to only set HTTP(S)_PROXY and the CA variables (NOTHING is enforced then).",
     );
-    return EXIT_SLUICE_FAILED;
+    return exitStatus({ kind: "failed" });
   }
   const res = new RunResources();
-  let child: Deno.ChildProcess | undefined;
-  let terminatedFor: string | undefined;
+  let audit: AuditSink | undefined;
   let summary: RunSummary | undefined;
-  const forward = SIGNALS.map((sig) => [sig, () => child?.kill(sig)] as const);
-  const stopping = { now: false };
+  let signalTarget: ((sig: Deno.Signal) => void) | undefined;
+  let terminatedFor: string | undefined;
+  let killTimer: ReturnType<typeof setTimeout> | undefined;
+  // With a terminal, Ctrl-C and Ctrl-\ reach the command directly (same process group):
+  // forwarding them too would deliver each twice. sluice itself keeps running until the
+  // command is gone.
+  const tty = Deno.stdin.isTerminal();
+  // A signal that arrives while the sandbox is being set up stops the run before the
+  // command starts (as if the command had been killed by it at once).
+  let early: Deno.Signal | undefined;
+  const forward = SIGNALS.map((sig) =>
+    [sig, () => {
+      if (signalTarget) {
+        if (!(tty && (sig === "SIGINT" || sig === "SIGQUIT"))) signalTarget(sig);
+      } else early ??= sig;
+    }] as const
+  );
+  for (const [sig, h] of forward) Deno.addSignalListener(sig, h);
+  const marker = { written: false };
   try {
     const loaded = await readPolicyFile(flags.policy);
     for (const w of loaded.warnings) log(formatIssue(w));
     const policy = loaded.compiled.policy;
-    const { broker, placeholders } = await buildBrokerage(
-      loaded.compiled,
-      stateDirFrom(flags.state),
-    );
+    const stateDir = stateDirFrom(flags.state);
+    const { broker, placeholders, secrets } = await buildBrokerage(loaded.compiled, stateDir);
     const ca = policy.tls.ca
       ? await loadCa(policy.tls.ca.cert, policy.tls.ca.key)
       : await ephemeralCa();
@@ -80,41 +167,26 @@ export async function runRun(
     // then only the summary is printed.
     const target = flags.auditLog ??
       (policy.audit.log.startsWith("/") ? policy.audit.log : undefined);
-    const sink: AuditSink | undefined = target ? await AuditLog.open(target) : undefined;
-    summary = new RunSummary(sink);
+    audit = target ? await AuditLog.open(target) : undefined;
+    summary = new RunSummary(audit);
     const resolver = hostResolver(flags.resolve);
 
-    // The CA bundle CMD trusts: the system roots plus sluice's CA.
     const tmp = await Deno.makeTempDir({ prefix: "sluice-run-" });
     res.add(() => Deno.remove(tmp, { recursive: true }));
     await Deno.chmod(tmp, 0o755);
-    let system = "";
-    for (const p of SYSTEM_BUNDLES) {
-      system = await Deno.readTextFile(p).catch(() => "");
-      if (system) break;
-    }
-    const bundle = `${tmp}/ca-bundle.pem`;
-    await Deno.writeTextFile(bundle, `${system.trimEnd()}\n${exportCaPem(ca)}`, { mode: 0o644 });
-
     const net = flags.weak ? undefined : runNet(Deno.pid);
+    const hostTable = net ? hostTableName(net) : "";
+    if (net) {
+      // Leftovers of runs that were killed go first; then this run's marker, before
+      // anything exists, so a kill at any later point is recoverable.
+      for (const ns of await recoverDeadRuns()) log(`sluice run: removed leftovers of ${ns}`);
+      const start = (await processStart(Deno.pid)) ?? "";
+      await writeMarker({ pid: Deno.pid, start, net, hostTable, tmp });
+      marker.written = true;
+    }
+    const trustFiles = writeTrustFiles(tmp, exportCaPem(ca));
     if (net) await createNamespace(net, res);
     const host = net?.hostAddr ?? "127.0.0.1";
-    const onViolation = (c: { name: string; onViolation: string }) => {
-      if (c.onViolation === "block_and_terminate" && child && !terminatedFor) {
-        terminatedFor = c.name;
-        log(
-          `sluice: credential ${c.name} was headed to a host outside its scope; ending the command`,
-        );
-        try {
-          child.kill("SIGTERM");
-        } catch { /* already gone */ }
-        setTimeout(() => {
-          try {
-            child?.kill("SIGKILL");
-          } catch { /* already gone */ }
-        }, 5000);
-      }
-    };
     const server = await startServer({
       compiled: loaded.compiled,
       broker,
@@ -125,10 +197,17 @@ export async function runRun(
       transparentHttps: net ? { hostname: host, port: 0 } : undefined,
       transparentHttp: net ? { hostname: host, port: 0 } : undefined,
       onViolation: (c) => {
-        if (terminates(c)) onViolation(c);
+        if (!terminates(c) || !signalTarget || terminatedFor) return;
+        terminatedFor = c.name;
+        log(
+          `sluice: credential ${c.name} was headed to a host outside its scope; ending the command`,
+        );
+        signalTarget("SIGTERM");
+        killTimer = setTimeout(() => signalTarget?.("SIGKILL"), 5000);
       },
       log,
     });
+    // The server closes the audit sink it was given (the summary, which closes the log).
     res.add(() => server.close(2000));
     const a = server.addrs;
     if (net) {
@@ -140,7 +219,7 @@ export async function runRun(
         audit: summary,
       });
       res.add(() => dns.close());
-      await applyRunRules(
+      const ipForwardBefore = await applyRunRules(
         net,
         {
           proxy: a.proxy!.port,
@@ -149,8 +228,13 @@ export async function runRun(
           dns: dns.udpAddr.port,
         },
         loaded.compiled,
+        hostTable,
         res,
       );
+      if (ipForwardBefore !== undefined) {
+        const start = (await processStart(Deno.pid)) ?? "";
+        await writeMarker({ pid: Deno.pid, start, net, hostTable, tmp, ipForwardBefore });
+      }
     } else {
       log(
         "sluice run --weak: NOTHING IS ENFORCED. The command only gets HTTP(S)_PROXY and the CA variables;\n" +
@@ -158,53 +242,158 @@ export async function runRun(
       );
     }
 
-    let argv = cmd;
-    if (flags.user) {
-      const uid = (await sh(["id", "-u", "--", flags.user])).trim();
-      const gid = (await sh(["id", "-g", "--", flags.user])).trim();
-      argv = ["setpriv", `--reuid=${uid}`, `--regid=${gid}`, "--init-groups", "--", ...argv];
+    const user = flags.user ? await lookupUser(flags.user) : undefined;
+    const base = Deno.env.toObject();
+    if (user) {
+      // The command's own home and name, as a login would give them.
+      if (user.home) base.HOME = user.home;
+      base.USER = base.LOGNAME = user.name;
     }
-    if (net) argv = ["ip", "netns", "exec", net.ns, ...argv];
-    const env = childEnv(
-      withoutOwnTrustSetting(Deno.env.toObject()),
+    const trust = await trustFiles;
+    const { env, withheld } = buildChildEnv({
+      base,
+      sourceVariables: loaded.compiled.credentials.flatMap((c) =>
+        c.from.kind === "env" ? [c.from.name] : []
+      ),
+      secretValues: [...secrets.values()].map((s) => s.reveal()),
       placeholders,
-      bundle,
-      net ? undefined : `http://${host}:${a.proxy!.port}`,
-    );
-    for (const [sig, h] of forward) Deno.addSignalListener(sig, h);
-    try {
-      child = new Deno.Command(argv[0], {
+      ca: caVariables(trust, base.JAVA_TOOL_OPTIONS),
+      clear: flags.clearEnv,
+      pass: flags.passEnv,
+      proxy: net ? undefined : `http://${host}:${a.proxy!.port}`,
+      ownSettings: ownTrustSettings(),
+    });
+    if (withheld.length && !flags.quiet) {
+      log(`sluice run: withheld from the command (they hold a secret): ${withheld.join(", ")}`);
+    }
+
+    let ending: RunEnding;
+    if (early) {
+      ending = { kind: "signal", signal: early, number: signalNumber(early) ?? 0 };
+    } else if (net) {
+      const statusFile = `${tmp}/status.json`;
+      const spec: InitSpec = {
+        hideFiles: [
+          ...loaded.compiled.credentials.flatMap((c) =>
+            c.from.kind === "file" ? [c.from.path] : []
+          ),
+          ...(policy.tls.ca ? [policy.tls.ca.key] : []),
+        ],
+        hideDirs: [
+          stateDir,
+          ...(Deno.env.get("CREDENTIALS_DIRECTORY")
+            ? [Deno.env.get("CREDENTIALS_DIRECTORY")!]
+            : []),
+        ].filter((d) => !`${tmp}/`.startsWith(`${d.replace(/\/+$/, "")}/`)),
+        user: user ? { uid: user.uid, gid: user.gid } : undefined,
+        statusFile,
+        workDir: tmp,
+        argv: cmd,
+      };
+      const self = selfCommand();
+      spec.unsetForCommand = Object.keys(self.env).filter((k) => env[k] === undefined);
+      // setpriv --pdeathsig: if sluice dies (even by SIGKILL), the sandbox goes with it
+      // (unshare --kill-child passes the signal on to the init, whose end ends the namespace).
+      const argv = [
+        "setpriv",
+        "--pdeathsig=SIGKILL",
+        "--",
+        "ip",
+        "netns",
+        "exec",
+        net.ns,
+        "unshare",
+        "--pid",
+        "--fork",
+        "--mount",
+        "--mount-proc",
+        "--kill-child=SIGKILL",
+        "--",
+        ...self.argv,
+        "__run-init",
+        JSON.stringify(spec),
+      ];
+      const child = new Deno.Command(argv[0], {
         args: argv.slice(1),
-        env,
+        env: { ...self.env, ...env },
         clearEnv: true,
         stdin: "inherit",
         stdout: "inherit",
         stderr: "inherit",
-      })
-        .spawn();
-    } catch (e) {
-      log(`sluice run: cannot start ${cmd[0]}: ${(e as Error).message}`);
-      return 127;
+      }).spawn();
+      // Signals wait until the init handles them: PID 1 would drop them before.
+      const init = readyInit(child.pid, tmp);
+      signalTarget = (sig) => {
+        // SIGKILL goes to unshare, which kills the init with it; the rest to the init,
+        // which passes them on to the command.
+        if (sig === "SIGKILL") {
+          try {
+            child.kill("SIGKILL");
+          } catch { /* already gone */ }
+          return;
+        }
+        void init.then((pid) => {
+          try {
+            if (pid) Deno.kill(pid, sig);
+          } catch { /* already gone */ }
+        });
+      };
+      const status = await child.status;
+      let reported: InitStatus | undefined;
+      try {
+        reported = JSON.parse(await Deno.readTextFile(statusFile));
+      } catch { /* the init did not get that far */ }
+      ending = terminatedFor
+        ? { kind: "terminated", credential: terminatedFor }
+        : reported?.signal
+        ? { kind: "signal", signal: reported.signal, number: signalNumber(reported.signal) ?? 0 }
+        : reported?.notFound
+        ? { kind: "not-found" }
+        : reported
+        ? { kind: "exited", code: reported.code! }
+        : status.signal
+        ? { kind: "signal", signal: status.signal, number: signalNumber(status.signal) ?? 0 }
+        : status.code === 125
+        ? { kind: "failed" }
+        : { kind: "exited", code: status.code };
+    } else {
+      let child: Deno.ChildProcess;
+      try {
+        child = new Deno.Command(cmd[0], {
+          args: cmd.slice(1),
+          env,
+          clearEnv: true,
+          stdin: "inherit",
+          stdout: "inherit",
+          stderr: "inherit",
+        }).spawn();
+      } catch (e) {
+        const notFound = e instanceof Deno.errors.NotFound;
+        log(`sluice run: ${cmd[0]}: ${notFound ? "command not found" : (e as Error).message}`);
+        ending = notFound ? { kind: "not-found" } : { kind: "failed" };
+        if (!flags.quiet) log(summary.render(describeEnding(ending)));
+        return exitStatus(ending);
+      }
+      signalTarget = (sig) => {
+        try {
+          child.kill(sig);
+        } catch { /* already gone */ }
+      };
+      const status = await child.status;
+      ending = terminatedFor
+        ? { kind: "terminated", credential: terminatedFor }
+        : status.signal
+        ? { kind: "signal", signal: status.signal, number: signalNumber(status.signal) ?? 0 }
+        : { kind: "exited", code: status.code };
     }
-    const status = await child.status;
-    stopping.now = true;
-    const code = terminatedFor
-      ? EXIT_VIOLATION
-      : status.signal
-      ? 128 + signalNumber(status.signal)
-      : status.code;
-    if (!flags.quiet) {
-      log(
-        summary.render(
-          status.code,
-          terminatedFor ? `ended by sluice: credential ${terminatedFor} violation` : undefined,
-        ),
-      );
-    }
-    return code;
+    signalTarget = undefined;
+    clearTimeout(killTimer);
+    if (!flags.quiet) log(summary.render(describeEnding(ending)));
+    return exitStatus(ending);
   } catch (e) {
     log(`sluice run: ${(e as Error).message}`);
-    return EXIT_SLUICE_FAILED;
+    if (summary && !flags.quiet) log(summary.render(describeEnding({ kind: "failed" })));
+    return exitStatus({ kind: "failed" });
   } finally {
     for (const [sig, h] of forward) {
       try {
@@ -213,17 +402,8 @@ export async function runRun(
     }
     const errors = await res.release();
     for (const e of errors) log(`sluice run: cleanup: ${e}`);
+    // Closed here too in case the server never started; AuditLog.close is idempotent.
     await summary?.close();
+    if (marker.written) await removeMarker(Deno.pid);
   }
-}
-
-function signalNumber(sig: Deno.Signal): number {
-  const n: Partial<Record<Deno.Signal, number>> = {
-    SIGHUP: 1,
-    SIGINT: 2,
-    SIGQUIT: 3,
-    SIGKILL: 9,
-    SIGTERM: 15,
-  };
-  return n[sig] ?? 0;
 }

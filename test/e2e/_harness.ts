@@ -103,9 +103,9 @@ async function upstreamHandler(req: Request): Promise<Response> {
 }
 
 /** A TLS upstream serving several names, each with a leaf from `ca`. */
-export function startTlsUpstream(ca: CertificateAuthority, port = 0) {
+export function startTlsUpstream(ca: CertificateAuthority, port = 0, hostname = "127.0.0.1") {
   const listener = listenTlsWithResolver({
-    hostname: "127.0.0.1",
+    hostname,
     port,
     alpnProtocols: ["http/1.1"],
     resolver: async (name) => {

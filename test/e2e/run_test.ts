@@ -4,16 +4,16 @@
  * loopback, and then checks that nothing sluice created is left behind.
  */
 import { assert, assertEquals, assertMatch } from "../_assert.ts";
-import { IS_ROOT, received, ROOT, run, startTlsUpstream, testCas } from "./_harness.ts";
+import { IS_ROOT, received, ROOT, startTlsUpstream, testCas } from "./_harness.ts";
+import { exists, leftovers, output } from "./_run.ts";
 
 const SECRET = "run-secret-value-5d8e1f";
 
-type Result = { code: number; stdout: string; stderr: string };
-
+/** `sluice run` of `sh -c SCRIPT`, or of a command given as an argv. */
 function sluiceRun(
   policy: string,
   dir: string,
-  script: string,
+  script: string | string[],
   extra: string[] = [],
   env: Record<string, string> = {},
 ) {
@@ -33,36 +33,12 @@ function sluiceRun(
       "other.test=127.0.0.1",
       ...extra,
       "--",
-      "sh",
-      "-c",
-      script,
+      ...(typeof script === "string" ? ["sh", "-c", script] : script),
     ],
     env: { SLUICE_TEST_SECRET: SECRET, ...env },
     stdout: "piped",
     stderr: "piped",
   });
-}
-
-async function output(c: Deno.Command): Promise<Result> {
-  const o = await c.output();
-  return {
-    code: o.code,
-    stdout: new TextDecoder().decode(o.stdout),
-    stderr: new TextDecoder().decode(o.stderr),
-  };
-}
-
-async function leftovers(): Promise<string[]> {
-  const found: string[] = [];
-  const ns = await run(["ip", "netns", "list"]);
-  if (/sluice-run-/.test(ns)) found.push(`namespace: ${ns.trim()}`);
-  const links = await run(["ip", "-o", "link", "show"]);
-  if (/\bslh\d+/.test(links)) found.push("veth left");
-  const tables = await run(["nft", "list", "tables"]);
-  if (/sluice_run|sluice_r\d/.test(tables)) found.push(`table: ${tables.trim()}`);
-  const etc = await Array.fromAsync(Deno.readDir("/etc/netns")).catch(() => [] as Deno.DirEntry[]);
-  if (etc.some((e) => e.name.startsWith("sluice-run-"))) found.push("/etc/netns entry left");
-  return found;
 }
 
 Deno.test({
@@ -105,6 +81,7 @@ tls:
             ),
           );
           assertEquals(r.code, 0, r.stderr);
+          assertEquals(await leftovers(r.pid), []);
           assertEquals(received[received.length - 1].headers.authorization, `Bearer ${SECRET}`);
           assert(!r.stdout.includes(SECRET), "the real value reached the command");
           assertMatch(JSON.parse(r.stdout).headers.authorization, /^Bearer sluice-api-key-/);
@@ -161,9 +138,32 @@ tls:
         assertEquals(r.stdout.match(/status: NXDOMAIN/g)?.length, 2, r.stdout);
       });
 
-      await t.step("the command's exit status comes back", async () => {
-        const r = await output(sluiceRun(policy, dir, "exit 7"));
-        assertEquals(r.code, 7);
+      // Every ending, with an audit file configured: that is how CI runs it.
+      const audit = ["--audit-log", `${dir}/audit.jsonl`];
+      const endings: [string, string, number, RegExp][] = [
+        ["its own code", "exit 42", 42, /command exited 42;/],
+        ["zero", "exit 0", 0, /command exited 0;/],
+        ["SIGSEGV as 139", "kill -SEGV $$", 139, /killed by SIGSEGV \(exit status 139\)/],
+        ["SIGUSR1 as 138", "kill -USR1 $$", 138, /killed by SIGUSR1 \(exit status 138\)/],
+        ["SIGABRT as 134", "kill -ABRT $$", 134, /killed by SIGABRT \(exit status 134\)/],
+        ["SIGPIPE as 141", "kill -PIPE $$", 141, /killed by SIGPIPE \(exit status 141\)/],
+        ["a command's own 127", "exec no-such-command-here", 127, /command exited 127;/],
+      ];
+      for (const [name, script, code, summary] of endings) {
+        await t.step(`the exit status is exact, with an audit file: ${name}`, async () => {
+          const r = await output(sluiceRun(policy, dir, script, audit));
+          assertEquals(r.code, code, r.stderr);
+          assertMatch(r.stderr, summary);
+          assert(!/Bad resource|error/i.test(r.stderr), r.stderr);
+        });
+      }
+
+      await t.step("a command that cannot be found is 127, named in the summary", async () => {
+        const c = sluiceRun(policy, dir, ["no-such-command-here"], audit);
+        const r = await output(c);
+        assertEquals(r.code, 127, r.stderr);
+        assertMatch(r.stderr, /no-such-command-here: command not found/);
+        assertMatch(r.stderr, /command not found \(exit status 127\)/);
       });
 
       await t.step(
@@ -176,6 +176,7 @@ tls:
               `curl -sS -o /dev/null ${
                 front("other.test")
               } -H "X-Key: $API_KEY" https://other.test/; sleep 30`,
+              audit,
             ),
           );
           assertEquals(r.code, 123, r.stderr);
@@ -183,6 +184,7 @@ tls:
             r.stderr,
             /credential API_KEY was headed to a host outside its scope; ending the command/,
           );
+          assertMatch(r.stderr, /credential API_KEY violation \(exit status 123\)/);
           assertMatch(r.stderr, /1 credential violation/);
         },
       );
@@ -190,19 +192,20 @@ tls:
       await t.step(
         "nothing is left behind, also when sluice is killed with SIGTERM mid-run",
         async () => {
-          assertEquals(await leftovers(), []);
-          const child = sluiceRun(policy, dir, "sleep 30").spawn();
+          // The command says when it runs: the signal must travel sluice -> init -> command.
+          const started = `${dir}/started`;
+          await Deno.remove(started).catch(() => {});
+          const child = sluiceRun(policy, dir, `touch ${started}; sleep 30`).spawn();
           const end = Date.now() + 15000;
-          while (!/sluice-run-/.test(await run(["ip", "netns", "list"])) && Date.now() < end) {
-            await new Promise((r) => setTimeout(r, 100));
+          while (!(await exists(started)) && Date.now() < end) {
+            await new Promise((r) => setTimeout(r, 50));
           }
-          await new Promise((r) => setTimeout(r, 500));
           child.kill("SIGTERM");
           const status = await child.status;
           assertEquals(status.code, 128 + 15);
           await child.stdout.cancel();
           await child.stderr.cancel();
-          assertEquals(await leftovers(), []);
+          assertEquals(await leftovers(child.pid), []);
         },
       );
     } finally {

@@ -1,8 +1,10 @@
 import { assert, assertEquals, assertMatch } from "../_assert.ts";
 import {
-  childEnv,
+  describeEnding,
+  exitStatus,
   renderHostRules,
   renderNamespaceRules,
+  type RunEnding,
   runNet,
   RunSummary,
 } from "../../lib/run.ts";
@@ -49,10 +51,26 @@ Deno.test("renderNamespaceRules() sends web and DNS to sluice, drops denies firs
 });
 
 Deno.test("renderHostRules() forwards and masquerades only the allowed CIDRs", () => {
-  const text = renderHostRules(net, cidrAllowsFromPolicy(compiled.policy), "sluice_r4242");
+  const text = renderHostRules(net, ports, cidrAllowsFromPolicy(compiled.policy), "sluice_r4242");
   assertMatch(text, /iifname "slh4242" ip daddr 10\.20\.0\.0\/16 .* accept/);
   assertMatch(text, /ip saddr 10\.231\.66\.74 ip daddr 10\.20\.0\.0\/16 .* masquerade/);
-  assertMatch(text, /iifname "slh4242" drop/);
+  assertMatch(text, /iifname "slh4242" counter drop comment "only the policy's CIDR allows leave"/);
+});
+
+Deno.test("renderHostRules() lets the veth reach only sluice's listeners on the host", () => {
+  const text = renderHostRules(net, ports, [], "sluice_r4242");
+  assertMatch(
+    text,
+    /iifname "slh4242" ip daddr 10\.231\.66\.73 tcp dport \{ 4000, 4001, 4002 \} accept/,
+  );
+  assertMatch(
+    text,
+    /iifname "slh4242" ip daddr 10\.231\.66\.73 meta l4proto \{ tcp, udp \} th dport 4003 accept/,
+  );
+  const input = text.slice(text.indexOf("chain input"), text.indexOf("chain forward"));
+  assert(input.trimEnd().endsWith('counter drop comment "nothing else on the host"\n\t}'), input);
+  // Without CIDR allows nothing is forwarded and nothing masqueraded.
+  assert(!/masquerade/.test(text));
 });
 
 Deno.test({
@@ -71,7 +89,7 @@ Deno.test({
             cidrAllowsFromPolicy(compiled.policy),
             [],
           ),
-          renderHostRules(net, cidrAllowsFromPolicy(compiled.policy), "sluice_r4242"),
+          renderHostRules(net, ports, cidrAllowsFromPolicy(compiled.policy), "sluice_r4242"),
         ]
       ) {
         const c = new Deno.Command("ip", {
@@ -91,20 +109,37 @@ Deno.test({
   },
 });
 
-Deno.test("childEnv() gives placeholders under credential names and the CA bundle everywhere", () => {
-  const env = childEnv(
-    { PATH: "/bin", NO_PROXY: "x" },
-    new Map([["API_KEY", "sluice-api-key-x"]]),
-    "/tmp/b.pem",
-    "http://127.0.0.1:9",
-  );
-  assertEquals(env.API_KEY, "sluice-api-key-x");
-  assertEquals(
-    [env.SSL_CERT_FILE, env.NODE_EXTRA_CA_CERTS, env.DENO_CERT, env.CARGO_HTTP_CAINFO],
-    Array(4).fill("/tmp/b.pem"),
-  );
-  assertEquals([env.HTTPS_PROXY, env.NO_PROXY], ["http://127.0.0.1:9", undefined]);
-});
+const endings: [string, RunEnding, number, string][] = [
+  ["its own code", { kind: "exited", code: 42 }, 42, "command exited 42"],
+  ["zero", { kind: "exited", code: 0 }, 0, "command exited 0"],
+  [
+    "128+N for SIGSEGV",
+    { kind: "signal", signal: "SIGSEGV", number: 11 },
+    139,
+    "command killed by SIGSEGV (exit status 139)",
+  ],
+  [
+    "128+N for SIGUSR1",
+    { kind: "signal", signal: "SIGUSR1", number: 10 },
+    138,
+    "command killed by SIGUSR1 (exit status 138)",
+  ],
+  ["127 when not found", { kind: "not-found" }, 127, "command not found (exit status 127)"],
+  [
+    "123 after block_and_terminate",
+    { kind: "terminated", credential: "K" },
+    123,
+    "command ended by sluice: credential K violation (exit status 123)",
+  ],
+  ["125 when sluice failed", { kind: "failed" }, 125, "sluice failed (exit status 125)"],
+];
+for (const [name, ending, code, words] of endings) {
+  Deno.test(`exitStatus() and describeEnding() agree: ${name}`, () => {
+    assertEquals(exitStatus(ending), code);
+    assertEquals(describeEnding(ending), words);
+    assert(describeEnding(ending).includes(String(code)), "the summary names the exit status");
+  });
+}
 
 Deno.test("RunSummary counts requests and violations and names the most denied hosts", () => {
   const s = new RunSummary();
@@ -136,7 +171,7 @@ Deno.test("RunSummary counts requests and violations and names the most denied h
     violation: "K",
   });
   assertEquals(
-    s.render(0),
+    s.render(describeEnding({ kind: "exited", code: 0 })),
     "sluice: command exited 0; 1 allowed, 2 denied, 1 credential violation\nsluice: most denied: x.test (2)",
   );
 });
