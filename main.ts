@@ -253,7 +253,7 @@ function buildProgram(): Command {
     .addHelpText(
       "after",
       example(
-        "sudo sluice run --policy examples/ci-npm-publish.yaml --user ci -- npm publish",
+        "sudo --preserve-env=NPM_TOKEN sluice run --policy examples/ci-npm-publish.yaml --user ci -- npm publish",
         "sluice run --weak --policy examples/ai-agent.yaml -- python agent.py   # not enforced",
       ) +
         "\nThe command's environment is sluice's minus every variable a credential is read from or\n" +
