@@ -231,11 +231,10 @@ audit:
             if (alive) await new Promise((r) => setTimeout(r, 100));
           }
           assert(!alive, "the command outlived sluice");
-          const left = await leftovers(child.pid);
-          assert(left.length > 0, "a SIGKILLed run left nothing: this step tests nothing");
           const r = await output(sluiceRun(policy, dir, "true"));
           assertEquals(r.code, 0, r.stderr);
-          assertMatch(r.stderr, new RegExp(`removed leftovers of sluice-run-${child.pid}`));
+          // The next run (or another test's run starting meanwhile: tests run in parallel)
+          // removes what the killed run left; with recovery broken, it all stays.
           assertEquals(await leftovers(child.pid), []);
           assertEquals(await leftovers(r.pid), []);
         },
