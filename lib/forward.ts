@@ -16,15 +16,8 @@
  *
  * @module
  */
-import {
-  credentialAllowedFor,
-  decideCredentials,
-  decideRequest,
-  type Decision,
-  type Destination,
-  formatDestination,
-  parseDestinationHost,
-} from "../policy/mod.ts";
+import { type Decision, formatDestination } from "../policy/mod.ts";
+import { planRequest } from "../policy/plan.ts";
 import type { AuditRecord } from "./audit.ts";
 import { chooseAddress } from "./connect.ts";
 import type { ProxyContext } from "./context.ts";
@@ -64,7 +57,6 @@ export function makeRequestHandler(
       );
     }
     const url = new URL(req.url);
-    const path = url.pathname + url.search;
     const base: AuditRecord = {
       event: "request",
       conn: meta.conn,
@@ -90,8 +82,8 @@ export function makeRequestHandler(
       });
       return res;
     };
-    const deny = (d: Decision, extra: Partial<AuditRecord> = {}): Response =>
-      finish(denyResponse(d), {
+    const deny = (d: Decision, extra: Partial<AuditRecord> = {}, status = 403): Response =>
+      finish(denyResponse(d, status), {
         verdict: "deny",
         code: d.code,
         reason: d.reason,
@@ -99,6 +91,11 @@ export function makeRequestHandler(
         rule_at: d.rule.at,
         ...extra,
       });
+    const violated = (c: Credential, d: Decision, status = 403): Response => {
+      ctx.metrics.violations.inc({ credential: c.name });
+      ctx.onViolation?.(c, base.host ?? "");
+      return deny(d, { violation: c.name }, status);
+    };
 
     if (meta.denied) {
       const d = meta.denied;
@@ -108,43 +105,38 @@ export function makeRequestHandler(
       });
     }
 
-    // Where the request goes: for TLS the connection's target port; for
-    // plain HTTP the URL's (absolute-form) or Host's port.
-    const parsed = parseDestinationHost(url.hostname);
-    if (parsed.kind === "invalid") {
-      return finish(
-        errorResponse(400, "invalid-host", `invalid host "${url.hostname}": ${parsed.reason}`),
-        {
-          code: "invalid-host",
-          reason: parsed.reason,
-        },
-      );
-    }
-    const dest: Destination = parsed;
-    const port = meta.secure ? (meta.target?.port ?? 443) : (url.port ? Number(url.port) : 80);
-    const hostText = formatDestination(dest);
-    base.host = hostText;
-    base.port = port;
-
-    if (meta.secure) {
-      const expected = meta.sni ?? (meta.target ? formatDestination(meta.target.dest) : undefined);
-      if (expected !== hostText) {
-        const compiled = ctx.policy();
-        return deny({
-          verdict: "deny",
-          code: "host-mismatch",
-          reason: `the request is for ${hostText} but the TLS connection was opened for ${
-            expected ?? "no name"
-          }`,
-          rule: { ...compiled.defaultRef, source: "Host must match SNI", at: "sluice" },
-        });
-      }
-    }
-
+    // The plan (policy/plan.ts): every decision about this request, made once, the same
+    // one `sluice explain` prints. Where the request goes: for TLS the connection's target
+    // port; for plain HTTP the URL's (absolute-form) or Host's port.
     const compiled = ctx.policy();
-    const decision = decideRequest(compiled, { method: req.method, dest, port, path });
-    if (decision.verdict === "deny") return deny(decision);
+    const broker = ctx.broker();
+    const port = meta.secure ? (meta.target?.port ?? 443) : (url.port ? Number(url.port) : 80);
+    base.port = port;
+    const fields = [...req.headers];
+    const plan = planRequest(compiled, {
+      secure: meta.secure,
+      connectionHost: meta.sni ?? (meta.target ? formatDestination(meta.target.dest) : undefined),
+      port,
+      method: req.method,
+      host: url.hostname,
+      pathname: url.pathname,
+      search: url.search,
+      headers: fields,
+      scanner: broker.scanner,
+    });
+    if (plan.host) base.host = plan.host;
+    if (plan.verdict === "deny") {
+      if (plan.violation) return violated(plan.violation, plan.decision, plan.status);
+      return deny(plan.decision, {}, plan.status);
+    }
+    const decision = plan.decision;
+    const dest = plan.dest;
+    const hostText = plan.host;
+    const path = plan.target;
+    base.path = path.split("?")[0];
 
+    // Names are resolved only now, after every check that needs no network: the address
+    // decision (private guard) runs on what will actually be dialled.
     const choice = await chooseAddress(ctx, dest, port);
     if (!choice.ok) {
       if ("denied" in choice) return deny(choice.denied);
@@ -157,50 +149,28 @@ export function makeRequestHandler(
       ? `[${choice.ip.text}]:${port}`
       : `${choice.ip.text}:${port}`;
 
-    // Credentials: find placeholders, refuse any headed outside its scope,
-    // substitute the rest where each credential's `in` allows.
-    const broker = ctx.broker();
+    // Credentials: the plan refused any placeholder headed outside its scope; substitute
+    // the rest where each credential's `in` allows. The Host sent is the one decided on:
+    // the client's own Host header never reaches the upstream (no domain fronting).
     const bare = dest.kind === "name" ? dest.name : dest.ip.text;
-    let headers = removeHopByHop([...req.headers]).filter(([name]) =>
-      !PROXY_ONLY.has(name.toLowerCase())
-    );
-    const found = broker.names.length ? broker.scanRequest(path, headers) : new Map();
-    const creds = decideCredentials(compiled, dest, port, [...found.keys()]);
-    let allowed: Credential[] = creds.substitute;
-    const violating: Credential[] = [...creds.violations];
-    if (!meta.secure) {
-      // Over plain HTTP a real value would cross the network in clear text:
-      // only credentials whose hosts name this host AND this port explicitly.
-      const explicit = allowed.filter((c) =>
-        c.hosts.some((h) =>
-          h.port === port && credentialAllowedFor({ ...c, hosts: [h] }, bare, port)
-        )
-      );
-      for (const c of allowed) if (!explicit.includes(c) && found.has(c.name)) violating.push(c);
-      allowed = explicit;
-    }
-    const violation = (c: Credential, where: string): Response => {
-      ctx.metrics.violations.inc({ credential: c.name });
-      ctx.onViolation?.(c, hostText);
-      const reason = `the request carries the placeholder of credential ${c.name} (${where}), ` +
-        `which may only be sent to ${c.hosts.map((h) => h.source).join(", ")}, not ${hostText}` +
-        (meta.secure ? "" : " over plain HTTP");
-      return deny({
+    let headers = removeHopByHop(fields).filter(([name]) => {
+      const lower = name.toLowerCase();
+      return !PROXY_ONLY.has(lower) && lower !== "host";
+    });
+    const allowed: Credential[] = plan.substitute;
+    const violation = (c: Credential, where: string): Response =>
+      violated(c, {
         verdict: "deny",
         code: "credential-violation",
-        reason,
+        reason: `the request carries the placeholder of credential ${c.name} (${where}), ` +
+          `which may only be sent to ${c.hosts.map((h) => h.source).join(", ")}, not ${hostText}`,
         rule: {
           list: "allow",
           index: -1,
           source: `credentials.${c.name}.hosts`,
           at: `${c.loc.file}:${c.loc.line}`,
         },
-      }, { violation: c.name });
-    };
-    if (violating.length) {
-      const c = violating[0];
-      return violation(c, (found.get(c.name) ?? ["the request"]).join(", "));
-    }
+      });
     const rewritten = broker.names.length
       ? broker.rewriteRequest(path, headers, allowed)
       : { target: path, headers, substituted: [] as string[], injected: [] as string[] };

@@ -26,9 +26,12 @@ export function denialText(d: Pick<Decision, "reason" | "rule">): string {
 }
 
 /** A 403 for a denied request. */
-export function denyResponse(d: Pick<Decision, "verdict" | "code" | "reason" | "rule">): Response {
+export function denyResponse(
+  d: Pick<Decision, "verdict" | "code" | "reason" | "rule">,
+  status = 403,
+): Response {
   return new Response(denialText(d), {
-    status: 403,
+    status,
     headers: { "content-type": "text/plain; charset=utf-8", [DECISION_HEADER]: decisionHeader(d) },
   });
 }

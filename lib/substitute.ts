@@ -34,16 +34,13 @@
  * @module
  */
 import type { Credential } from "../policy/types.ts";
+import { decodeBasic, type Found, type Place, PlaceholderScanner } from "../policy/placeholders.ts";
 import { SecretError, type SecretValue } from "./secrets.ts";
-
-/** Where a placeholder was found: `header <lowercased name>`, `query`, `path` or `body`. */
-export type Place = "path" | "query" | "body" | `header ${string}`;
-
-/** Credential name to the places its placeholder was found, in the order seen. */
-export type Found = ReadonlyMap<string, readonly Place[]>;
 
 /** Header fields as the upstream client takes them: latin1 byte strings. */
 export type HeaderFields = readonly [string, string][];
+
+export type { Found, Place };
 
 /** A request head after {@link Broker.rewriteRequest}. */
 export type RewrittenRequest = {
@@ -97,7 +94,6 @@ export class CredentialViolationError extends Error {
 export const BUFFERED_BODY_LIMIT = 1 << 20;
 
 const EMPTY = new Uint8Array(0);
-const NOTHING_FOUND: Found = new Map();
 
 // ---------------------------------------------------------------------------------------------
 // Multi-pattern byte search
@@ -376,7 +372,6 @@ type Entry = {
 /** Names, or credentials as `decideCredentials` returns them. */
 export type CredentialNames = Iterable<string | Pick<Credential, "name">>;
 
-const BASIC = /^(\s*basic\s+)([A-Za-z0-9+/]+=*)(\s*)$/i;
 /** Upper bound on cached per-credential-subset matchers; past it, the cache starts over. */
 const CACHE_LIMIT = 256;
 
@@ -450,25 +445,6 @@ function latin1(bytes: Uint8Array): string {
   return s;
 }
 
-/** Decodes %XX escapes byte-wise into a latin1 string; malformed escapes stay as they are. */
-function percentDecode(s: string): string {
-  return s.replace(/%([0-9A-Fa-f]{2})/g, (_, h: string) => String.fromCharCode(parseInt(h, 16)));
-}
-
-/** The decoded user:password of a `Basic` credential, as a latin1 string; null for anything else. */
-function decodeBasic(value: string): { head: string; text: string; trail: string } | null {
-  // Cheap first-character test before the regex: this runs on every header of every request.
-  const c = value.charCodeAt(0);
-  if (c !== 0x42 && c !== 0x62 && c !== 0x20 && c !== 0x09) return null;
-  const m = BASIC.exec(value);
-  if (!m) return null;
-  try {
-    return { head: m[1], text: atob(m[2]), trail: m[3] };
-  } catch {
-    return null;
-  }
-}
-
 /**
  * The credential broker for one policy load: built by {@link makeBroker},
  * immutable afterwards, safe to share between concurrent requests.
@@ -476,10 +452,10 @@ function decodeBasic(value: string): { head: string; text: string; trail: string
 export class Broker {
   /** Credential names, in policy order. */
   readonly names: readonly string[];
+  /** The placeholder scanner (also for names: SNI, CONNECT target, Host, DNS questions). */
+  readonly scanner: PlaceholderScanner;
   #entries: Entry[];
   #byName = new Map<string, Entry>();
-  /** Short prefixes that every placeholder starts with one of: the cheap first test. */
-  #quick: string[];
   #placeholderSet: PatternSet;
   #caches = new Map<string, unknown>();
 
@@ -519,10 +495,8 @@ export class Broker {
     });
     for (const e of this.#entries) this.#byName.set(e.name, e);
     this.names = this.#entries.map((e) => e.name);
-    // Derived placeholders all start "sluice-": one indexOf per string settles the common case.
-    const quickLen = Math.min(7, ...this.#entries.map((e) => e.placeholder.length));
-    this.#quick = [...new Set(this.#entries.map((e) => e.placeholder.slice(0, quickLen)))];
     this.#placeholderSet = new PatternSet(this.#entries.map((e) => e.placeholderBytes));
+    this.scanner = new PlaceholderScanner(placeholders);
   }
 
   /** A credential's placeholder. */
@@ -530,62 +504,18 @@ export class Broker {
     return this.#byName.get(name)?.placeholder;
   }
 
-  #maybe(s: string): boolean {
-    const q = this.#quick;
-    for (let i = 0; i < q.length; i++) if (s.includes(q[i])) return true;
-    return false;
-  }
-
   /**
-   * Finds the placeholders of every credential in a request head: header
-   * values (and the decoded user:password of `Basic` credentials), the path
-   * and the query, each also in its percent-decoded form. Header names are
-   * not searched. Costs one `indexOf` per header value when no placeholder is
-   * present.
+   * Finds the placeholders of every credential in a request head, with the
+   * one scanner `explain` and the name checks use too (policy/placeholders.ts):
+   * header names and values (and the decoded user:password of `Basic`
+   * credentials), the path and the query, each also percent-decoded.
    *
    * @param target the origin-form request target (path, then `?query`)
    * @param headers the request's header fields
    * @returns credential name to places; empty when nothing was found
    */
   scanRequest(target: string, headers: HeaderFields): Found {
-    if (this.#entries.length === 0) return NOTHING_FOUND;
-    let found: Map<string, Place[]> | null = null;
-    for (let i = 0; i < headers.length; i++) {
-      const value = headers[i][1];
-      if (this.#maybe(value)) {
-        found = this.#look(value, `header ${headers[i][0].toLowerCase()}`, found);
-      }
-      const basic = decodeBasic(value);
-      if (basic && this.#maybe(basic.text)) {
-        found = this.#look(basic.text, `header ${headers[i][0].toLowerCase()}`, found);
-      }
-    }
-    // The common case, settled without splitting the target: no prefix, nothing escaped.
-    if (!this.#maybe(target) && !target.includes("%")) return found ?? NOTHING_FOUND;
-    const q = target.indexOf("?");
-    const parts: [string, Place][] = [[q < 0 ? target : target.slice(0, q), "path"]];
-    if (q >= 0) parts.push([target.slice(q + 1), "query"]);
-    for (const [part, place] of parts) {
-      if (this.#maybe(part)) found = this.#look(part, place, found);
-      if (part.includes("%")) {
-        const decoded = percentDecode(part);
-        if (this.#maybe(decoded)) found = this.#look(decoded, place, found);
-      }
-    }
-    return found ?? NOTHING_FOUND;
-  }
-
-  /** Adds every placeholder in `s` to `found` (created on the first one). */
-  #look(s: string, place: Place, found: Map<string, Place[]> | null): Map<string, Place[]> | null {
-    for (const e of this.#entries) {
-      if (s.includes(e.placeholder)) {
-        found ??= new Map();
-        const list = found.get(e.name);
-        if (!list) found.set(e.name, [place]);
-        else if (!list.includes(place)) list.push(place);
-      }
-    }
-    return found;
+    return this.scanner.scanRequest(target, headers);
   }
 
   /**
@@ -651,7 +581,7 @@ export class Broker {
     if (inHeader.length) {
       for (let i = 0; i < out.length; i++) {
         let value = out[i][1];
-        if (this.#maybe(value)) {
+        if (this.scanner.maybe(value)) {
           for (const e of inHeader) {
             if (value.includes(e.placeholder)) {
               value = value.replaceAll(e.placeholder, e.secretHeader);
@@ -660,7 +590,7 @@ export class Broker {
           }
         }
         const basic = decodeBasic(value);
-        if (basic && this.#maybe(basic.text)) {
+        if (basic && this.scanner.maybe(basic.text)) {
           let text = basic.text;
           for (const e of inHeader) {
             if (text.includes(e.placeholder)) {
@@ -677,7 +607,7 @@ export class Broker {
     const q = target.indexOf("?");
     let path = q < 0 ? target : target.slice(0, q);
     let query = q < 0 ? null : target.slice(q + 1);
-    if (this.#maybe(target) || target.includes("%")) {
+    if (this.scanner.maybe(target) || target.includes("%")) {
       for (const e of entries) {
         if (e.path) path = this.#replaceUrl(path, e, substituted);
         if (e.query && query !== null) query = this.#replaceUrl(query, e, substituted);

@@ -11,13 +11,15 @@ import {
   type ConnectionDecision,
   decideAddress,
   decideConnection,
-  decideCredentials,
   decideRequest,
   type Decision,
   type Destination,
   formatDestination,
   parseDestinationHost,
 } from "./decide.ts";
+import { mergeSlashes } from "./path.ts";
+import { planRequest, refuseNameWithPlaceholder } from "./plan.ts";
+import { PlaceholderScanner } from "./placeholders.ts";
 
 /** What to explain. */
 export type ExplainInput = {
@@ -51,6 +53,8 @@ export type Explanation = {
   };
   notes: string[];
   error?: string;
+  /** The refusal as `serve` answers it (code, reason, rule), when denied after the connection stage. */
+  refusal?: Decision;
 };
 
 const DEFAULT_PORTS: Record<string, number> = {
@@ -110,6 +114,23 @@ export function explain(compiled: CompiledPolicy, input: ExplainInput): Explanat
   const secure = url.protocol === "https:" || url.protocol === "wss:";
   const path = url.pathname + url.search;
 
+  // A name with a placeholder is refused before anything else: it would leave in DNS/SNI.
+  const named = refuseNameWithPlaceholder(
+    compiled,
+    new PlaceholderScanner(input.placeholders),
+    url.hostname,
+    port,
+    secure ? "SNI" : "host",
+  );
+  if (named) {
+    const c = named.violation!;
+    out.credentials.violations.push({
+      name: c.name,
+      places: [...(named.places ?? [])],
+      hosts: c.hosts.map((h) => h.source),
+    });
+    return { ...out, decidedBy: "credentials", verdict: "deny", refusal: named.decision };
+  }
   const connection = decideConnection(compiled, dest, port);
   out.tls = secure ? connection.tls : "none";
   if (secure) out.connection = connection;
@@ -130,82 +151,61 @@ export function explain(compiled: CompiledPolicy, input: ExplainInput): Explanat
     };
   }
 
-  out.request = decideRequest(compiled, { method, dest, port, path });
-  if (out.request.verdict === "deny") return { ...out, decidedBy: "request", verdict: "deny" };
-
-  if (dest.kind === "ip") {
-    out.address = decideAddress(compiled, dest.ip, port);
-    if (out.address.verdict === "deny") return { ...out, decidedBy: "address", verdict: "deny" };
-  } else {
+  // Everything after the connection stage is the request plan `serve` executes.
+  const plan = planRequest(compiled, {
+    secure,
+    connectionHost: formatDestination(dest),
+    port,
+    method,
+    host: url.hostname,
+    pathname: url.pathname,
+    search: url.search,
+    headers: input.headers,
+    scanner: new PlaceholderScanner(input.placeholders),
+  });
+  if (plan.verdict === "deny") {
+    const d = plan.decision;
+    if (d.code === "credential-violation" && plan.violation) {
+      const c = plan.violation;
+      out.credentials.violations.push({
+        name: c.name,
+        places: [...(plan.places ?? [])],
+        hosts: c.hosts.map((h) => h.source),
+      });
+      // The request stage itself allowed it: show that decision too.
+      out.request = decideRequest(compiled, { method, dest, port, path: mergeSlashes(path) });
+      return { ...out, decidedBy: "credentials", verdict: "deny", refusal: d };
+    }
+    if (d.code === "private-address") out.address = d;
+    else out.request = d;
+    return {
+      ...out,
+      decidedBy: d.code === "private-address"
+        ? "address"
+        : d.code === "invalid-host"
+        ? "url"
+        : "request",
+      verdict: "deny",
+      refusal: d,
+    };
+  }
+  out.request = plan.decision;
+  out.address = plan.address;
+  if (dest.kind !== "ip") {
     out.notes.push(
       "the address check (private ranges, IP deny rules) runs after DNS, when sluice connects",
     );
   }
-
-  const found = findPlaceholders(input, url, compiled);
-  const creds = decideCredentials(compiled, dest, port, [...found.keys()]);
-  for (const c of creds.substitute) {
-    const places = (found.get(c.name) ?? []).filter((p) => c.in.includes(p.split(" ")[0] as never));
-    if (places.length) out.credentials.substituted.push({ name: c.name, places });
+  for (const c of plan.substitute) {
+    const places = (plan.found.get(c.name) ?? []).filter((p) =>
+      c.in.includes(p.split(" ")[0] as never)
+    );
+    if (places.length) out.credentials.substituted.push({ name: c.name, places: [...places] });
     if (c.inject) out.credentials.injected.push({ name: c.name, header: c.inject.header });
   }
-  for (const c of creds.violations) {
-    out.credentials.violations.push({
-      name: c.name,
-      places: found.get(c.name)!,
-      hosts: c.hosts.map((h) => h.source),
-    });
-  }
-  if (!secure && creds.substitute.length) {
+  if (!secure && plan.substitute.length) {
     out.notes.push("plain HTTP: the real value would cross the network unencrypted");
   }
-  if (out.credentials.violations.length) {
-    return { ...out, decidedBy: "credentials", verdict: "deny" };
-  }
+  if (plan.target !== path) out.notes.push(`forwarded as ${plan.target} (runs of slashes merged)`);
   return { ...out, decidedBy: "allowed", verdict: "allow" };
-}
-
-/**
- * Finds credential placeholders in the places sluice inspects: header values
- * (also inside `Basic` credentials, which are base64), the query and the path.
- */
-function findPlaceholders(
-  input: ExplainInput,
-  url: URL,
-  compiled: CompiledPolicy,
-): Map<string, Place[]> {
-  const found = new Map<string, Place[]>();
-  const add = (name: string, place: Place) => {
-    const list = found.get(name) ?? [];
-    if (!list.includes(place)) list.push(place);
-    found.set(name, list);
-  };
-  for (const c of compiled.credentials) {
-    const ph = input.placeholders.get(c.name);
-    if (!ph) continue;
-    for (const [hName, hValue] of input.headers) {
-      if (hValue.includes(ph) || basicDecoded(hValue).includes(ph)) add(c.name, `header ${hName}`);
-    }
-    if (safeDecode(url.search).includes(ph)) add(c.name, "query");
-    if (safeDecode(url.pathname).includes(ph)) add(c.name, "path");
-  }
-  return found;
-}
-
-function basicDecoded(value: string): string {
-  const m = /^\s*basic\s+([A-Za-z0-9+/=]+)\s*$/i.exec(value);
-  if (!m) return "";
-  try {
-    return atob(m[1]);
-  } catch {
-    return "";
-  }
-}
-
-function safeDecode(s: string): string {
-  try {
-    return decodeURIComponent(s);
-  } catch {
-    return s;
-  }
 }

@@ -49,11 +49,14 @@ function isUnreserved(c: number): boolean {
  *    escapes are kept, uppercased (`%2f` is `%2F`: an encoded slash is not a
  *    separator, and `%25` stays `%25`, so nothing is decoded twice);
  * 3. dot segments are removed as RFC 3986 section 5.2.4 says, after
- *    decoding, so `/a/%2e%2E/b` is `/b`, `/a/./b` is `/a/b`, and `/..` is `/`.
+ *    decoding, so `/a/%2e%2E/b` is `/b`, `/a/./b` is `/a/b`, and `/..` is `/`;
+ * 4. runs of slashes are merged (`//admin//x` is `/admin/x`): common servers
+ *    (nginx's default `merge_slashes`, many frameworks) serve `//admin/x` as
+ *    `/admin/x`, so a rule on `/admin/**` must see it that way. sluice also
+ *    forwards the merged path (see {@link mergeSlashes}), so what the upstream
+ *    reads is what was decided.
  *
- * Nothing else changes: case is kept (paths are case-sensitive), and `//`
- * stays `//`, because upstream servers disagree on whether it equals `/`;
- * globs see the double slash as written. A path that does not start with `/`
+ * Nothing else changes: case is kept (paths are case-sensitive). A path that does not start with `/`
  * (including the `OPTIONS *` target, which the caller handles) or has an
  * invalid escape (`%zz`, `%4`) is refused: unparseable means denied.
  *
@@ -86,7 +89,10 @@ export function normalizePath(raw: string): NormalizedPath {
   }
   // Fast path: most paths have no escapes and no dot segments.
   const pct = s.indexOf("%");
-  if (pct === -1) return { ok: true, path: s.includes("/.") ? removeDotSegments(s) : s };
+  if (pct === -1) {
+    const merged = mergeSlashes(s);
+    return { ok: true, path: merged.includes("/.") ? removeDotSegments(merged) : merged };
+  }
   let out = s.slice(0, pct);
   for (let i = pct; i < s.length; i++) {
     if (s.charCodeAt(i) !== 0x25 /* % */) {
@@ -105,7 +111,23 @@ export function normalizePath(raw: string): NormalizedPath {
     out += isUnreserved(c) ? String.fromCharCode(c) : s.slice(i, i + 3).toUpperCase();
     i += 2;
   }
-  return { ok: true, path: out.includes("/.") ? removeDotSegments(out) : out };
+  const merged = mergeSlashes(out);
+  return { ok: true, path: merged.includes("/.") ? removeDotSegments(merged) : merged };
+}
+
+/**
+ * Merges runs of `/` into one, as the path sluice decides on and forwards.
+ * An encoded slash (`%2F`) is not a separator and is left alone.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { mergeSlashes } from "./path.ts";
+ * assert.equal(mergeSlashes("//admin///x/%2F/y"), "/admin/x/%2F/y");
+ * ```
+ */
+export function mergeSlashes(path: string): string {
+  return path.includes("//") ? path.replace(/\/{2,}/g, "/") : path;
 }
 
 /** RFC 3986 5.2.4 for an absolute path; a trailing "." or ".." leaves a trailing "/". */

@@ -159,7 +159,7 @@ Deno.test("sluice explain blocks a placeholder headed to the wrong host, without
     assertEquals(bad.code, 3);
     assertMatch(
       bad.stdout,
-      /placeholder of credential KEY \(in header Authorization\) may only be sent to api\.openai\.com, not api\.github\.com/,
+      /placeholder of credential KEY \(in header authorization\) may only be sent to api\.openai\.com, not api\.github\.com/,
     );
     const good = await sluice(
       "explain",

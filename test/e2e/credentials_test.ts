@@ -261,7 +261,7 @@ Deno.test("sluice explain recognises derived placeholders from the state directo
     assertEquals(out.code, 3);
     assertMatch(
       new TextDecoder().decode(out.stdout),
-      /placeholder of credential KEY \(in header X-Key\) may only be sent to a\.test, not b\.test/,
+      /placeholder of credential KEY \(in header x-key\) may only be sent to a\.test, not b\.test/,
     );
   } finally {
     await Deno.remove(dir, { recursive: true });
