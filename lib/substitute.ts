@@ -20,9 +20,10 @@
  *      for bodies small enough to buffer first, {@link Broker.rewriteBody},
  *      which finds violations before a single byte is sent and yields the new
  *      Content-Length.
- *   5. The response: {@link Broker.scrubHeaders} and, for textual bodies,
- *      {@link Broker.responseBodyStream}: each real value of the scoped
- *      credentials is replaced by its placeholder.
+ *   5. The response: {@link Broker.responseScrubber} (lib/scrub.ts) over every
+ *      loaded credential, whatever was substituted on this request: each real
+ *      value, raw or encoded, in the status line, every header and every body
+ *      (decoded when content-encoded) is replaced by its placeholder.
  *
  * Matching: placeholders and secrets are byte patterns found with a
  * multi-pattern Horspool search (shift table over the shortest pattern's
@@ -35,6 +36,8 @@
  */
 import type { Credential } from "../policy/types.ts";
 import { decodeBasic, type Found, type Place, PlaceholderScanner } from "../policy/placeholders.ts";
+import { type ResponseParts, type ScrubbedResponse, Scrubber, scrubResponse } from "./scrub.ts";
+import { Matcher } from "./scrub.ts";
 import { SecretError, type SecretValue } from "./secrets.ts";
 
 /** Header fields as the upstream client takes them: latin1 byte strings. */
@@ -96,88 +99,7 @@ export const BUFFERED_BODY_LIMIT = 1 << 20;
 const EMPTY = new Uint8Array(0);
 
 // ---------------------------------------------------------------------------------------------
-// Multi-pattern byte search
-
-/**
- * A fixed set of byte patterns searched together: a Horspool search whose
- * shift table is the union over every pattern's first `minLength` bytes, with
- * candidates verified per bucket (patterns sharing the byte at
- * `minLength - 1`), longest first.
- */
-export class PatternSet {
-  /** The patterns, as given. */
-  readonly patterns: readonly Uint8Array[];
-  /** Length of the shortest pattern (0 for an empty set). */
-  readonly minLength: number;
-  /** Length of the longest pattern (0 for an empty set). */
-  readonly maxLength: number;
-  /** Start of the match {@link find} last returned. */
-  lastStart = -1;
-  #shift = new Int32Array(256);
-  #buckets: (number[] | undefined)[] = new Array(256);
-
-  /**
-   * @param patterns non-empty byte strings; for duplicates, the first one given wins
-   * @throws {RangeError} for an empty pattern
-   */
-  constructor(patterns: readonly Uint8Array[]) {
-    this.patterns = patterns;
-    let min = Infinity, max = 0;
-    for (const p of patterns) {
-      if (p.length === 0) throw new RangeError("PatternSet: a pattern cannot be empty");
-      min = Math.min(min, p.length);
-      max = Math.max(max, p.length);
-    }
-    this.minLength = patterns.length ? min : 0;
-    this.maxLength = max;
-    const m = this.minLength;
-    this.#shift.fill(Math.max(m, 1));
-    for (const p of patterns) {
-      for (let j = 0; j < m - 1; j++) this.#shift[p[j]] = Math.min(this.#shift[p[j]], m - 1 - j);
-    }
-    // Longest first, so the longest pattern at a position wins; stable, so the first duplicate does.
-    const order = patterns.map((_, i) => i).sort((a, b) =>
-      patterns[b].length - patterns[a].length || a - b
-    );
-    for (const i of order) (this.#buckets[patterns[i][m - 1]] ??= []).push(i);
-  }
-
-  /**
-   * The leftmost (then longest) pattern starting in `[from, limit)` and ending
-   * by `end`. Sets {@link lastStart}.
-   *
-   * @returns the pattern's index, or -1
-   */
-  find(buf: Uint8Array, from: number, limit: number, end: number): number {
-    const m = this.minLength;
-    if (m === 0) return -1;
-    const shift = this.#shift;
-    const buckets = this.#buckets;
-    const patterns = this.patterns;
-    const lastPos = Math.min(limit + m - 2, end - 1);
-    let pos = from + m - 1;
-    while (pos <= lastPos) {
-      const c = buf[pos];
-      const bucket = buckets[c];
-      if (bucket !== undefined) {
-        const s = pos - m + 1;
-        for (let b = 0; b < bucket.length; b++) {
-          const p = patterns[bucket[b]];
-          const n = p.length;
-          if (s + n > end) continue;
-          let k = 0;
-          while (k < n && buf[s + k] === p[k]) k++;
-          if (k === n) {
-            this.lastStart = s;
-            return bucket[b];
-          }
-        }
-      }
-      pos += shift[c];
-    }
-    return -1;
-  }
-}
+// Multi-pattern byte search: one matcher for placeholders and secrets (lib/scrub.ts `Matcher`)
 
 /**
  * What to do with a match: replacement bytes, or null to pass the matched
@@ -200,7 +122,7 @@ function copyRange(src: Uint8Array, a: number, b: number, dst: Uint8Array, o: nu
 
 /** Rewrites `buf[0, lastCut)`; matches may start only before `limit`. */
 function rewriteUpTo(
-  set: PatternSet,
+  set: Matcher,
   onMatch: OnMatch,
   buf: Uint8Array,
   limit: number,
@@ -247,21 +169,21 @@ function rewriteUpTo(
  *
  * @returns the input itself when nothing was replaced, else a new buffer
  */
-export function rewriteBytes(set: PatternSet, onMatch: OnMatch, bytes: Uint8Array): Uint8Array {
+export function rewriteBytes(set: Matcher, onMatch: OnMatch, bytes: Uint8Array): Uint8Array {
   return rewriteUpTo(set, onMatch, bytes, bytes.length);
 }
 
 /**
  * The streaming form of {@link rewriteBytes}: the output is exactly what
  * rewriteBytes would give for the concatenated input, however it is chunked.
- * Holds back at most `set.maxLength - 1` bytes between chunks; never buffers
+ * Holds back at most `set.max - 1` bytes between chunks; never buffers
  * more. Output chunks may alias input chunks: the producer must not reuse a
  * chunk's buffer after enqueueing it.
  *
  * @returns a transform stream
  */
 export function rewriteStream(
-  set: PatternSet,
+  set: Matcher,
   onMatch: OnMatch,
 ): TransformStream<Uint8Array, Uint8Array> {
   return new TransformStream(rewriteTransformer(set, onMatch));
@@ -274,14 +196,14 @@ export function rewriteStream(
  * @returns a fresh transformer
  */
 export function rewriteTransformer(
-  set: PatternSet,
+  set: Matcher,
   onMatch: OnMatch,
 ): Transformer<Uint8Array, Uint8Array> & {
   transform(chunk: Uint8Array, c: { enqueue(b: Uint8Array): void }): void;
   flush(c: { enqueue(b: Uint8Array): void }): void;
 } {
   let tail = EMPTY;
-  const hold = set.maxLength - 1;
+  const hold = set.max - 1;
   return {
     transform(chunk, controller) {
       let buf = chunk;
@@ -303,47 +225,6 @@ export function rewriteTransformer(
       if (out.length) controller.enqueue(out);
     },
   };
-}
-
-// ---------------------------------------------------------------------------------------------
-// Content types
-
-/**
- * Whether a response body is scrubbed: textual media types only, and only
- * when not content-encoded (sluice forwards compressed bodies as they are, and
- * a secret inside gzip is not visible as bytes). Textual: `text/*`,
- * `application/json`, `application/*+json`, `application/xml`,
- * `application/*+xml`, `application/x-www-form-urlencoded`,
- * `application/javascript`, `application/x-ndjson`. Everything else (images,
- * archives, octet-stream, no Content-Type at all) passes untouched.
- *
- * @param headers the response's header fields
- * @returns true when {@link Broker.responseBodyStream} should be applied
- */
-export function isScrubbable(headers: HeaderFields): boolean {
-  let type = "";
-  for (const [n, v] of headers) {
-    const name = n.toLowerCase();
-    if (name === "content-encoding") {
-      const enc = v.trim().toLowerCase();
-      if (enc !== "" && enc !== "identity") return false;
-    } else if (name === "content-type") {
-      type = v.split(";")[0].trim().toLowerCase();
-    }
-  }
-  return isTextualType(type);
-}
-
-/**
- * Whether a media type (no parameters, lowercase) is textual in the sense of
- * {@link isScrubbable}.
- */
-export function isTextualType(type: string): boolean {
-  if (type.startsWith("text/")) return true;
-  if (!type.startsWith("application/")) return false;
-  const sub = type.slice("application/".length);
-  return sub === "json" || sub === "xml" || sub === "javascript" || sub === "x-ndjson" ||
-    sub === "x-www-form-urlencoded" || sub.endsWith("+json") || sub.endsWith("+xml");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -436,6 +317,7 @@ export function makeBroker(
 }
 
 const encoder = new TextEncoder();
+const utf8Decoder = new TextDecoder();
 
 function latin1(bytes: Uint8Array): string {
   let s = "";
@@ -456,8 +338,10 @@ export class Broker {
   readonly scanner: PlaceholderScanner;
   #entries: Entry[];
   #byName = new Map<string, Entry>();
-  #placeholderSet: PatternSet;
+  #placeholderSet: Matcher;
   #caches = new Map<string, unknown>();
+  /** Every credential's scrubber, once built ({@link responseScrubber}). */
+  #all: Scrubber | null | undefined;
 
   /** Use {@link makeBroker}, which validates the inputs. */
   constructor(
@@ -495,7 +379,7 @@ export class Broker {
     });
     for (const e of this.#entries) this.#byName.set(e.name, e);
     this.names = this.#entries.map((e) => e.name);
-    this.#placeholderSet = new PatternSet(this.#entries.map((e) => e.placeholderBytes));
+    this.#placeholderSet = new Matcher(this.#entries.map((e) => e.placeholderBytes));
     this.scanner = new PlaceholderScanner(placeholders);
   }
 
@@ -735,70 +619,86 @@ export class Broker {
     return this.rewriteBody(bytes, []).found;
   }
 
-  /** The scrubbing matcher (secrets to placeholders) for a subset of credentials. */
-  #scrubber(
-    names: CredentialNames,
-  ): { set: PatternSet; onMatch: OnMatch; re: RegExp; byValue: Map<string, string> } | null {
+  /**
+   * The scrubber for the named credentials (default: every loaded one), built once per
+   * subset; null when there are none.
+   */
+  #scrubber(names: CredentialNames = this.names): Scrubber | null {
     const entries = this.#select(names);
     if (!entries.length) return null;
-    return this.#cached("scrub:", entries, () => {
-      const set = new PatternSet(entries.map((e) => e.secretBytes));
-      const reps = entries.map((e) => e.placeholderBytes);
-      // Longest first: the regex alternation then prefers the longest value at a position,
-      // like PatternSet does.
-      const sorted = [...entries].sort((a, b) => b.secretHeader.length - a.secretHeader.length);
-      const re = new RegExp(
-        sorted.map((e) => e.secretHeader.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")).join("|"),
-        "g",
-      );
-      // Equal values in two credentials: the first one's placeholder, as in PatternSet.
-      const byValue = new Map<string, string>();
-      for (const e of [...entries].reverse()) byValue.set(e.secretHeader, e.placeholder);
-      return { set, onMatch: (i: number) => reps[i], re, byValue };
-    });
+    return this.#cached("scrub:", entries, () =>
+      new Scrubber(entries.map((e) => ({
+        secret: utf8Decoder.decode(e.secretBytes),
+        placeholder: e.placeholder,
+      }))));
   }
 
   /**
-   * Response header fields with each real value of the named credentials
-   * replaced by its placeholder (raw values only: a value the upstream
-   * re-encodes, say in base64 or percent-encoding, is not recognised).
+   * The scrubber for responses: every loaded credential's value in every form lib/scrub.ts
+   * knows, whatever was substituted on the request (a scoped host may return a value on a
+   * later request, or another credential's). Built once per policy load.
+   *
+   * @returns null when the policy has no credentials (nothing to scrub: pass through)
+   */
+  responseScrubber(): Scrubber | null {
+    if (this.#all === undefined) this.#all = this.#scrubber();
+    return this.#all;
+  }
+
+  /**
+   * An upstream response made safe for the workload: `scrubResponse` (lib/scrub.ts) with
+   * {@link responseScrubber}. Status line, every field and the body of any type are scrubbed
+   * of every loaded value; coded bodies are decoded (a coding sluice cannot decode is refused:
+   * `ok: false`, answer 502 with its `code`). Bodies of up to 64 KiB with a declared length
+   * are read whole first. With no credentials at all, the response passes untouched.
+   *
+   * @param up the upstream's response
+   * @param bodyless the response has no body whatever its fields say (HEAD, 204, 304)
+   * @returns the parts to answer with, or why the response is refused
+   */
+  scrubResponse(up: ResponseParts, bodyless: boolean): Promise<ScrubbedResponse> {
+    return scrubResponse(this.responseScrubber(), up, bodyless);
+  }
+
+  /**
+   * Response header fields (names and values) with every form of each real value of the
+   * named credentials replaced by its placeholder (see lib/scrub.ts).
    *
    * @param headers the response's header fields (not modified)
-   * @param names the credentials whose values to scrub: those scoped to the destination
+   * @param names the credentials whose values to scrub; default every one
    * @returns a fresh list
    */
-  scrubHeaders(headers: HeaderFields, names: CredentialNames): [string, string][] {
+  scrubHeaders(headers: HeaderFields, names: CredentialNames = this.names): [string, string][] {
     const s = this.#scrubber(names);
-    if (!s) return headers.slice();
-    return headers.map(([n, v]) => [n, v.replace(s.re, (m) => s.byValue.get(m)!)]);
+    return s ? s.headers(headers) : headers.slice();
   }
 
   /**
-   * The response body transform that replaces each real value of the named
-   * credentials with its placeholder, across chunk boundaries.
+   * The transform that scrubs an identity (not content-encoded) response body of every form
+   * of the named credentials' values, across chunk boundaries, whatever its media type. For
+   * whole responses, content codings included, use `scrubResponse` (lib/scrub.ts) with
+   * {@link responseScrubber}.
    *
-   * @param headers the response's header fields, for {@link isScrubbable}
-   * @param names the credentials whose values to scrub: those scoped to the destination
-   * @returns the transform, or null when the body is to pass untouched (not
-   *   textual, content-encoded, or no credentials named)
+   * @param _headers the response's header fields (kept for callers; every type is scrubbed)
+   * @param names the credentials whose values to scrub; default every one
+   * @param opts `preserveLength`: fit replacements to what they replace (Content-Length kept)
+   * @returns the transform, or null when no credential is named
    */
   responseBodyStream(
-    headers: HeaderFields,
-    names: CredentialNames,
+    _headers: HeaderFields,
+    names: CredentialNames = this.names,
+    opts?: { preserveLength?: boolean },
   ): TransformStream<Uint8Array, Uint8Array> | null {
-    if (!isScrubbable(headers)) return null;
-    const s = this.#scrubber(names);
-    return s ? rewriteStream(s.set, s.onMatch) : null;
+    return this.#scrubber(names)?.stream(opts) ?? null;
   }
 
   /**
-   * Scrubs a whole buffer, whatever its type (the caller decides with
-   * {@link isScrubbable}).
+   * Scrubs a whole buffer of every form of the named credentials' values.
    *
    * @returns the input itself when no value was found, else a new buffer
    */
-  scrubBytes(bytes: Uint8Array, names: CredentialNames): Uint8Array {
+  scrubBytes(bytes: Uint8Array, names: CredentialNames = this.names): Uint8Array {
     const s = this.#scrubber(names);
-    return s ? rewriteBytes(s.set, s.onMatch, bytes) : bytes;
+    return s ? s.bytes(bytes) : bytes;
   }
 }

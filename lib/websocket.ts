@@ -8,6 +8,14 @@
  * Why messages and not a byte splice: Deno's HTTP server gives no raw connection after an
  * upgrade, only the WebSocket object.
  *
+ * Credential brokering ({@link WebSocketBrokering}, wired by lib/forward.ts): each message is
+ * treated like a body. Upstream-to-client messages (text and binary), close reasons, the 101's
+ * fields and a refusal's whole response are scrubbed of every real value; client-to-upstream
+ * messages have the placeholders of credentials scoped to the host substituted (when their
+ * `in` lists `body`), and a placeholder of any other credential ends the session with 1008
+ * before the message goes anywhere. Per message: a value split across two messages is not
+ * recognised.
+ *
  * What is and is not relayed:
  * - text and binary messages, byte-identical (text is re-encoded from a string, which is exact
  *   for the valid UTF-8 both sides must send);
@@ -449,6 +457,35 @@ export type WebSocketStats = {
   down: number;
   /** The close code that ended the session (whoever closed first), if any was seen. */
   code?: number;
+  /** Credentials substituted into client messages (names only). */
+  credentials?: string[];
+  /** The credential whose placeholder in a client message ended the session with 1008. */
+  violation?: string;
+};
+
+/** A client message after {@link WebSocketBrokering.message}. */
+export type BrokeredMessage =
+  /** Send `payload` (placeholders replaced); `substituted` names the credentials replaced. */
+  | { payload: Uint8Array; substituted: readonly string[]; violation?: undefined }
+  /** A placeholder of a credential not scoped to this host: nothing is sent. */
+  | { violation: string };
+
+/**
+ * Credential brokering on a relayed session: what the caller (lib/forward.ts, with the
+ * policy's broker) does to each thing crossing it. Present only when the policy has
+ * credentials.
+ */
+export type WebSocketBrokering = {
+  /** An upstream message's payload (text as UTF-8) as the client gets it. */
+  scrubBytes(payload: Uint8Array): Uint8Array;
+  /** Upstream text the client sees: close reasons, and 101 problems quoted in a 502. */
+  scrubText(text: string): string;
+  /** The upstream 101's end-to-end fields. */
+  scrubHeaders(fields: readonly [string, string][]): [string, string][];
+  /** The upstream's answer other than 101, as the client's Response (scrubbed like any). */
+  refusal(upstream: UpstreamResponse): Response | Promise<Response>;
+  /** A client message's payload (text as UTF-8), before it goes upstream. */
+  message(payload: Uint8Array): BrokeredMessage;
 };
 
 /** Options of {@link proxyWebSocket}. */
@@ -463,6 +500,13 @@ export type ProxyWebSocketOptions = {
   headers?: [string, string][];
   /** Called once when both sides are closed. Errors it throws are ignored. */
   onClose?: (stats: WebSocketStats) => void;
+  /** Credential brokering; absent: messages are relayed as they are. */
+  brokering?: WebSocketBrokering;
+  /**
+   * Called when a client message holds the placeholder of a credential not scoped to this
+   * host, as the session is closed with 1008 (metrics, `on_violation`). Errors are ignored.
+   */
+  onViolation?: (credential: string) => void;
 };
 
 /**
@@ -519,15 +563,18 @@ export async function proxyWebSocket(
   );
 
   const upstream = await open(headers);
+  const brokering = opts?.brokering;
   if (upstream.status !== 101 || upstream.upgrade === undefined) {
     upstream.upgrade?.conn.close();
-    return passThrough(upstream);
+    return brokering ? await brokering.refusal(upstream) : passThrough(upstream);
   }
   const { conn, head } = upstream.upgrade;
   const problem = await checkSwitch(upstream.headers, key, offered);
   if (problem !== null) {
     closeQuietly(conn);
-    return errorResponse(502, "upstream-websocket", `the upstream's WebSocket 101 ${problem}`);
+    // The problem quotes the upstream's fields: scrubbed like anything else it sent.
+    const said = brokering ? brokering.scrubText(problem) : problem;
+    return errorResponse(502, "upstream-websocket", `the upstream's WebSocket 101 ${said}`);
   }
   const protocol = headerValue(upstream.headers, "sec-websocket-protocol");
   let upgraded: { socket: WebSocket; response: Response };
@@ -542,7 +589,9 @@ export async function proxyWebSocket(
     );
   }
   // The upstream's end-to-end 101 fields (Set-Cookie and the like) reach the client too.
-  for (const [name, value] of upstream.headers) {
+  for (
+    const [name, value] of brokering ? brokering.scrubHeaders(upstream.headers) : upstream.headers
+  ) {
     const lower = name.toLowerCase();
     if (lower === "connection" || lower === "upgrade" || lower.startsWith("sec-websocket-")) {
       continue;
@@ -636,6 +685,10 @@ class Relay {
   /** Bytes queued for upstream beyond which the client is cut off (it cannot be paused). */
   readonly #queueLimit: number;
   readonly #onClose?: (stats: WebSocketStats) => void;
+  readonly #brokering?: WebSocketBrokering;
+  readonly #onViolation?: (credential: string) => void;
+  readonly #credentials = new Set<string>();
+  #violation: string | undefined;
   #up = 0;
   #down = 0;
   #code: number | undefined;
@@ -663,6 +716,8 @@ class Relay {
     this.#max = opts?.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
     this.#queueLimit = 2 * this.#max + READ_BUFFER;
     this.#onClose = opts?.onClose;
+    this.#brokering = opts?.brokering;
+    this.#onViolation = opts?.onViolation;
   }
 
   start(): void {
@@ -702,8 +757,34 @@ class Relay {
       this.#sendClose(1001, "the client went away", false);
       return;
     }
+    if (this.#brokering) {
+      // A message is a body: placeholders are substituted, or refused, before it goes on.
+      const r = this.#brokering.message(payload);
+      if (r.violation !== undefined) {
+        this.#violate(r.violation);
+        return;
+      }
+      payload = r.payload;
+      for (const name of r.substituted) this.#credentials.add(name);
+    }
     this.#up += payload.length;
     this.#send(opcode, payload);
+  }
+
+  /** A client message carried a placeholder that may not go to this host: end with 1008. */
+  #violate(credential: string): void {
+    if (this.#violation !== undefined) return;
+    this.#violation = credential;
+    this.#code ??= 1008;
+    try {
+      this.#onViolation?.(credential);
+    } catch { /* the caller's problem, not the relay's */ }
+    this.#closeClient(
+      1008,
+      `sluice: a message holds the placeholder of credential ${credential}, ` +
+        "which may not be sent to this host",
+    );
+    this.#sendClose(1008, "", true);
   }
 
   /** Queue a masked frame to upstream; writes go out one at a time, in order. */
@@ -778,11 +859,27 @@ class Relay {
     const s = this.#socket;
     for (const ev of events) {
       switch (ev.type) {
-        case "text":
-        case "binary": {
+        case "text": {
           if (s.readyState !== WebSocket.OPEN) break; // the client is closing: drop
-          this.#down += ev.type === "text" ? ev.bytes : ev.data.length;
-          s.send(ev.data);
+          let data = ev.data;
+          let bytes = ev.bytes;
+          if (this.#brokering) {
+            const raw = UTF8.encode(data);
+            const out = this.#brokering.scrubBytes(raw);
+            if (out !== raw) {
+              data = new TextDecoder().decode(out);
+              bytes = out.length;
+            }
+          }
+          this.#down += bytes;
+          s.send(data);
+          break;
+        }
+        case "binary": {
+          if (s.readyState !== WebSocket.OPEN) break;
+          const data = this.#brokering ? this.#brokering.scrubBytes(ev.data) : ev.data;
+          this.#down += data.length;
+          s.send(data as Uint8Array<ArrayBuffer>);
           break;
         }
         case "ping":
@@ -795,7 +892,10 @@ class Relay {
           // Answer with the same code (RFC 6455 5.5.1), then hang up: the closing handshake
           // is complete from the upstream's side.
           this.#sendClose(ev.code, "", true);
-          this.#closeClient(ev.code, ev.reason);
+          this.#closeClient(
+            ev.code,
+            this.#brokering ? this.#brokering.scrubText(ev.reason) : ev.reason,
+          );
           return false;
         }
         case "invalid": {
@@ -863,7 +963,13 @@ class Relay {
     clearTimeout(this.#openTimer);
     clearTimeout(this.#closeTimer);
     try {
-      this.#onClose?.({ up: this.#up, down: this.#down, code: this.#code });
+      this.#onClose?.({
+        up: this.#up,
+        down: this.#down,
+        code: this.#code,
+        ...(this.#credentials.size ? { credentials: [...this.#credentials] } : {}),
+        ...(this.#violation !== undefined ? { violation: this.#violation } : {}),
+      });
     } catch { /* the caller's problem, not the relay's */ }
   }
 }

@@ -6,12 +6,11 @@ import {
   type Broker,
   CredentialViolationError,
   type Found,
-  isScrubbable,
   makeBroker,
-  PatternSet,
   rewriteBytes,
   rewriteStream,
 } from "../../lib/substitute.ts";
+import { Matcher } from "../../lib/scrub.ts";
 
 const loc = { file: "p.yaml", line: 1, col: 1 };
 const enc = new TextEncoder();
@@ -501,38 +500,74 @@ Deno.test("Broker.responseBodyStream() scrubs a text body split across chunks", 
   assertEquals(dec.decode(b.scrubBytes(bytes, ["OPENAI_API_KEY", "GH_TOKEN"])), want);
 });
 
-/** [name, headers, scrubbed] */
-const scrubbable: [string, [string, string][], boolean][] = [
-  ["text/html", [["content-type", "text/html; charset=utf-8"]], true],
-  ["application/json", [["Content-Type", "application/json"]], true],
-  ["application/problem+json", [["Content-Type", "application/problem+json"]], true],
-  ["application/xml", [["Content-Type", "application/xml"]], true],
-  ["form data", [["Content-Type", "application/x-www-form-urlencoded"]], true],
-  ["javascript", [["Content-Type", "application/javascript"]], true],
-  ["identity encoding", [["Content-Type", "text/plain"], ["Content-Encoding", "identity"]], true],
-  ["image/png", [["Content-Type", "image/png"]], false],
-  ["octet-stream", [["Content-Type", "application/octet-stream"]], false],
-  ["no content type", [], false],
-  ["gzip-encoded text", [["Content-Type", "text/plain"], ["Content-Encoding", "gzip"]], false],
-];
+Deno.test("Broker.responseBodyStream() scrubs every media type, and every credential by default", async () => {
+  const body = enc.encode(`\x00\x01${OPENAI.secret}\xff${NPM.secret}`);
+  for (const type of ["image/png", "application/octet-stream", "text/plain"]) {
+    const ts = b.responseBodyStream([["Content-Type", type]])!;
+    assertEquals(
+      dec.decode(await collect(ts, [body])),
+      `\x00\x01${OPENAI.placeholder}\xff${NPM.placeholder}`,
+      type,
+    );
+  }
+  assertEquals(b.responseBodyStream([], []), null, "no credential named");
+});
 
-for (const [name, headers, want] of scrubbable) {
-  Deno.test(`isScrubbable() says ${want} for ${name}`, () => {
-    assertEquals(isScrubbable(headers), want);
-    assertEquals(b.responseBodyStream(headers, ["OPENAI_API_KEY"]) !== null, want);
-  });
-}
+Deno.test("Broker.scrubHeaders() and scrubBytes() default to every credential, in every form", () => {
+  const got = b.scrubHeaders([
+    ["X-A", OPENAI.secret],
+    ["Authorization", basic(`me:${NPM.secret}`)],
+    ["Location", `https://x/?k=${encodeURIComponent(GH.secret)}`],
+  ]);
+  assertEquals(got, [
+    ["X-A", OPENAI.placeholder],
+    ["Authorization", basic(`me:${NPM.placeholder}`)],
+    ["Location", `https://x/?k=${encodeURIComponent(GH.placeholder)}`],
+  ]);
+  const bytes = enc.encode(`{"k":"${btoa(FIXED.secret)}"}`);
+  assertEquals(dec.decode(b.scrubBytes(bytes)), `{"k":"${btoa(FIXED.placeholder)}"}`);
+});
 
-Deno.test("Broker.responseBodyStream() leaves a binary body to pass untouched", () => {
-  assertEquals(b.responseBodyStream([["Content-Type", "image/png"]], ["OPENAI_API_KEY"]), null);
-  assertEquals(b.responseBodyStream([["Content-Type", "text/plain"]], []), null);
+Deno.test("Broker.scrubResponse() scrubs any response, and refuses a coding it cannot decode", async () => {
+  const r = await b.scrubResponse({
+    status: 500,
+    reason: "Internal Server Error",
+    headers: [["Content-Type", "application/octet-stream"], ["X-Echo", NPM.secret]],
+    body: ReadableStream.from([enc.encode(`bin ${OPENAI.secret}`)]),
+  }, false);
+  assert(r.ok);
+  assertEquals(r.headers, [["Content-Type", "application/octet-stream"], [
+    "X-Echo",
+    NPM.placeholder,
+  ]]);
+  assertEquals(await new Response(r.body).text(), `bin ${OPENAI.placeholder}`);
+  const refused = await b.scrubResponse({
+    status: 200,
+    reason: "OK",
+    headers: [["Content-Encoding", "compress"]],
+    body: ReadableStream.from([enc.encode("x")]),
+  }, false);
+  assert(!refused.ok);
+  assertStringIncludes(refused.reason, "cannot decode");
+});
+
+Deno.test("Broker without credentials passes responses through untouched", async () => {
+  const empty = makeBroker([], new Map(), new Map());
+  assertEquals(empty.responseScrubber(), null);
+  const headers: [string, string][] = [["Content-Encoding", "zstd"]];
+  const whole = enc.encode("coded bytes");
+  const r = await empty.scrubResponse(
+    { status: 200, reason: "OK", headers, body: null, whole },
+    false,
+  );
+  assert(r.ok && r.headers === headers && r.body === whole);
 });
 
 // ---------------------------------------------------------------------------------------------
 // The matcher and validation
 
-Deno.test("PatternSet finds leftmost, then longest, non-overlapping matches", () => {
-  const set = new PatternSet(["abcd", "bcdefg", "abcdefgh", "zz"].map((s) => enc.encode(s)));
+Deno.test("Matcher finds leftmost, then longest, non-overlapping matches", () => {
+  const set = new Matcher(["abcd", "bcdefg", "abcdefgh", "zz"].map((s) => enc.encode(s)));
   const tag = (i: number) => enc.encode(`<${i}>`);
   const cases: [string, string][] = [
     ["xxabcdefghxx", "xx<2>xx"],
@@ -547,7 +582,7 @@ Deno.test("PatternSet finds leftmost, then longest, non-overlapping matches", ()
 });
 
 Deno.test("rewriteStream() can pass a match on unchanged and report it", async () => {
-  const set = new PatternSet([enc.encode("needle")]);
+  const set = new Matcher([enc.encode("needle")]);
   let n = 0;
   const ts = rewriteStream(set, () => {
     n++;
