@@ -145,6 +145,13 @@ function buildProgram(): Command {
     )
     .option("--enforce", "apply the policy's netfilter rules while serving (removed on exit)")
     .option(
+      "--limit <name=value>",
+      "a connection limit or deadline, e.g. per-client=64, head=5s, keep-alive=30s " +
+        "(repeatable; names and defaults in docs/data-path.md)",
+      collect,
+      [],
+    )
+    .option(
       "--drain-timeout <seconds>",
       "on SIGTERM/SIGINT, how long in-flight requests may finish",
       "30",

@@ -12,32 +12,10 @@ import type { TrustStore } from "./trust.ts";
 import type { Metrics } from "./metrics.ts";
 import type { Broker } from "./substitute.ts";
 import type { Credential } from "../policy/types.ts";
+import type { ConnectionGuard, Limits } from "./limits.ts";
 
-/** Timeouts and bounds; every one has a safe default (see `DEFAULT_LIMITS`). */
-export type Limits = {
-  /** Time allowed for a client to send its ClientHello or request head (slowloris guard). */
-  handshakeTimeoutMs: number;
-  /** Largest request head accepted from a client. */
-  maxHeaderBytes: number;
-  /** Connections served at once; more are refused immediately. */
-  maxConnections: number;
-  /** Time to establish an upstream TCP connection. */
-  connectTimeoutMs: number;
-  /** Time for an upstream to send its response head. */
-  upstreamHeaderTimeoutMs: number;
-  /** A tunnel (passthrough, or a client connection behind the TLS terminator) with no bytes either way for this long is closed. */
-  idleTimeoutMs: number;
-};
-
-/** Defaults chosen to be generous to real clients and short for stuck ones. */
-export const DEFAULT_LIMITS: Limits = {
-  handshakeTimeoutMs: 10_000,
-  maxHeaderBytes: 32 * 1024,
-  maxConnections: 4096,
-  connectTimeoutMs: 10_000,
-  upstreamHeaderTimeoutMs: 60_000,
-  idleTimeoutMs: 300_000,
-};
+// Every limit and deadline is named, with its default, in limits.ts.
+export { DEFAULT_LIMITS, type Limits } from "./limits.ts";
 
 /** The shared state of a running proxy. */
 export type ProxyContext = {
@@ -49,8 +27,10 @@ export type ProxyContext = {
   resolver: Resolver;
   limits: Limits;
   nextConnId(): number;
-  /** Connections being served now (for maxConnections and metrics). */
+  /** Connections being served now (for metrics). */
   active: { count: number };
+  /** Admission caps and the deadline sweep: every accepted connection's stage (limits.ts). */
+  guard: ConnectionGuard;
   /** HTTP requests in flight, until their response body has been sent (for graceful drain). */
   inflight: { count: number };
   /** Aborted when the server shuts down. */

@@ -9,7 +9,7 @@ import { decideConnection, formatDestination, parseDestinationHost } from "../po
 import { formatAddr, type ProxyContext } from "./context.ts";
 import { parseRequestHead } from "./http_head.ts";
 import { rawDenial, rawError } from "./respond.ts";
-import { routeTls } from "./route.ts";
+import { refuseConnectTarget, routeTls } from "./route.ts";
 import { sniffClientHello } from "./sniff.ts";
 import type { Terminator } from "./terminator.ts";
 
@@ -28,38 +28,36 @@ function closeQuietly(conn: Deno.Conn): void {
   } catch { /* closed */ }
 }
 
-/** Reads a request head with a deadline. Returns the head result and every byte read. */
+/** The first read's buffer: a CONNECT head fits; a silent or slow client holds only this. */
+const FIRST_READ = 1024;
+
+/**
+ * Reads a request head. The deadline is the watch's (armed at accept, enforced by the sweep,
+ * which closes `conn`). Returns the head result and every byte read.
+ */
 async function readHead(conn: Deno.Conn, ctx: ProxyContext) {
   const limit = ctx.limits.maxHeaderBytes;
-  let buf = new Uint8Array(4096);
+  const watch = ctx.guard.watchOf(conn);
+  let buf = new Uint8Array(FIRST_READ);
   let len = 0;
-  let timedOut = false;
-  const timer = setTimeout(() => {
-    timedOut = true;
-    closeQuietly(conn);
-  }, ctx.limits.handshakeTimeoutMs);
-  try {
-    while (true) {
-      if (len === buf.length) {
-        const bigger = new Uint8Array(Math.min(buf.length * 2, limit + 4096));
-        bigger.set(buf);
-        buf = bigger;
-      }
-      const n = await conn.read(buf.subarray(len)).catch(() => null);
-      if (n === null) {
-        return {
-          kind: timedOut ? "timeout" as const : "eof" as const,
-          bytes: buf.subarray(0, len),
-        };
-      }
-      len += n;
-      const r = parseRequestHead(buf.subarray(0, len), { maxHeaderBytes: limit });
-      if (r.kind !== "incomplete") {
-        return { kind: "head" as const, result: r, bytes: buf.subarray(0, len) };
-      }
+  while (true) {
+    if (len === buf.length) {
+      const bigger = new Uint8Array(Math.min(buf.length * 4, limit + 4096));
+      bigger.set(buf);
+      buf = bigger;
     }
-  } finally {
-    clearTimeout(timer);
+    const n = await conn.read(buf.subarray(len)).catch(() => null);
+    if (n === null) {
+      return {
+        kind: watch?.expired ? "timeout" as const : "eof" as const,
+        bytes: buf.subarray(0, len),
+      };
+    }
+    len += n;
+    const r = parseRequestHead(buf.subarray(0, len), { maxHeaderBytes: limit });
+    if (r.kind !== "incomplete") {
+      return { kind: "head" as const, result: r, bytes: buf.subarray(0, len) };
+    }
   }
 }
 
@@ -98,7 +96,12 @@ export async function handleExplicit(
 
   if (head.method !== "CONNECT") {
     // Absolute-form HTTP: the request stage decides each request on this connection.
-    await terminator.hop(conn, read.bytes, { conn: id, client, mode: "explicit", secure: false });
+    await terminator.hop(conn, read.bytes.slice(), {
+      conn: id,
+      client,
+      mode: "explicit",
+      secure: false,
+    });
     return;
   }
 
@@ -106,6 +109,8 @@ export async function handleExplicit(
   const m = /^(\[[^\]]+\]|[^:]+):(\d{1,5})$/.exec(head.target);
   const port = m ? Number(m[2]) : 0;
   const dest = m ? parseDestinationHost(m[1]) : undefined;
+  // A credential's placeholder in the target: a violation, before it is decided or answered.
+  if (await refuseConnectTarget(ctx, conn, { id, client, started }, head.target, port)) return;
   if (!m || !dest || dest.kind === "invalid" || port < 1 || port > 65535) {
     const reason = `CONNECT target "${head.target}" is not host:port`;
     await send(conn, rawError(400, "Bad Request", "invalid-request", reason));
@@ -145,13 +150,22 @@ export async function handleExplicit(
     return;
   }
   await send(conn, ESTABLISHED);
-  // Bytes the client pipelined after the CONNECT head belong to the tunnel.
-  const rest = read.bytes.subarray(head.headerBytes);
+  // Bytes the client pipelined after the CONNECT head belong to the tunnel (copied: the head's
+  // buffer is not kept for the tunnel's life).
+  const rest = read.bytes.slice(head.headerBytes);
+  const watch = ctx.guard.watchOf(conn);
+  watch?.arm("connect", ctx.limits.connectIdleMs);
   const sniffed = await sniffClientHello(
     conn,
-    ctx.limits.handshakeTimeoutMs,
+    watch ?? ctx.limits.connectIdleMs,
     rest.length ? rest : undefined,
   );
+  if (sniffed.hello.kind === "timeout") {
+    // Counted and audited (rate-limited) by the sweep that closed it.
+    closeQuietly(conn);
+    return;
+  }
+  watch?.arm("decide", ctx.limits.decideTimeoutMs);
   if (sniffed.hello.kind === "invalid" && sniffed.bytes.length > 0 && sniffed.bytes[0] !== 0x16) {
     // Plain HTTP inside the tunnel (ws://, http:// through CONNECT): decide per request.
     await terminator.hop(conn, sniffed.bytes, {

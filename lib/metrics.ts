@@ -131,6 +131,14 @@ export class Metrics {
     "Client TLS connections handed to the terminator.",
   );
   readonly reloads = new Counter("sluice_reloads_total", "Policy reloads, by result.");
+  readonly refused = new Counter(
+    "sluice_connections_refused_total",
+    "Connections refused at accept by a limit, by code (limit-total, limit-per-client, limit-reserve) and mode.",
+  );
+  readonly deadlines = new Counter(
+    "sluice_deadline_closes_total",
+    "Connections closed because the deadline of their stage passed, by stage.",
+  );
   readonly duration = new Histogram(
     "sluice_request_duration_seconds",
     "Time from receiving a request to sending its response head, by verdict.",
@@ -143,6 +151,10 @@ export class Metrics {
     leafCache: () => { hits: number; misses: number; size: number };
     policyGeneration: () => number;
     lastReloadOk: () => number;
+    /** Connections held now, by stage (lib/limits.ts). */
+    stages?: () => [string, number][];
+    /** Distinct client addresses holding connections now. */
+    clients?: () => number;
   }) {
     this.all = [
       this.requests,
@@ -151,11 +163,23 @@ export class Metrics {
       this.upstreamErrors,
       this.handshakes,
       this.reloads,
+      this.refused,
+      this.deadlines,
       this.duration,
       new Gauge(
         "sluice_active_connections",
         "Client connections being served now.",
         () => [[{}, gauges.activeConnections()]],
+      ),
+      new Gauge(
+        "sluice_connections_by_stage",
+        "Client connections held now, by the stage whose deadline applies.",
+        () => (gauges.stages?.() ?? []).map(([stage, n]) => [{ stage }, n]),
+      ),
+      new Gauge(
+        "sluice_connection_clients",
+        "Distinct client addresses (IPv6: /64) holding connections now.",
+        () => [[{}, gauges.clients?.() ?? 0]],
       ),
       new Gauge(
         "sluice_leaf_cache",

@@ -4,11 +4,12 @@
  * single byte goes upstream or a certificate is chosen.
  *
  * Every sniff has a deadline and a size bound, so a silent or slow client
- * (slowloris) costs one timer, not a stuck connection.
+ * (slowloris) costs a small buffer until the sweep closes it, not a stuck connection.
  *
  * @module
  */
 import { type ClientHelloResult, MAX_CLIENT_HELLO, parseClientHello } from "./client_hello.ts";
+import type { Watch } from "./limits.ts";
 
 /** What a sniff found, plus every byte it read (to be replayed to whoever handles the connection). */
 export type SniffResult = {
@@ -16,30 +17,40 @@ export type SniffResult = {
   hello: ClientHelloResult | { kind: "timeout" } | { kind: "eof" };
 };
 
+/** The first read's buffer: enough for the record header and most of a small ClientHello; a silent client holds only this. */
+const FIRST_READ = 512;
+
 /**
  * Reads from `conn` until a complete ClientHello is parsed, the input is
- * invalid, the peer closes, or `timeoutMs` passes.
+ * invalid, the peer closes, or the deadline passes.
  *
+ * @param deadline ms to wait (a timer of its own), or the connection's watch (limits.ts), whose
+ *   current stage's deadline the caller has armed and the sweep enforces by closing `conn`
  * @param initial bytes already read from the connection (e.g. after a CONNECT)
  */
 export async function sniffClientHello(
   conn: Deno.Conn,
-  timeoutMs: number,
+  deadline: number | Watch,
   initial?: Uint8Array,
 ): Promise<SniffResult> {
-  let buf = new Uint8Array(initial && initial.length > 4096 ? initial.length : 4096);
+  // Small until the record header says how much is coming: a held, silent connection costs
+  // FIRST_READ bytes, not a whole ClientHello's worth.
+  let buf = new Uint8Array(initial && initial.length > FIRST_READ ? initial.length : FIRST_READ);
   let len = 0;
   if (initial) {
     buf.set(initial);
     len = initial.length;
   }
-  let timedOut = false;
-  const timer = setTimeout(() => {
-    timedOut = true;
-    try {
-      conn.close();
-    } catch { /* already closed */ }
-  }, timeoutMs);
+  let timerFired = false;
+  const timer = typeof deadline === "number"
+    ? setTimeout(() => {
+      timerFired = true;
+      try {
+        conn.close();
+      } catch { /* already closed */ }
+    }, deadline)
+    : undefined;
+  const timedOut = () => timerFired || (typeof deadline !== "number" && !!deadline.expired);
   try {
     while (true) {
       if (len > 0) {
@@ -63,13 +74,13 @@ export async function sniffClientHello(
       try {
         n = await conn.read(buf.subarray(len));
       } catch (e) {
-        if (timedOut) return { bytes: buf.slice(0, len), hello: { kind: "timeout" } };
+        if (timedOut()) return { bytes: buf.slice(0, len), hello: { kind: "timeout" } };
         throw e;
       }
       if (n === null) {
         return {
           bytes: buf.slice(0, len),
-          hello: timedOut ? { kind: "timeout" } : { kind: "eof" },
+          hello: timedOut() ? { kind: "timeout" } : { kind: "eof" },
         };
       }
       len += n;

@@ -14,6 +14,7 @@
  *
  * @module
  */
+import { type Activity, TunnelClock, watchOf } from "./limits.ts";
 
 /** Something we can read from, write to, and close: Deno.Conn, TlsConn, or an adapter. */
 export type Duplex = {
@@ -69,28 +70,41 @@ async function pump(from: Duplex, to: Duplex, count: (n: number) => void): Promi
  * Copies bytes both ways until both directions end (or either fails), then
  * closes both sides. Never rejects: a broken connection is a normal end.
  *
+ * The idle deadline: given an {@link Activity}, splice reports each direction's bytes to it and
+ * whoever owns it (the connection's watch, limits.ts) enforces the deadline. Given a number of
+ * ms, a connection sluice accepted (`a`, with a watch) follows a {@link TunnelClock}, enforced by
+ * the one sweep; any other pair gets a timer of its own.
+ *
  * @param first bytes already read from `a` that must reach `b` first (a sniffed ClientHello)
- * @param idleMs close both sides when no byte has moved either way for this long (0: never)
+ * @param idle close both sides when no byte has moved either way for this many ms (0: never),
+ *   or an Activity told of every byte moved
  * @returns bytes moved a→b (including `first`) and b→a, and whether the idle timeout ended it
  */
 export async function splice(
   a: Duplex,
   b: Duplex,
   first?: Uint8Array,
-  idleMs = 0,
+  idle: number | Activity = 0,
 ): Promise<{ aToB: number; bToA: number; error?: unknown; idle?: boolean }> {
   let aToB = 0, bToA = 0;
   let error: unknown;
-  let idle = false;
+  let activity: Activity | undefined = typeof idle === "number" ? undefined : idle;
+  const watch = typeof idle === "number" && idle > 0 ? watchOf(a) : undefined;
+  if (watch) {
+    const clock = new TunnelClock(idle as number, watch.now);
+    watch.follow(clock);
+    activity = clock;
+  }
+  let timedOut = false;
   let last = Date.now();
-  // One coarse timer per splice, not one per read: checks a few times per window.
-  const timer = idleMs > 0
+  // Only for pairs no watch covers: one coarse timer per splice, not one per read.
+  const timer = !activity && typeof idle === "number" && idle > 0
     ? setInterval(() => {
-      if (Date.now() - last >= idleMs) {
-        idle = true;
+      if (Date.now() - last >= idle) {
+        timedOut = true;
         closeBoth();
       }
-    }, Math.max(50, Math.floor(idleMs / 4)))
+    }, Math.max(50, Math.floor(idle / 4)))
     : undefined;
   const closeBoth = () => {
     for (const c of [a, b]) {
@@ -99,23 +113,35 @@ export async function splice(
       } catch { /* already closed */ }
     }
   };
+  const up = activity
+    ? (n: number) => {
+      aToB += n;
+      activity.up();
+    }
+    : (n: number) => {
+      aToB += n;
+      last = Date.now();
+    };
+  const down = activity
+    ? (n: number) => {
+      bToA += n;
+      activity.down();
+    }
+    : (n: number) => {
+      bToA += n;
+      last = Date.now();
+    };
   try {
     if (first && first.length) {
       await writeAll(b, first);
       aToB += first.length;
     }
     await Promise.all([
-      pump(a, b, (n) => {
-        aToB += n;
-        last = Date.now();
-      }).catch((e) => {
+      pump(a, b, up).catch((e) => {
         error ??= e;
         closeBoth();
       }),
-      pump(b, a, (n) => {
-        bToA += n;
-        last = Date.now();
-      }).catch((e) => {
+      pump(b, a, down).catch((e) => {
         error ??= e;
         closeBoth();
       }),
@@ -126,7 +152,8 @@ export async function splice(
     clearInterval(timer);
     closeBoth();
   }
-  return { aToB, bToA, error, idle };
+  if (watch?.expired === "tunnel") timedOut = true;
+  return { aToB, bToA, error, idle: timedOut };
 }
 
 export { writeAll };

@@ -30,7 +30,17 @@ export async function handleTransparentTls(
   const id = ctx.nextConnId();
   const client = formatAddr(conn.remoteAddr);
   const orig = original(conn);
-  const sniffed = await sniffClientHello(conn, ctx.limits.handshakeTimeoutMs);
+  // The first-bytes deadline was armed at accept; the sweep enforces it.
+  const watch = ctx.guard.watchOf(conn);
+  const sniffed = await sniffClientHello(conn, watch ?? ctx.limits.handshakeTimeoutMs);
+  if (sniffed.hello.kind === "timeout") {
+    // Counted and audited (rate-limited) by the sweep that closed it.
+    try {
+      conn.close();
+    } catch { /* closed */ }
+    return;
+  }
+  watch?.arm("decide", ctx.limits.decideTimeoutMs);
   // The original address is not the destination (SNI is; the address may be
   // a shared CDN front), but its port is the one the client dialled.
   await routeTls(ctx, terminator, conn, sniffed, {

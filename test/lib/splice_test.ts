@@ -89,3 +89,27 @@ Deno.test("splice() keeps bytes intact across its small and large buffers, bulk 
   close1();
   close2();
 });
+
+Deno.test("splice() reports each direction's bytes to an Activity, and sets no timer of its own", async () => {
+  const [client, sluiceSide, close1] = await pair();
+  const [upstreamSide, server, close2] = await pair();
+  const seen = { up: 0, down: 0 };
+  const done = splice(sluiceSide, upstreamSide, new TextEncoder().encode("first"), {
+    up: () => seen.up++,
+    down: () => seen.down++,
+  });
+  await client.write(new TextEncoder().encode("ping"));
+  const buf = new Uint8Array(16);
+  let n = 0;
+  while (n < 9) n += (await server.read(buf.subarray(n))) ?? 0;
+  await server.write(new TextEncoder().encode("pong"));
+  await client.read(buf);
+  // The replayed first bytes are not the client's activity; the ping and the pong are.
+  assertEquals(seen, { up: 1, down: 1 });
+  client.close();
+  server.close();
+  const r = await done;
+  assertEquals([r.aToB, r.bToA, r.idle], [9, 4, false]);
+  close1();
+  close2();
+});
