@@ -6,7 +6,11 @@
  * the injected `Resolver`: getaddrinfo in production) and answered. Every
  * other name gets NXDOMAIN and the upstream resolver is never asked, so
  * lookups such as `<secret>.attacker.example` never leave the host: DNS stops
- * being an exfiltration channel. NXDOMAIN rather than REFUSED because a
+ * being an exfiltration channel. A question that carries a credential's
+ * placeholder is refused first, whatever its class or type and even under an
+ * allowed wildcard (`<placeholder>.allowed.example`): NXDOMAIN, never asked
+ * upstream, audited with `violation` and reported to `onViolation` (which
+ * counts it and lets `sluice run` end its command). NXDOMAIN rather than REFUSED because a
  * stub resolver treats REFUSED as "this server will not help, try the next
  * one" and retries every other configured server (slow, and a leak if one of
  * those is reachable), while NXDOMAIN is a final answer that fails fast.
@@ -49,6 +53,9 @@
 import type { Ip } from "../policy/address.ts";
 import { unmapIp } from "../policy/address.ts";
 import type { CompiledPolicy } from "../policy/compile.ts";
+import { refuseNameWithPlaceholder } from "../policy/plan.ts";
+import type { PlaceholderScanner } from "../policy/placeholders.ts";
+import type { Credential } from "../policy/types.ts";
 import type { AuditSink } from "./audit.ts";
 import { dnsAnswerable } from "./dns_policy.ts";
 import {
@@ -75,6 +82,16 @@ export type DnsServerOptions = {
   audit: AuditSink;
   /** Called with every address set resolved for an allowed name (to feed netfilter sets). */
   onResolved?: (name: string, ips: Ip[]) => void;
+  /**
+   * The placeholder scanner of the credentials in force (the broker's), read per query. Unset:
+   * no credentials, nothing to look for.
+   */
+  scanner?: () => PlaceholderScanner;
+  /**
+   * Told of every question refused for carrying a credential's placeholder, after it was
+   * answered: count it (`sluice_credential_violations_total`) and apply `on_violation`.
+   */
+  onViolation?: (credential: Credential, name: string) => void;
   /** TTL of answers, in seconds. Default 30. */
   ttlSeconds?: number;
   /** How long a TCP connection may stay idle (ms). Default 10 000. */
@@ -103,7 +120,14 @@ export type DnsPeer = { transport: "udp" | "tcp"; client: string };
 /** The parts of the server options that answering one message needs. */
 export type DnsHandlerDeps = Pick<
   DnsServerOptions,
-  "policy" | "resolver" | "audit" | "onResolved" | "ttlSeconds" | "resolveTimeoutMs"
+  | "policy"
+  | "resolver"
+  | "audit"
+  | "onResolved"
+  | "ttlSeconds"
+  | "resolveTimeoutMs"
+  | "scanner"
+  | "onViolation"
 >;
 
 /** Audit line of a DNS decision. Until `AuditRecord` grows a "dns" event, it is cast. */
@@ -124,6 +148,8 @@ export type DnsAuditRecord = {
   addresses?: string[];
   /** The resolver's error code when resolution failed (ENOTFOUND, EAI_AGAIN, timeout). */
   error?: string;
+  /** The credential whose placeholder the question carried. */
+  violation?: string;
 };
 
 const META_TYPES = new Set([249, 250, QTYPE.IXFR, QTYPE.AXFR, 253, 254, QTYPE.ANY]);
@@ -178,6 +204,8 @@ export async function handleDnsMessage(
   if (question.qtype === QTYPE.OPT) {
     return buildResponse({ header, rcode: RCODE.FORMERR, edns, maxSize });
   }
+  // Before the class, the type or the policy: a placeholder in a name is refused whatever else.
+  if (refusePlaceholder(question, peer, deps)) return reply(RCODE.NXDOMAIN);
   if (question.qclass !== CLASS_IN) return reply(RCODE.REFUSED);
   if (META_TYPES.has(question.qtype)) return reply(RCODE.NOTIMP);
   try {
@@ -186,6 +214,40 @@ export async function handleDnsMessage(
     // A bug or a broken dependency: the client gets a clean failure, not silence.
     return reply(RCODE.SERVFAIL);
   }
+}
+
+/**
+ * Whether the question carries a credential's placeholder; if so it is audited (`violation`)
+ * and reported, and the caller answers NXDOMAIN without asking anyone.
+ */
+function refusePlaceholder(question: DnsQuestion, peer: DnsPeer, deps: DnsHandlerDeps): boolean {
+  const scanner = deps.scanner?.();
+  if (!scanner) return false;
+  const compiled = deps.policy();
+  const named = refuseNameWithPlaceholder(compiled, scanner, question.name, 0, "DNS question");
+  if (!named?.violation) return false;
+  const d = named.decision;
+  const line: DnsAuditRecord = {
+    event: "dns",
+    client: peer.client,
+    transport: peer.transport,
+    host: named.host ?? question.name,
+    qtype: typeName(question.qtype),
+    verdict: "deny",
+    code: d.code,
+    reason: d.reason,
+    rule: d.rule.source,
+    rule_at: d.rule.at,
+    rcode: "NXDOMAIN",
+    violation: named.violation.name,
+  };
+  deps.audit.write(line);
+  try {
+    deps.onViolation?.(named.violation, line.host);
+  } catch {
+    // A failing observer must not fail the answer.
+  }
+  return true;
 }
 
 async function answer(

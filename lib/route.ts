@@ -7,6 +7,13 @@
  * minted leaf, so the client receives a 403 that names the rule instead of a
  * bare reset; one that cannot (passthrough) gets a TLS access_denied alert.
  *
+ * A name that carries a credential's placeholder (the SNI here, the CONNECT
+ * target in {@link refuseConnectTarget}) is refused first, before the
+ * connection decision and before any resolution: the name would otherwise
+ * leave in a DNS query or an upstream ClientHello. It is a credential
+ * violation like any other: audited with `violation`, counted, and reported to
+ * `ctx.onViolation` (`sluice run`'s block_and_terminate).
+ *
  * @module
  */
 import {
@@ -16,10 +23,11 @@ import {
   formatDestination,
   parseDestinationHost,
 } from "../policy/mod.ts";
+import { refuseNameWithPlaceholder } from "../policy/plan.ts";
 import type { AuditRecord } from "./audit.ts";
 import { chooseAddress, connectTcp } from "./connect.ts";
 import type { ProxyContext } from "./context.ts";
-import { TLS_ACCESS_DENIED_ALERT, TLS_UNRECOGNIZED_NAME_ALERT } from "./respond.ts";
+import { rawDenial, TLS_ACCESS_DENIED_ALERT, TLS_UNRECOGNIZED_NAME_ALERT } from "./respond.ts";
 import type { SniffResult } from "./sniff.ts";
 import { splice } from "./splice.ts";
 import type { Terminator } from "./terminator.ts";
@@ -54,6 +62,62 @@ async function writeQuietly(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
   try {
     await conn.write(bytes);
   } catch { /* the client left */ }
+}
+
+/**
+ * Refuses a CONNECT whose target carries a credential's placeholder, before the CONNECT is
+ * decided or answered: `403` with `x-sluice-decision: deny; code=credential-violation`, one
+ * `connection` audit line with `violation`, the violations metric, and `ctx.onViolation`.
+ *
+ * @param target the CONNECT request-target as sent (`host:port`)
+ * @param port the port it names (0 when it names none validly)
+ * @returns true when the CONNECT was refused (answered, and `conn` closed)
+ */
+export async function refuseConnectTarget(
+  ctx: ProxyContext,
+  conn: Deno.Conn,
+  info: { id: number; client: string; started: number },
+  target: string,
+  port: number,
+): Promise<boolean> {
+  const named = refuseNameWithPlaceholder(
+    ctx.policy(),
+    ctx.broker().scanner,
+    target,
+    port,
+    "CONNECT target",
+  );
+  if (!named?.violation) return false;
+  const d = named.decision;
+  const c = named.violation;
+  const m = /^(\[[^\]]*\]|[^:]*)/.exec(target);
+  const p = parseDestinationHost(m ? m[1].replace(/^\[(.*)\]$/, "$1") : target);
+  const host = p.kind === "invalid" ? (m?.[1] ?? target).toLowerCase() : formatDestination(p);
+  const tls = p.kind === "invalid" ? "passthrough" : decideConnection(ctx.policy(), p, port).tls;
+  ctx.metrics.connections.inc({ verdict: "deny", mode: "explicit", tls });
+  ctx.metrics.violations.inc({ credential: c.name });
+  ctx.onViolation?.(c, host);
+  await writeQuietly(conn, rawDenial(d));
+  try {
+    conn.close();
+  } catch { /* closed */ }
+  ctx.audit.write({
+    event: "connection",
+    conn: info.id,
+    client: info.client,
+    mode: "explicit",
+    host,
+    port: port || undefined,
+    verdict: "deny",
+    code: d.code,
+    reason: d.reason,
+    rule: d.rule.source,
+    rule_at: d.rule.at,
+    violation: c.name,
+    status: 403,
+    duration_ms: Math.round(performance.now() - info.started),
+  });
+  return true;
 }
 
 /**
@@ -92,12 +156,16 @@ export async function routeTls(
       ...extra,
     });
   };
-  const refuse = async (d: ConnectionDecision, alert = TLS_ACCESS_DENIED_ALERT) => {
+  const refuse = async (
+    d: ConnectionDecision,
+    alert = TLS_ACCESS_DENIED_ALERT,
+    extra: Partial<AuditRecord> = {},
+  ) => {
     await writeQuietly(conn, alert);
     try {
       conn.close();
     } catch { /* closed */ }
-    audit(d);
+    audit(d, extra);
   };
 
   const hello = sniffed.hello;
@@ -116,6 +184,47 @@ export async function routeTls(
         `not a TLS ClientHello: ${"reason" in hello ? hello.reason : "incomplete"}`,
       );
     return await refuse(d);
+  }
+
+  const port = info.target?.port ?? 443;
+  if (hello.sni) {
+    // Before anything reads the name: a placeholder in it is a violation whatever the policy
+    // says of the host, and whether or not the name is even valid.
+    const named = refuseNameWithPlaceholder(
+      ctx.policy(),
+      ctx.broker().scanner,
+      hello.sni,
+      port,
+      "SNI",
+    );
+    if (named?.violation) {
+      const p = parseDestinationHost(hello.sni);
+      const dest = p.kind === "invalid" ? undefined : p;
+      const sni = dest ? formatDestination(dest) : hello.sni.toLowerCase();
+      record.sni = sni;
+      record.host = sni;
+      record.port = port;
+      // Whether the name could be intercepted decides the answer (a 403 over a minted leaf, or
+      // an alert); nothing else of the connection decision is used.
+      const tls = dest ? decideConnection(ctx.policy(), dest, port).tls : "passthrough";
+      const d: ConnectionDecision = { ...named.decision, inspect: false, tls };
+      const c = named.violation;
+      ctx.metrics.violations.inc({ credential: c.name });
+      ctx.onViolation?.(c, sni);
+      if (tls === "intercept" && dest) {
+        const r = await terminator.hop(conn, sniffed.bytes, {
+          conn: info.id,
+          client: info.client,
+          mode: info.mode,
+          secure: true,
+          sni,
+          target: { dest, port },
+          denied: d,
+        });
+        return audit(d, { violation: c.name, bytes_up: r.up, bytes_down: r.down });
+      }
+      return await refuse(d, TLS_ACCESS_DENIED_ALERT, { violation: c.name });
+    }
   }
 
   let sniDest: Destination | undefined;
@@ -153,7 +262,6 @@ export async function routeTls(
       TLS_UNRECOGNIZED_NAME_ALERT,
     );
   }
-  const port = target?.port ?? 443;
   record.host = formatDestination(dest);
   record.port = port;
   const decision = decideConnection(ctx.policy(), dest, port);

@@ -17,6 +17,7 @@ import { ResolveError, type Resolver } from "../../lib/resolver.ts";
 import { type Ip, parseIp } from "../../policy/address.ts";
 import type { CompiledPolicy } from "../../policy/compile.ts";
 import { loadPolicyText } from "../../policy/load.ts";
+import { PlaceholderScanner } from "../../policy/placeholders.ts";
 
 const POLICY = `version: 1
 network:
@@ -78,6 +79,7 @@ type Ctx = {
   resolver: FakeResolver;
   audit: MemoryAudit;
   resolved: [string, string[]][];
+  violations: [string, string][];
   setPolicy(text: string): void;
 };
 
@@ -88,12 +90,18 @@ async function withServer(
     tcpIdleMs?: number;
     delayMs?: number;
     resolveTimeoutMs?: number;
+    policy?: string;
+    placeholders?: Record<string, string>;
   } = {},
 ): Promise<void> {
   const resolver = new FakeResolver(TABLE, extra.delayMs);
   const audit = new MemoryAudit();
   const resolved: [string, string[]][] = [];
-  let policy = compile(POLICY);
+  const violations: [string, string][] = [];
+  let policy = compile(extra.policy ?? POLICY);
+  const scanner = extra.placeholders
+    ? new PlaceholderScanner(new Map(Object.entries(extra.placeholders)))
+    : undefined;
   const server = await startDnsServer({
     hostname: "127.0.0.1",
     port: 0,
@@ -104,9 +112,18 @@ async function withServer(
     udpBackend: extra.udpBackend,
     tcpIdleMs: extra.tcpIdleMs,
     resolveTimeoutMs: extra.resolveTimeoutMs,
+    scanner: scanner && (() => scanner),
+    onViolation: (c, name) => violations.push([c.name, name]),
   });
   try {
-    await fn({ server, resolver, audit, resolved, setPolicy: (t) => (policy = compile(t)) });
+    await fn({
+      server,
+      resolver,
+      audit,
+      resolved,
+      violations,
+      setPolicy: (t) => (policy = compile(t)),
+    });
   } finally {
     await server.close();
   }
@@ -279,6 +296,57 @@ Deno.test("startDnsServer() answers denied names NXDOMAIN without asking the res
         ],
       ],
     );
+  });
+});
+
+const CREDENTIAL_POLICY = `${POLICY}credentials:
+  KEY:
+    from: env:KEY
+    hosts: [api.example.com]
+    placeholder: ph-key-7q2w9e4r
+`;
+
+Deno.test("startDnsServer() refuses a question carrying a placeholder NXDOMAIN, never asking the resolver", async () => {
+  await withServer(async ({ server, resolver, audit, resolved, violations }) => {
+    // Under an allowed wildcard, in another case, another type, another class, over TCP: all
+    // refused before the policy, the type or the class is looked at.
+    const asked: [string, string[]][] = [
+      ["ph-key-7q2w9e4r.cdn.example", ["A"]],
+      ["x.PH-KEY-7Q2W9E4R.attacker.example", ["TXT"]],
+      ["ph-key-7q2w9e4r.cdn.example", ["A", "-c", "CH"]],
+      ["a-ph-key-7q2w9e4r-b.cdn.example", ["AAAA", "+tcp"]],
+    ];
+    for (const [name, args] of asked) {
+      const r = await dig(server.udpAddr, name, ...args);
+      assertEquals(r.status, "NXDOMAIN", r.out);
+      assertEquals(r.answers, []);
+    }
+    assertEquals(resolver.calls, []);
+    assertEquals(resolved, []);
+    assertEquals(
+      audit.records.map((r) => [r.host, r.qtype, r.verdict, r.code, r.violation, r.rcode]),
+      asked.map(([name, args]) => [
+        name.toLowerCase(),
+        args[0],
+        "deny",
+        "credential-violation",
+        "KEY",
+        "NXDOMAIN",
+      ]),
+    );
+    assertEquals(audit.records[0].rule, "credentials.KEY.hosts");
+    assertEquals(audit.records[0].rule_at, "dns.yaml:12");
+    assertMatch(audit.records[0].reason, /DNS question carries the placeholder of credential KEY/);
+    assertEquals(violations, asked.map(([name]) => ["KEY", name.toLowerCase()]));
+    // The credential's own host is no exception: a placeholder never goes in a name.
+    assertEquals((await dig(server.udpAddr, "ph-key-7q2w9e4r.api.example.com")).status, "NXDOMAIN");
+    assertEquals(resolver.calls, []);
+    // Other names are answered as before.
+    assertEquals((await dig(server.udpAddr, "a.cdn.example")).answers[0]?.[4], "192.0.2.20");
+    assertEquals(resolver.calls, ["a.cdn.example"]);
+  }, {
+    policy: CREDENTIAL_POLICY,
+    placeholders: { KEY: "ph-key-7q2w9e4r" },
   });
 });
 
