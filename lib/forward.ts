@@ -56,7 +56,9 @@ export function makeRequestHandler(
         "this listener only serves connections sluice accepted",
       );
     }
-    const url = new URL(req.url);
+    // Deno's server builds the URL from the Host header (or an absolute-form target) without
+    // checking that it is one: a host no URL can hold (a%00.test, [::1%25lo]) is bad input.
+    const parsedUrl = URL.parse(req.url);
     const base: AuditRecord = {
       event: "request",
       conn: meta.conn,
@@ -65,7 +67,7 @@ export function makeRequestHandler(
       tls: meta.secure ? "intercept" : "none",
       sni: meta.sni,
       method: req.method,
-      path: url.pathname,
+      path: parsedUrl?.pathname,
       verdict: "deny",
       code: "",
       reason: "",
@@ -91,6 +93,13 @@ export function makeRequestHandler(
         rule_at: d.rule.at,
         ...extra,
       });
+    if (!parsedUrl) {
+      const reason = `the request names the host ${
+        JSON.stringify((req.headers.get("host") ?? "").slice(0, 200))
+      }, which is not a valid host`;
+      return finish(errorResponse(400, "invalid-host", reason), { code: "invalid-host", reason });
+    }
+    const url = parsedUrl;
     const violated = (c: Credential, d: Decision, status = 403): Response => {
       ctx.metrics.violations.inc({ credential: c.name });
       ctx.onViolation?.(c, base.host ?? "");
@@ -235,7 +244,10 @@ export function makeRequestHandler(
       const kind = e instanceof UpstreamError ? e.kind : "connect";
       ctx.metrics.upstreamErrors.inc({ kind });
       const status = kind === "timeout" ? 504 : 502;
-      const message = (e as Error).message;
+      // The message may quote what the upstream sent (a malformed header's value): it goes to
+      // the workload and the audit log, so it is scrubbed like any response.
+      const raw = (e as Error).message;
+      const message = broker.responseScrubber()?.text(raw) ?? raw;
       return finish(errorResponse(status, `upstream-${kind}`, message), {
         ...allowAudit,
         code: `upstream-${kind}`,
@@ -246,7 +258,12 @@ export function makeRequestHandler(
     if (isWebSocketUpgrade(req)) {
       // The handshake was decided like any GET above (host, path, credentials in its
       // headers); from the 101 on, messages are relayed until either side closes, and the
-      // session counts as in flight (graceful drain) until then.
+      // session counts as in flight (graceful drain) until then. With credentials in the
+      // policy each message is brokered like a body: placeholders substituted or refused
+      // (1008) on the way up, every real value scrubbed on the way down, and a non-101
+      // answer scrubbed like any response.
+      const scrubber = broker.responseScrubber();
+      let refused: { code: string; reason: string } | undefined;
       let session: Response;
       try {
         session = await proxyWebSocket(
@@ -259,23 +276,73 @@ export function makeRequestHandler(
             ),
           {
             headers,
+            brokering: scrubber === null ? undefined : {
+              scrubBytes: (payload) => scrubber.bytes(payload),
+              scrubText: (text) => scrubber.text(text),
+              scrubHeaders: (fields) => scrubber.headers(fields),
+              refusal: async (up) => {
+                const r = await broker.scrubResponse(up, up.status === 204 || up.status === 304);
+                if (!r.ok) {
+                  refused = r;
+                  return errorResponse(502, r.code, r.reason);
+                }
+                const fields = new Headers();
+                for (const [name, value] of r.headers) fields.append(name, value);
+                try {
+                  return new Response(r.body, {
+                    status: r.status,
+                    statusText: r.reason,
+                    headers: fields,
+                  });
+                } catch {
+                  return new Response(r.body, { status: r.status, headers: fields });
+                }
+              },
+              message: (payload) => {
+                const rb = broker.rewriteBody(payload, allowed);
+                return rb.violations.length
+                  ? { violation: rb.violations[0] }
+                  : { payload: rb.body, substituted: rb.substituted };
+              },
+            },
+            onViolation: (name) => {
+              ctx.metrics.violations.inc({ credential: name });
+              const c = compiled.credentials.find((c) => c.name === name);
+              if (c) ctx.onViolation?.(c, hostText);
+            },
             onClose: (stats) => {
               release();
+              const used = new Set([
+                ...(allowAudit.credentials ?? []),
+                ...(stats.credentials ?? []),
+              ]);
               ctx.audit.write({
                 ...base,
                 ...allowAudit,
+                ...(used.size ? { credentials: [...used] } : {}),
+                ...(stats.violation === undefined ? {} : {
+                  verdict: "deny",
+                  code: "credential-violation",
+                  violation: stats.violation,
+                }),
                 status: 101,
                 bytes_up: stats.up,
                 bytes_down: stats.down,
                 duration_ms: Math.round(performance.now() - started),
                 reason: `${decision.reason}; WebSocket closed` +
-                  (stats.code === undefined ? "" : ` with ${stats.code}`),
+                  (stats.code === undefined ? "" : ` with ${stats.code}`) +
+                  (stats.violation === undefined ? "" : `: a message held the placeholder of ` +
+                    `credential ${stats.violation}, which may not be sent to ${hostText}`),
               });
             },
           },
         );
       } catch (e) {
         return upstreamFailure(e);
+      }
+      if (refused !== undefined) {
+        ctx.metrics.upstreamErrors.inc({ kind: refused.code.slice("upstream-".length) });
+        return finish(session, { ...allowAudit, code: refused.code, reason: refused.reason });
       }
       if (session.status !== 101) return finish(session, allowAudit);
       ctx.metrics.requests.inc({ verdict: "allow", mode: meta.mode });
@@ -302,17 +369,24 @@ export function makeRequestHandler(
     }
 
     // An upstream that echoes a real value gets it replaced by the placeholder
-    // before the workload sees it (headers always; textual bodies streaming).
-    const scrub = applied.size ? broker.responseBodyStream(upstream.headers, applied) : null;
-    const upstreamHeaders = applied.size
-      ? broker.scrubHeaders(upstream.headers, applied)
-      : upstream.headers;
-    const responseHeaders = new Headers();
-    for (const [name, value] of upstreamHeaders) {
-      // Scrubbing can change the body's length: let the server frame it.
-      if (scrub && name.toLowerCase() === "content-length") continue;
-      responseHeaders.append(name, value);
+    // before the workload sees it: every loaded credential (not only those
+    // substituted here), in the status line, every field and the body of any
+    // type, decoded when content-encoded (lib/scrub.ts; docs/credentials.md).
+    // A coding sluice cannot decode is refused, never passed unchecked. A
+    // policy without credentials passes the response through untouched.
+    // Responses to HEAD and 204/304 have no body whatever their headers say.
+    const bodyless = req.method === "HEAD" || upstream.status === 204 || upstream.status === 304;
+    const scrubbed = await broker.scrubResponse(upstream, bodyless);
+    if (!scrubbed.ok) {
+      ctx.metrics.upstreamErrors.inc({ kind: scrubbed.code.slice("upstream-".length) });
+      return finish(errorResponse(502, scrubbed.code, scrubbed.reason), {
+        ...allowAudit,
+        code: scrubbed.code,
+        reason: scrubbed.reason,
+      });
     }
+    const responseHeaders = new Headers();
+    for (const [name, value] of scrubbed.headers) responseHeaders.append(name, value);
     let down = 0;
     let recorded = false;
     const record = (extra: Partial<AuditRecord> = {}) => {
@@ -327,27 +401,23 @@ export function makeRequestHandler(
         ...extra,
       });
     };
-    const init = { status: upstream.status, statusText: upstream.reason, headers: responseHeaders };
+    const init = { status: scrubbed.status, statusText: scrubbed.reason, headers: responseHeaders };
     ctx.metrics.requests.inc({ verdict: "allow", mode: meta.mode });
     ctx.metrics.duration.observe((performance.now() - started) / 1000, { verdict: "allow" });
-    // Responses to HEAD and 204/304 have no body whatever their headers say.
-    const bodyless = req.method === "HEAD" || upstream.status === 204 || upstream.status === 304;
-    if (upstream.whole !== undefined && !scrub && !bodyless) {
-      // The whole body arrived with the head: answer with the bytes (one write by Deno's
-      // server, no stream per response).
-      down = upstream.whole.length;
+    if (scrubbed.body instanceof Uint8Array) {
+      // The whole body is at hand (it arrived with the head): answer with the bytes (one
+      // write by Deno's server, no stream per response).
+      down = scrubbed.body.length;
       record();
-      return new Response(upstream.whole, init);
+      return new Response(scrubbed.body, init);
     }
-    if (!upstream.body || bodyless) {
-      upstream.body?.cancel().catch(() => {});
+    if (scrubbed.body === null) {
       record();
       return new Response(null, init);
     }
     // The record is written when the body has been sent, or when the client
-    // went away first (then `reason` says so).
-    const source = scrub ? upstream.body.pipeThrough(scrub) : upstream.body;
-    const counted = source.pipeThrough(
+    // went away first, or the body failed to decode (then `reason` says so).
+    const counted = scrubbed.body.pipeThrough(
       new TransformStream<Uint8Array, Uint8Array>({
         transform(chunk, controller) {
           down += chunk.length;
@@ -357,10 +427,12 @@ export function makeRequestHandler(
           record();
           release();
         },
-        cancel() {
+        cancel(why) {
           release();
           record({
-            reason: `${decision.reason}; the client closed before the whole response was sent`,
+            reason: why instanceof Error && why.name === "BodyDecodeError"
+              ? `${decision.reason}; ${why.message}: the response was cut off there`
+              : `${decision.reason}; the client closed before the whole response was sent`,
           });
         },
       }),
@@ -372,15 +444,25 @@ export function makeRequestHandler(
   return async (req, info) => {
     ctx.inflight.count++;
     let released = false;
+    let streamingBody = false;
+    const hopPort = info.remoteAddr.port;
     const release = () => {
       if (!released) {
         released = true;
         ctx.inflight.count--;
+        // A streamed body that has ended: the hop's keep-alive clock runs again.
+        if (streamingBody) terminator().bodyEnded(hopPort);
       }
     };
     try {
       const res = await handle(req, info, release);
       if (!streaming.has(res)) release();
+      else if (!released) {
+        // While a body streams (an SSE stream may be silent for minutes), the connection is
+        // not idle: the keep-alive deadline waits for the body's end (lib/limits.ts).
+        streamingBody = true;
+        terminator().bodyStarted(hopPort);
+      }
       return res;
     } catch (e) {
       release();

@@ -8,8 +8,10 @@ import type { CompiledPolicy } from "../policy/mod.ts";
 import { type AuditSink } from "./audit.ts";
 import type { CertificateAuthority } from "./ca.ts";
 import { DEFAULT_LIMITS, type Limits, type ProxyContext } from "./context.ts";
+import { checkLimits, ConnectionGuard, type Mode } from "./limits.ts";
 import { handleExplicit } from "./explicit.ts";
 import { makeRequestHandler } from "./forward.ts";
+import { streamRefusalResponder } from "./request_stream.ts";
 import { LeafCache } from "./leaf_cache.ts";
 import type { Resolver } from "./resolver.ts";
 import { Terminator } from "./terminator.ts";
@@ -85,6 +87,7 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
   };
   let trust: TrustStore = await loadTrust(compiled, trustOptions);
   const limits: Limits = { ...DEFAULT_LIMITS, ...opts.limits };
+  checkLimits(limits);
   const shutdown = new AbortController();
   let nextId = 1;
   let generation = 1;
@@ -92,12 +95,16 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
   const active = { count: 0 };
   // The leaf cache exists before the metrics that read it.
   const leaves = new LeafCache(opts.ca);
-  const metrics = new Metrics({
+  const metrics: Metrics = new Metrics({
     activeConnections: () => active.count,
     leafCache: () => leaves.stats(),
     policyGeneration: () => generation,
     lastReloadOk: () => lastReloadOk,
+    stages: () => [...guard.byStage()],
+    clients: () => guard.clients,
   });
+  // Admission caps, and the one sweep that enforces every connection's deadlines.
+  const guard: ConnectionGuard = new ConnectionGuard({ limits, metrics, audit: opts.audit });
   const ctx: ProxyContext = {
     policy: () => compiled,
     trust: () => trust,
@@ -106,6 +113,7 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
     limits,
     nextConnId: () => nextId++,
     active,
+    guard,
     inflight: { count: 0 },
     signal: shutdown.signal,
     metrics,
@@ -119,25 +127,35 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
   const terminator: Terminator = new Terminator({
     leaves,
     handler: makeRequestHandler(ctx, () => terminator, pool),
+    refusePlain: (meta) => streamRefusalResponder(ctx, meta),
     signal: shutdown.signal,
     idleMs: limits.idleTimeoutMs,
+    limits,
   });
   terminator.start();
 
   const listeners: Deno.Listener[] = [];
   const tasks = new Set<Promise<void>>();
   const conns = new Set<Deno.Conn>();
-  const serve = (addr: ListenAddr, handle: (conn: Deno.Conn) => Promise<void>): Deno.NetAddr => {
+  /**
+   * @param mode for metrics and audit
+   * @param respond whether a refused connection is answered (HTTP listeners: a 503) or closed
+   */
+  const serve = (
+    addr: ListenAddr,
+    mode: Mode,
+    respond: boolean,
+    handle: (conn: Deno.Conn) => Promise<void>,
+  ): Deno.NetAddr => {
     const listener = Deno.listen({ hostname: addr.hostname, port: addr.port });
     listeners.push(listener);
     (async () => {
       try {
         for await (const conn of listener) {
-          if (ctx.active.count >= limits.maxConnections) {
-            // Refuse at once rather than queue: a flood must not starve the live connections.
-            try {
-              conn.close();
-            } catch { /* closed */ }
+          // Refuse at once rather than queue: a flood must not starve the live connections.
+          const watch = guard.admit(conn, mode);
+          if (watch.kind === "refused") {
+            guard.refuse(conn, watch, mode, respond);
             continue;
           }
           (conn as Deno.TcpConn).setNoDelay?.(true);
@@ -150,6 +168,7 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
               conn.close();
             } catch { /* closed */ }
           }).finally(() => {
+            guard.release(watch);
             conns.delete(conn);
             ctx.active.count--;
             tasks.delete(task);
@@ -173,16 +192,27 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
   const addrs: Server["addrs"] = {};
   let admin: { addr: Deno.NetAddr; close(): Promise<void> } | undefined;
   try {
-    if (opts.proxy) addrs.proxy = serve(opts.proxy, (c) => handleExplicit(ctx, terminator, c));
+    if (opts.proxy) {
+      addrs.proxy = serve(
+        opts.proxy,
+        "explicit",
+        true,
+        (c) => handleExplicit(ctx, terminator, c),
+      );
+    }
     if (opts.transparentHttps) {
       addrs.transparentHttps = serve(
         opts.transparentHttps,
+        "transparent",
+        false,
         (c) => handleTransparentTls(ctx, terminator, c),
       );
     }
     if (opts.transparentHttp) {
       addrs.transparentHttp = serve(
         opts.transparentHttp,
+        "transparent",
+        true,
         (c) => handleTransparentHttp(ctx, terminator, c),
       );
     }
@@ -197,6 +227,7 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
     }
   } catch (e) {
     for (const l of listeners) l.close();
+    guard.close();
     await terminator.close();
     pool.close();
     throw e;
@@ -255,6 +286,7 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
       // A WebSocket session ends, and writes its audit record, only once its connection is
       // closed above: give those records a moment before the audit log closes.
       await inflightDone(Date.now() + 2_000);
+      guard.close();
       pool.close();
       await admin?.close();
       await opts.audit.close();

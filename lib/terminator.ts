@@ -29,7 +29,10 @@ import {
 import type { LeafCache } from "./leaf_cache.ts";
 import { setListenerNoDelay } from "./sockopt.ts";
 import { splice } from "./splice.ts";
+import { checkedRequestStream, type StreamRefusal } from "./request_stream.ts";
 import type { ConnectionDecision } from "../policy/mod.ts";
+import { parseClientHello } from "./client_hello.ts";
+import { HopClock, type Limits, watchOf } from "./limits.ts";
 
 /** What the request handler knows about the client connection behind a hop. */
 export type HopMeta = {
@@ -45,6 +48,9 @@ export type HopMeta = {
   /** Set when the connection was denied before the hop: every request gets this 403. */
   denied?: ConnectionDecision;
 };
+
+/** A hop in progress: who it carries, and the clock its connection's deadlines follow. */
+type Hop = { meta: HopMeta; clock?: HopClock };
 
 type Internal = {
   served: ServedListener;
@@ -62,15 +68,27 @@ export type TerminatorOptions = {
   maxNames?: number;
   /** Replace the TLS listener after this long (default 12 h; leaves live 7 days). */
   maxAgeMs?: number;
-  /** Close a hop with no bytes either way for this long (0: never). */
+  /** Close a hop with no bytes either way for this long (0: never), when its connection has no watch. */
   idleMs?: number;
+  /**
+   * The deadlines (limits.ts): a hop whose client connection has a watch follows a HopClock
+   * (TLS handshake, each request head, keep-alive, request idle) instead of `idleMs`.
+   */
+  limits?: Limits;
   now?: () => number;
+  /**
+   * Plain HTTP: the refusal callback of a hop's checked request stream (request_stream.ts).
+   * Set, every request head and body on a plain hop is checked by sluice before the internal
+   * server reads it; unset, plain hops are spliced unchecked.
+   */
+  refusePlain?: (meta: HopMeta) => (r: StreamRefusal, answer: boolean) => Uint8Array | undefined;
 };
 
 /** The internal listeners and the registry that maps hops to their client connections. */
 export class Terminator {
   readonly #opts: TerminatorOptions;
-  readonly #hops = new Map<number, HopMeta>();
+  readonly #hops = new Map<number, Hop>();
+  readonly #handler: ConnectionHandler;
   #tls!: Internal;
   #plain!: Internal;
   /** Servers still finishing their connections: recycled TLS listeners, then all at close. */
@@ -79,6 +97,49 @@ export class Terminator {
 
   constructor(opts: TerminatorOptions) {
     this.#opts = opts;
+    this.#handler = this.#clocked(opts.handler);
+  }
+
+  // The request handler, telling each hop's clock when a request starts (its head is complete)
+  // and when its handler returns (and whether it upgraded the connection).
+  #clocked(handler: ConnectionHandler): ConnectionHandler {
+    return (req, info) => {
+      const clock = this.#hops.get(info.remoteAddr.port)?.clock;
+      if (!clock) return handler(req, info);
+      clock.begin();
+      let r: Response | Promise<Response>;
+      try {
+        r = handler(req, info);
+      } catch (e) {
+        clock.end();
+        throw e;
+      }
+      if (!(r instanceof Promise)) {
+        clock.end(r.status);
+        return r;
+      }
+      return r.then((res) => {
+        clock.end(res.status);
+        return res;
+      }, (e) => {
+        clock.end();
+        throw e;
+      });
+    };
+  }
+
+  /**
+   * The request handler reports that the response it returned on the hop `hopPort` keeps
+   * streaming its body: the connection is busy (the tunnel idle deadline applies), not idle
+   * between requests, until {@link bodyEnded}.
+   */
+  bodyStarted(hopPort: number): void {
+    this.#hops.get(hopPort)?.clock?.bodyStarted();
+  }
+
+  /** That body has been sent, or the client abandoned it. */
+  bodyEnded(hopPort: number): void {
+    this.#hops.get(hopPort)?.clock?.bodyEnded();
   }
 
   /** Opens the internal listeners on loopback. */
@@ -98,7 +159,7 @@ export class Terminator {
 
   /** Metadata for the connection whose hop has this local port. */
   meta(hopPort: number): HopMeta | undefined {
-    return this.#hops.get(hopPort);
+    return this.#hops.get(hopPort)?.meta;
   }
 
   /** Number of hops currently open. */
@@ -148,7 +209,7 @@ export class Terminator {
   #serve(listener: Deno.Listener): ServedListener {
     return serveHttpOnListener(
       listener,
-      this.#opts.handler,
+      this.#handler,
       (e) =>
         new Response(`sluice: internal error: ${(e as Error)?.message ?? e}\n`, {
           status: 500,
@@ -172,9 +233,35 @@ export class Terminator {
     const hop = await Deno.connect({ hostname: "127.0.0.1", port });
     hop.setNoDelay(true);
     const hopPort = (hop.localAddr as Deno.NetAddr).port;
-    this.#hops.set(hopPort, meta);
+    const watch = this.#opts.limits ? watchOf(client) : undefined;
+    let clock: HopClock | undefined;
+    if (watch && this.#opts.limits) {
+      const hello = meta.secure ? parseClientHello(first) : undefined;
+      clock = new HopClock(this.#opts.limits, {
+        secure: meta.secure,
+        // The internal server prefers h2 whenever the client offers it.
+        h2: hello?.kind === "ok" && hello.alpn.includes("h2"),
+        // No byte read yet (transparent HTTP): the first request is still the first bytes.
+        firstHeadMs: first.length
+          ? this.#opts.limits.headTimeoutMs
+          : this.#opts.limits.handshakeTimeoutMs,
+        now: watch.now,
+      });
+      watch.follow(clock);
+    }
+    this.#hops.set(hopPort, { meta, clock });
     try {
-      const r = await splice(client, hop, first, this.#opts.idleMs ?? 0);
+      const refused = meta.secure ? undefined : this.#opts.refusePlain?.(meta);
+      const hopClock = clock;
+      const a = refused
+        ? checkedRequestStream(client, first, {
+          maxHeaderBytes: this.#opts.limits?.maxHeaderBytes,
+          // A head held until complete still starts the head deadline.
+          onInput: hopClock ? () => hopClock.up() : undefined,
+          refused,
+        })
+        : client;
+      const r = await splice(a, hop, refused ? undefined : first, clock ?? this.#opts.idleMs ?? 0);
       return { up: r.aToB, down: r.bToA };
     } finally {
       this.#hops.delete(hopPort);

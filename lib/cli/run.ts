@@ -7,7 +7,7 @@
  *
  * @module
  */
-import { formatIssue } from "../../policy/mod.ts";
+import { type Credential, formatIssue } from "../../policy/mod.ts";
 import { AuditLog, type AuditSink } from "../audit.ts";
 import { ephemeralCa, exportCaPem, loadCa } from "../ca.ts";
 import { buildBrokerage } from "../credentials.ts";
@@ -187,6 +187,16 @@ export async function runRun(
     const trustFiles = writeTrustFiles(tmp, exportCaPem(ca));
     if (net) await createNamespace(net, res);
     const host = net?.hostAddr ?? "127.0.0.1";
+    // Every violation (a request, a name, a DNS question) may end the command.
+    const onViolation = (c: Credential) => {
+      if (!terminates(c) || !signalTarget || terminatedFor) return;
+      terminatedFor = c.name;
+      log(
+        `sluice: credential ${c.name} was headed to a host outside its scope; ending the command`,
+      );
+      signalTarget("SIGTERM");
+      killTimer = setTimeout(() => signalTarget?.("SIGKILL"), 5000);
+    };
     const server = await startServer({
       compiled: loaded.compiled,
       broker,
@@ -196,15 +206,7 @@ export async function runRun(
       proxy: { hostname: host, port: 0 },
       transparentHttps: net ? { hostname: host, port: 0 } : undefined,
       transparentHttp: net ? { hostname: host, port: 0 } : undefined,
-      onViolation: (c) => {
-        if (!terminates(c) || !signalTarget || terminatedFor) return;
-        terminatedFor = c.name;
-        log(
-          `sluice: credential ${c.name} was headed to a host outside its scope; ending the command`,
-        );
-        signalTarget("SIGTERM");
-        killTimer = setTimeout(() => signalTarget?.("SIGKILL"), 5000);
-      },
+      onViolation,
       log,
     });
     // The server closes the audit sink it was given (the summary, which closes the log).
@@ -217,6 +219,11 @@ export async function runRun(
         policy: () => server.policy(),
         resolver,
         audit: summary,
+        scanner: () => broker.scanner,
+        onViolation: (c) => {
+          server.metrics.violations.inc({ credential: c.name });
+          onViolation(c);
+        },
       });
       res.add(() => dns.close());
       const ipForwardBefore = await applyRunRules(

@@ -24,6 +24,7 @@ import { addHostSetElements, type Backend, type Enforcement } from "../netfilter
 import { classifyIp, type Ip, parseIp } from "../../policy/address.ts";
 import { startDnsServer } from "../dns.ts";
 import { formatIssue } from "../../policy/mod.ts";
+import { checkLimits, DEFAULT_LIMITS, parseLimitFlags } from "../limits.ts";
 
 /** Flags of `sluice serve`. */
 export type ServeFlags = {
@@ -37,6 +38,8 @@ export type ServeFlags = {
   auditLog?: string;
   admin?: string;
   drainTimeout?: string;
+  /** `--limit NAME=VALUE` (lib/limits.ts). */
+  limit?: string[];
   logFormat?: string;
   enforce?: boolean;
 };
@@ -94,6 +97,9 @@ export function bindAddr(
 
 /** Runs the server until SIGINT/SIGTERM. */
 export async function runServe(flags: ServeFlags, log: (s: string) => void): Promise<number> {
+  // Bad limits stop the start before anything is read or bound.
+  const limits = parseLimitFlags(flags.limit ?? []);
+  checkLimits({ ...DEFAULT_LIMITS, ...limits });
   const loaded = await readPolicyFile(flags.policy);
   for (const w of loaded.warnings) log(formatIssue(w));
   const policy = loaded.compiled.policy;
@@ -158,7 +164,7 @@ export async function runServe(flags: ServeFlags, log: (s: string) => void): Pro
     ephemeral: flags.ephemeralCa,
   });
   const stateDir = stateDirFrom(flags.state);
-  const { broker } = await buildBrokerage(loaded.compiled, stateDir);
+  let { broker } = await buildBrokerage(loaded.compiled, stateDir);
   const audit = await AuditLog.open(flags.auditLog ?? policy.audit.log);
   const resolver = hostResolver(flags.resolve);
   const server = await startServer({
@@ -172,6 +178,7 @@ export async function runServe(flags: ServeFlags, log: (s: string) => void): Pro
     transparentHttp: addrs.transparentHttp,
     admin: addrs.admin,
     onReloadRequest: () => reload("POST /reload"),
+    limits,
     log,
   });
   const dnsAddr = addrs.dns;
@@ -195,6 +202,8 @@ export async function runServe(flags: ServeFlags, log: (s: string) => void): Pro
       resolver,
       audit,
       onResolved,
+      scanner: () => broker.scanner,
+      onViolation: (c) => server.metrics.violations.inc({ credential: c.name }),
     })
     : undefined;
 
@@ -268,6 +277,7 @@ export async function runServe(flags: ServeFlags, log: (s: string) => void): Pro
         // Credential files are re-read too; a missing one refuses the reload.
         const { broker: nextBroker } = await buildBrokerage(next.compiled, stateDir);
         await server.reload(next.compiled, nextBroker);
+        broker = nextBroker;
         // The new rules replace the old table atomically.
         if (enforcing) await enforceNow();
       } catch (e) {

@@ -102,8 +102,13 @@ async function upstreamHandler(req: Request): Promise<Response> {
   });
 }
 
-/** A TLS upstream serving several names, each with a leaf from `ca`. */
-export function startTlsUpstream(ca: CertificateAuthority, port = 0, hostname = "127.0.0.1") {
+/** A TLS upstream serving several names, each with a leaf from `ca` (default handler: /echo etc.). */
+export function startTlsUpstream(
+  ca: CertificateAuthority,
+  port = 0,
+  hostname = "127.0.0.1",
+  handler: (req: Request) => Response | Promise<Response> = upstreamHandler,
+) {
   const listener = listenTlsWithResolver({
     hostname,
     port,
@@ -115,7 +120,7 @@ export function startTlsUpstream(ca: CertificateAuthority, port = 0, hostname = 
   });
   const served = serveHttpOnListener(
     listener,
-    upstreamHandler,
+    handler,
     () => new Response("error", { status: 500 }),
   );
   return {
@@ -272,3 +277,25 @@ export async function run(cmd: string[]): Promise<string> {
 
 /** Whether tests that need root (namespaces, netfilter) can run. */
 export const IS_ROOT: boolean = Deno.uid() === 0;
+
+/** Each credential's placeholder, as `sluice placeholders --format json` prints them. */
+export async function placeholders(policy: string, state: string): Promise<Record<string, string>> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      `${ROOT}main.ts`,
+      "placeholders",
+      "--policy",
+      policy,
+      "--state",
+      state,
+      "--format",
+      "json",
+    ],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  if (!out.success) throw new Error(new TextDecoder().decode(out.stderr));
+  return JSON.parse(new TextDecoder().decode(out.stdout));
+}

@@ -5,33 +5,20 @@
  * never appear in anything sluice writes.
  */
 import { assert, assertEquals, assertMatch } from "../_assert.ts";
-import { curl, received, sha256, startSluice, startTlsUpstream, testCas } from "./_harness.ts";
+import {
+  curl,
+  placeholders,
+  received,
+  sha256,
+  startSluice,
+  startTlsUpstream,
+  testCas,
+} from "./_harness.ts";
 
 const API_KEY = "real-api-key-3f9c1e77d2";
 const FILE_TOKEN = "file-token-8b21aa0c55e4";
 const FILE_TOKEN_2 = "file-token-rotated-61d0f2";
 const SYSTEMD = "systemd-cred-70c4b9e1a3";
-
-async function placeholders(policy: string, state: string): Promise<Record<string, string>> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-A",
-      new URL("../../main.ts", import.meta.url).pathname,
-      "placeholders",
-      "--policy",
-      policy,
-      "--state",
-      state,
-      "--format",
-      "json",
-    ],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  assert(out.success, new TextDecoder().decode(out.stderr));
-  return JSON.parse(new TextDecoder().decode(out.stdout));
-}
 
 Deno.test("credential brokering through sluice serve", async (t) => {
   const dir = await Deno.makeTempDir({ prefix: "sluice-cred-" });
