@@ -212,10 +212,17 @@ tls:
   upstream: { ca: [$dir/ca.pem] }
 audit: { log: $dir/sluice-audit.jsonl }
 YAML
-  # shellcheck disable=SC2086 # SLUICE_DENO_FLAGS is a list of flags
+  # Every benchmark client shares one address: sluice's per-client cap (256 by default, a flood
+  # guard) would refuse the idle-connection cell's 1,000 connections, so it is raised here. Older
+  # sluice builds without --limit get nothing.
+  SLUICE_LIMITS=""
+  if "$DENO" run -A "$repo/main.ts" serve --help 2>/dev/null | grep -q -- "--limit"; then
+    SLUICE_LIMITS="--limit per-client=4096"
+  fi
+  # shellcheck disable=SC2086 # SLUICE_DENO_FLAGS and SLUICE_LIMITS are lists of flags
   bg_inns env $SLUICE_ENV "$DENO" run -A $SLUICE_DENO_FLAGS "$@" "$repo/main.ts" serve --policy "$dir/sluice.yaml" --proxy 127.0.0.1:0 \
     --transparent-https "127.0.0.1:${PORT[sluice]}" --admin 127.0.0.1:19090 --state "$dir/sluice-state" --drain-timeout 1 \
-    --log-format json >"$dir/sluice.log" 2>&1 &
+    --log-format json $SLUICE_LIMITS >"$dir/sluice.log" 2>&1 &
   sys_pid=$!
   pids+=("$sys_pid")
   wait_listen "${PORT[sluice]}" 60 "$sys_pid"
