@@ -8,13 +8,13 @@ import { Command, CommanderError } from "commander";
 import denoJson from "./deno.json" with { type: "json" };
 import { runCheck } from "./lib/cli/check.ts";
 import { knownPlaceholders, parseHeaderArgs, runExplain } from "./lib/cli/explain.ts";
-import { readPolicyFile } from "./lib/policy_file.ts";
+import { readPolicyFile } from "./lib/gateway/policy_file.ts";
 import { existingCa, formatCa, runCaExport, runCaInit, stateDirFrom } from "./lib/cli/ca.ts";
 import { runServe } from "./lib/cli/serve.ts";
 import { runPlaceholders } from "./lib/cli/placeholders.ts";
 import { runRules } from "./lib/cli/rules.ts";
 import { runRun } from "./lib/cli/run.ts";
-import { makeLogger, resolveLogFormat } from "./lib/log.ts";
+import { makeLogger, resolveLogFormat } from "./lib/ops/log.ts";
 
 /** Exit codes: 0 ok, 1 invalid input (policy), 2 usage, 3 denied (explain). */
 const EXIT_USAGE = 2;
@@ -309,8 +309,8 @@ function collect(value: string, previous: string[]): string[] {
 }
 
 if (import.meta.main && Deno.args[0] === "__run-init") {
-  // The first process inside a `sluice run` sandbox (lib/run_init.ts); not for people.
-  const { runInit } = await import("./lib/run_init.ts");
+  // The first process inside a `sluice run` sandbox (lib/run/init.ts); not for people.
+  const { runInit } = await import("./lib/run/init.ts");
   Deno.exit(await runInit(Deno.args[1] ?? "{}"));
 } else if (import.meta.main) {
   try {

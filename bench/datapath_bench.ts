@@ -1,7 +1,7 @@
 /**
  * The whole data path, in one process, no root needed: `deno bench --allow-all
  * bench/datapath_bench.ts`. A TLS upstream on loopback (Deno's server with a leaf from a test
- * CA), sluice's server (lib/serve.ts) with its explicit proxy, and one client connection that
+ * CA), sluice's server (lib/gateway/server.ts) with its explicit proxy, and one client connection that
  * CONNECTs through sluice, speaks TLS against sluice's CA and sends keep-alive GETs: every
  * request is decided, audited, forwarded over a pooled upstream TLS connection, and its
  * response relayed back through the loopback hop. The same client straight to the upstream is
@@ -10,12 +10,16 @@
  * Client, sluice and upstream share one thread here, so the figure is the sum of their costs
  * per request; bench/peers.sh measures them apart, against squid and mitmproxy.
  */
-import { ephemeralCa, mintLeaf } from "../lib/ca.ts";
-import { listenTlsWithResolver, serveHttpOnListener } from "../lib/deno_internal.ts";
-import { startServer } from "../lib/serve.ts";
-import { buildBrokerage } from "../lib/credentials.ts";
-import { OverrideResolver, parseResolveOverrides, SystemResolver } from "../lib/resolver.ts";
-import type { AuditRecord, AuditSink } from "../lib/audit.ts";
+import { ephemeralCa, mintLeaf } from "../lib/tls/ca.ts";
+import { listenTlsWithResolver, serveHttpOnListener } from "../lib/tls/deno_internal.ts";
+import { startServer } from "../lib/gateway/server.ts";
+import { buildBrokerage } from "../lib/credentials/brokerage.ts";
+import {
+  OverrideResolver,
+  parseResolveOverrides,
+  SystemResolver,
+} from "../lib/upstream/resolver.ts";
+import type { AuditRecord, AuditSink } from "../lib/ops/audit.ts";
 import { loadPolicyText } from "../policy/mod.ts";
 
 const dir = await Deno.makeTempDir({ prefix: "sluice-datapath-bench-" });

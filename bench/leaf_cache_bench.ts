@@ -2,8 +2,8 @@
  * Cost of a leaf certificate: minted (a signature and the DER encoding) versus served from the
  * LeafCache. `deno bench --allow-all bench/leaf_cache_bench.ts`.
  */
-import { ephemeralCa, mintLeaf } from "../lib/ca.ts";
-import { LeafCache } from "../lib/leaf_cache.ts";
+import { ephemeralCa, mintLeaf } from "../lib/tls/ca.ts";
+import { LeafCache } from "../lib/tls/leaf_cache.ts";
 
 const ca = await ephemeralCa();
 // The shared leaf key is generated at the first mint; keep that one-off out of the figures.

@@ -2,8 +2,8 @@
  * Cost of the two parsers that run on every new connection: `deno bench --allow-read
  * bench/parsers_bench.ts`.
  */
-import { parseClientHello } from "../lib/client_hello.ts";
-import { parseRequestHead } from "../lib/http_head.ts";
+import { parseClientHello } from "../lib/tls/client_hello.ts";
+import { parseRequestHead } from "../lib/http1/request.ts";
 
 function fromHex(hex: string): Uint8Array {
   const clean = hex.trim();

@@ -8,7 +8,7 @@
  * sent as identity), each against the stream machinery alone as the baseline.
  */
 import * as zlib from "node:zlib";
-import { decodeStream, Scrubber, scrubResponse } from "../lib/scrub.ts";
+import { decodeStream, Scrubber, scrubResponse } from "../lib/credentials/scrub.ts";
 
 const MiB = 1 << 20;
 const CHUNK = 64 * 1024;

@@ -3,8 +3,8 @@
  * bench/substitute_bench.ts`. The head benches run on every request; the body
  * benches move 1 MiB per iteration, so MiB/s = 1 / (time per iteration in seconds).
  */
-import { makeBroker } from "../lib/substitute.ts";
-import { SecretValue } from "../lib/secrets.ts";
+import { makeBroker } from "../lib/credentials/broker.ts";
+import { SecretValue } from "../lib/credentials/secrets.ts";
 import type { Credential } from "../policy/types.ts";
 
 const loc = { file: "p.yaml", line: 1, col: 1 };

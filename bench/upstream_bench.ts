@@ -5,8 +5,13 @@
  * HTTP/1.1 server on loopback in the same process (so they include that server's cost), with
  * fetch on the same server as a reference point.
  */
-import { ChunkedDecoder, encodeChunk, LAST_CHUNK, parseResponseHead } from "../lib/http1.ts";
-import { UpstreamPool } from "../lib/upstream.ts";
+import {
+  ChunkedDecoder,
+  encodeChunk,
+  LAST_CHUNK,
+  parseResponseHead,
+} from "../lib/http1/response.ts";
+import { UpstreamPool } from "../lib/upstream/client.ts";
 
 function latin1Bytes(s: string): Uint8Array {
   return Uint8Array.from(s, (c) => c.charCodeAt(0));

@@ -1,6 +1,6 @@
 /**
  * Finding credential placeholders: the one scanner that `serve` (through the
- * broker in lib/substitute.ts), `explain` and every name check (SNI, CONNECT
+ * broker in lib/credentials/broker.ts), `explain` and every name check (SNI, CONNECT
  * target, Host, header names, DNS questions) use, so they can never disagree
  * on what counts as "a placeholder is here". Pure: no I/O.
  *

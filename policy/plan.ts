@@ -3,7 +3,7 @@
  * (the connection it came on, its method, URL and header fields) to what
  * happens to it: refused (status, code, reason, rule and file:line) or
  * forwarded (where, with which Host, which path, which credentials
- * substituted). `serve` executes plans (lib/forward.ts); `explain` prints the
+ * substituted). `serve` executes plans (lib/exchange/forward.ts); `explain` prints the
  * same plan. A decision is made once, here.
  *
  * The order, and why (each stage refuses before the next can act):

@@ -1,6 +1,6 @@
 /**
  * A throwaway CA and one leaf made with the openssl CLI, for tests that must not trust sluice's
- * own certificate code to make their TLS fixtures (a bug shared with lib/ca.ts could hide).
+ * own certificate code to make their TLS fixtures (a bug shared with lib/tls/ca.ts could hide).
  */
 
 /** PEM text of the CA, the leaf and its key; `dir` holds the files until the caller removes it. */

@@ -10,9 +10,9 @@ import {
   exportCaPem,
   initCa,
   loadCa,
-} from "../ca.ts";
+} from "../tls/ca.ts";
 import type { Policy } from "../../policy/mod.ts";
-import { resolveStateDir } from "../state_dir.ts";
+import { resolveStateDir } from "../ops/state_dir.ts";
 
 /** Where the state directory is, from the flag, the environment and the uid. */
 export function stateDirFrom(flag: string | undefined): string {

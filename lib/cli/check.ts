@@ -5,7 +5,7 @@
  */
 import { formatHostPattern, formatIssue, type Loaded, type Policy } from "../../policy/mod.ts";
 import type { Endpoint } from "../../policy/types.ts";
-import { readPolicyFile } from "../policy_file.ts";
+import { readPolicyFile } from "../gateway/policy_file.ts";
 
 /** Default listener addresses, shown when the policy does not set them. */
 export const DEFAULT_PROXY = "127.0.0.1:3128";

@@ -4,7 +4,7 @@
  * @module
  */
 import { type CompiledPolicy, explain, type Explanation } from "../../policy/mod.ts";
-import { PLACEHOLDER_KEY_FILE, placeholdersFor } from "../secrets.ts";
+import { PLACEHOLDER_KEY_FILE, placeholdersFor } from "../credentials/secrets.ts";
 
 /** Exit code when the request would be denied (0 when allowed, 1 for bad input). */
 export const EXIT_DENIED = 3;

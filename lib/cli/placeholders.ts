@@ -5,8 +5,8 @@
  *
  * @module
  */
-import { loadOrCreatePlaceholderKey, placeholdersFor } from "../secrets.ts";
-import { readPolicyFile } from "../policy_file.ts";
+import { loadOrCreatePlaceholderKey, placeholdersFor } from "../credentials/secrets.ts";
+import { readPolicyFile } from "../gateway/policy_file.ts";
 import { stateDirFrom } from "./ca.ts";
 
 /** Renders NAME=placeholder lines (shell-safe: placeholders are printable ASCII without spaces), or JSON. */

@@ -13,8 +13,8 @@ import {
   type RedirectPorts,
   removeRules,
   renderRules,
-} from "../enforce.ts";
-import { readPolicyFile } from "../policy_file.ts";
+} from "../enforce/host.ts";
+import { readPolicyFile } from "../gateway/policy_file.ts";
 
 /** The listener ports the rules redirect to: the policy's, else the defaults. */
 export function redirectPorts(policy: Policy): RedirectPorts {

@@ -1,19 +1,19 @@
 /**
  * `sluice run --policy FILE [--user U] [--weak] -- CMD [ARGS...]`: wires
- * lib/run.ts (namespace, rules), lib/run_state.ts (markers, recovery),
- * lib/run_env.ts + lib/run_trust.ts (the command's environment and CA
- * material), lib/run_init.ts (the sandbox's first process) and
- * lib/serve.ts (the proxy).
+ * lib/run/namespace.ts (namespace, rules), lib/run/state.ts (markers, recovery),
+ * lib/run/env.ts + lib/run/trust.ts (the command's environment and CA
+ * material), lib/run/init.ts (the sandbox's first process) and
+ * lib/gateway/server.ts (the proxy).
  *
  * @module
  */
 import { type Credential, formatIssue } from "../../policy/mod.ts";
-import { AuditLog, type AuditSink } from "../audit.ts";
-import { ephemeralCa, exportCaPem, loadCa } from "../ca.ts";
-import { buildBrokerage } from "../credentials.ts";
-import { startDnsServer } from "../dns.ts";
-import { readPolicyFile } from "../policy_file.ts";
-import { hostResolver } from "../resolver.ts";
+import { AuditLog, type AuditSink } from "../ops/audit.ts";
+import { ephemeralCa, exportCaPem, loadCa } from "../tls/ca.ts";
+import { buildBrokerage } from "../credentials/brokerage.ts";
+import { startDnsServer } from "../dns/server.ts";
+import { readPolicyFile } from "../gateway/policy_file.ts";
+import { hostResolver } from "../upstream/resolver.ts";
 import {
   applyRunRules,
   createNamespace,
@@ -25,20 +25,20 @@ import {
   RunSummary,
   sh,
   terminates,
-} from "../run.ts";
-import { buildChildEnv, caVariables } from "../run_env.ts";
-import type { InitSpec, InitStatus } from "../run_init.ts";
-import { READY_FILE, signalNumber } from "../run_init.ts";
+} from "../run/namespace.ts";
+import { buildChildEnv, caVariables } from "../run/env.ts";
+import type { InitSpec, InitStatus } from "../run/init.ts";
+import { READY_FILE, signalNumber } from "../run/init.ts";
 import {
   hostTableName,
   processStart,
   recoverDeadRuns,
   removeMarker,
   writeMarker,
-} from "../run_state.ts";
-import { writeTrustFiles } from "../run_trust.ts";
-import { startServer } from "../serve.ts";
-import { ownTrustSettings } from "../trust.ts";
+} from "../run/state.ts";
+import { writeTrustFiles } from "../run/trust.ts";
+import { startServer } from "../gateway/server.ts";
+import { ownTrustSettings } from "../upstream/trust.ts";
 import { stateDirFrom } from "./ca.ts";
 
 /** Flags of `sluice run`. */

@@ -4,13 +4,13 @@
  * @module
  */
 import type { Endpoint } from "../../policy/types.ts";
-import { AuditLog } from "../audit.ts";
-import { type ListenAddr, startServer } from "../serve.ts";
-import { readPolicyFile } from "../policy_file.ts";
-import { hostResolver } from "../resolver.ts";
+import { AuditLog } from "../ops/audit.ts";
+import { type ListenAddr, startServer } from "../gateway/server.ts";
+import { readPolicyFile } from "../gateway/policy_file.ts";
+import { hostResolver } from "../upstream/resolver.ts";
 import { obtainCa, stateDirFrom } from "./ca.ts";
-import { buildBrokerage } from "../credentials.ts";
-import { sdNotify } from "../systemd.ts";
+import { buildBrokerage } from "../credentials/brokerage.ts";
+import { sdNotify } from "../ops/systemd.ts";
 import {
   applyRules,
   DEFAULT_REDIRECT,
@@ -19,12 +19,12 @@ import {
   hostSetEntries,
   hostSpec,
   ownIdentity,
-} from "../enforce.ts";
-import { addHostSetElements, type Backend, type Enforcement } from "../netfilter.ts";
+} from "../enforce/host.ts";
+import { addHostSetElements, type Backend, type Enforcement } from "../enforce/netfilter.ts";
 import { classifyIp, type Ip, parseIp } from "../../policy/address.ts";
-import { startDnsServer } from "../dns.ts";
+import { startDnsServer } from "../dns/server.ts";
 import { formatIssue } from "../../policy/mod.ts";
-import { checkLimits, DEFAULT_LIMITS, parseLimitFlags } from "../limits.ts";
+import { checkLimits, DEFAULT_LIMITS, parseLimitFlags } from "../ingress/limits.ts";
 
 /** Flags of `sluice serve`. */
 export type ServeFlags = {
@@ -38,7 +38,7 @@ export type ServeFlags = {
   auditLog?: string;
   admin?: string;
   drainTimeout?: string;
-  /** `--limit NAME=VALUE` (lib/limits.ts). */
+  /** `--limit NAME=VALUE` (lib/ingress/limits.ts). */
   limit?: string[];
   logFormat?: string;
   enforce?: boolean;

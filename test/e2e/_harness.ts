@@ -3,8 +3,8 @@
  * own test CA, a running `sluice serve` subprocess, and curl.
  */
 import { gzipSync } from "node:zlib";
-import { type CertificateAuthority, ephemeralCa, mintLeaf } from "../../lib/ca.ts";
-import { listenTlsWithResolver, serveHttpOnListener } from "../../lib/deno_internal.ts";
+import { type CertificateAuthority, ephemeralCa, mintLeaf } from "../../lib/tls/ca.ts";
+import { listenTlsWithResolver, serveHttpOnListener } from "../../lib/tls/deno_internal.ts";
 
 export const ROOT = new URL("../../", import.meta.url).pathname;
 

@@ -3,7 +3,7 @@
  * namespace: `deno run -A _upstream_main.ts CA_OUT TLS_PORT PLAIN_PORT`.
  * Writes its CA certificate to CA_OUT, then prints "ready".
  */
-import { ephemeralCa } from "../../lib/ca.ts";
+import { ephemeralCa } from "../../lib/tls/ca.ts";
 import { startPlainUpstream, startTlsUpstream } from "./_harness.ts";
 
 const [caOut, tlsPort, plainPort] = Deno.args;

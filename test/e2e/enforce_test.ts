@@ -5,7 +5,7 @@
  */
 import { assert, assertEquals, assertMatch } from "../_assert.ts";
 import { IS_ROOT, ROOT, run, startSluice } from "./_harness.ts";
-import { detectCgroupPrefix } from "../../lib/netfilter.ts";
+import { detectCgroupPrefix } from "../../lib/enforce/netfilter.ts";
 
 const NOBODY = "65534";
 

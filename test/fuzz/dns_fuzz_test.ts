@@ -10,9 +10,9 @@
  * OPT records) and byte-level mutations of real queries.
  */
 import assert from "node:assert/strict";
-import type { AuditRecord } from "../../lib/audit.ts";
-import { handleDnsMessage } from "../../lib/dns.ts";
-import { dnsAnswerable } from "../../lib/dns_policy.ts";
+import type { AuditRecord } from "../../lib/ops/audit.ts";
+import { handleDnsMessage } from "../../lib/dns/server.ts";
+import { dnsAnswerable } from "../../lib/dns/policy.ts";
 import {
   buildQuery,
   buildResponse,
@@ -25,8 +25,8 @@ import {
   UDP_CLASSIC_SIZE,
   UDP_MAX_SIZE,
   udpLimit,
-} from "../../lib/dns_wire.ts";
-import type { Resolver } from "../../lib/resolver.ts";
+} from "../../lib/dns/wire.ts";
+import type { Resolver } from "../../lib/upstream/resolver.ts";
 import { type Ip, parseIp } from "../../policy/address.ts";
 import { loadPolicyText } from "../../policy/load.ts";
 import { cat } from "../_bytes.ts";

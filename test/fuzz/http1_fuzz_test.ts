@@ -9,7 +9,7 @@
  * checked for shape and consistency (prefixes, re-fragmentation, round trips).
  */
 import assert from "node:assert/strict";
-import type { ResponseHeadLimits, ResponseHeadResult } from "../../lib/http1.ts";
+import type { ResponseHeadLimits, ResponseHeadResult } from "../../lib/http1/response.ts";
 import {
   ChunkedDecoder,
   DEFAULT_MAX_RESPONSE_HEADER_BYTES,
@@ -18,7 +18,7 @@ import {
   LAST_CHUNK,
   parseResponseHead,
   responseFraming,
-} from "../../lib/http1.ts";
+} from "../../lib/http1/response.ts";
 import { cat } from "../_bytes.ts";
 import { envNumber, Rng } from "./_fuzz.ts";
 

@@ -8,10 +8,10 @@
  * and every result is checked for shape and internal consistency, not just for not throwing.
  */
 import assert from "node:assert/strict";
-import type { ClientHelloResult } from "../../lib/client_hello.ts";
-import { MAX_CLIENT_HELLO, parseClientHello } from "../../lib/client_hello.ts";
-import type { HeadLimits, HeadResult } from "../../lib/http_head.ts";
-import { framing, parseRequestHead } from "../../lib/http_head.ts";
+import type { ClientHelloResult } from "../../lib/tls/client_hello.ts";
+import { MAX_CLIENT_HELLO, parseClientHello } from "../../lib/tls/client_hello.ts";
+import type { HeadLimits, HeadResult } from "../../lib/http1/request.ts";
+import { framing, parseRequestHead } from "../../lib/http1/request.ts";
 import { cat } from "../_bytes.ts";
 import { envNumber, mutateBytes, Rng } from "./_fuzz.ts";
 

@@ -1,5 +1,5 @@
 /**
- * Deterministic fuzzing of the plain-HTTP request stream check (lib/request_stream.ts): a
+ * Deterministic fuzzing of the plain-HTTP request stream check (lib/ingress/request_stream.ts): a
  * stream of several requests (heads, Content-Length and chunked bodies, Upgrades), mutated,
  * then fed in random fragments.
  *
@@ -11,8 +11,8 @@
  * `SLUICE_FUZZ_SEED=<seed> SLUICE_FUZZ_CASES=<n> deno test --allow-all <this file>`.
  */
 import assert from "node:assert/strict";
-import { parseRequestHead } from "../../lib/http_head.ts";
-import { RequestStreamChecker, type StreamStep } from "../../lib/request_stream.ts";
+import { parseRequestHead } from "../../lib/http1/request.ts";
+import { RequestStreamChecker, type StreamStep } from "../../lib/ingress/request_stream.ts";
 import { cat } from "../_bytes.ts";
 import { envNumber, mutateBytes, Rng } from "./_fuzz.ts";
 

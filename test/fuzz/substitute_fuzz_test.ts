@@ -16,9 +16,9 @@ import {
   rewriteBytes,
   rewriteStream,
   rewriteTransformer,
-} from "../../lib/substitute.ts";
-import { Matcher } from "../../lib/scrub.ts";
-import { SecretValue } from "../../lib/secrets.ts";
+} from "../../lib/credentials/broker.ts";
+import { Matcher } from "../../lib/credentials/scrub.ts";
+import { SecretValue } from "../../lib/credentials/secrets.ts";
 import type { Credential } from "../../policy/types.ts";
 import { envNumber, mulberry32 } from "./_fuzz.ts";
 

@@ -1,0 +1,474 @@
+/**
+ * The request stage: every HTTP request sluice can see (intercepted HTTPS,
+ * plain HTTP through the explicit or transparent listeners) is decided here
+ * and, if allowed, forwarded upstream with its response streamed back.
+ *
+ * Order, and why:
+ *   1. a connection already denied answers every request with its 403;
+ *   2. the request's host must be the one the connection was for (SNI or
+ *      CONNECT target): no domain fronting past a host rule;
+ *   3. the policy's request decision (methods, paths);
+ *   4. resolve, then the address decision (`private` guard) on what we will
+ *      actually connect to;
+ *   5. forward; upstream failures become 502 (or 504 on timeouts) with the
+ *      reason in the body, never a hang.
+ * Each request leaves one audit record when its response has been sent.
+ *
+ * @module
+ */
+import { type Decision, formatDestination } from "../../policy/mod.ts";
+import { planRequest } from "../../policy/plan.ts";
+import type { AuditRecord } from "../ops/audit.ts";
+import { chooseAddress } from "../upstream/connect.ts";
+import type { ProxyContext } from "../gateway/context.ts";
+import { denyResponse, errorResponse } from "./respond.ts";
+import type { HopMeta, Terminator } from "../ingress/terminator.ts";
+import { UpstreamError, type UpstreamPool, type UpstreamResponse } from "../upstream/client.ts";
+import { removeHopByHop } from "../http1/response.ts";
+import { isWebSocketUpgrade, proxyWebSocket } from "./websocket.ts";
+import { BUFFERED_BODY_LIMIT } from "../credentials/broker.ts";
+import type { Credential } from "../../policy/types.ts";
+
+/** Request headers a proxy must not pass on (besides hop-by-hop ones). */
+const PROXY_ONLY = new Set(["proxy-authorization", "proxy-connection", "proxy-authenticate"]);
+
+/** Builds the handler the terminator's internal servers call for each request. */
+export function makeRequestHandler(
+  ctx: ProxyContext,
+  terminator: () => Terminator,
+  pool: UpstreamPool,
+): (req: Request, info: Deno.ServeHandlerInfo<Deno.NetAddr>) => Promise<Response> {
+  // Responses whose body is still streaming from upstream: their request is
+  // in flight until the body ends (tracked for graceful drain).
+  const streaming = new WeakMap<Response, () => void>();
+  const handle = async (
+    req: Request,
+    info: Deno.ServeHandlerInfo<Deno.NetAddr>,
+    release: () => void,
+  ): Promise<Response> => {
+    const started = performance.now();
+    const meta = terminator().meta(info.remoteAddr.port);
+    if (!meta) {
+      // Only hops reach the internal listeners; anything else is refused.
+      return errorResponse(
+        421,
+        "no-route",
+        "this listener only serves connections sluice accepted",
+      );
+    }
+    // Deno's server builds the URL from the Host header (or an absolute-form target) without
+    // checking that it is one: a host no URL can hold (a%00.test, [::1%25lo]) is bad input.
+    const parsedUrl = URL.parse(req.url);
+    const base: AuditRecord = {
+      event: "request",
+      conn: meta.conn,
+      client: meta.client,
+      mode: meta.mode,
+      tls: meta.secure ? "intercept" : "none",
+      sni: meta.sni,
+      method: req.method,
+      path: parsedUrl?.pathname,
+      verdict: "deny",
+      code: "",
+      reason: "",
+    };
+    const finish = (res: Response, extra: Partial<AuditRecord>): Response => {
+      const verdict = extra.verdict ?? "deny";
+      ctx.metrics.requests.inc({ verdict, mode: meta.mode });
+      ctx.metrics.duration.observe((performance.now() - started) / 1000, { verdict });
+      ctx.audit.write({
+        ...base,
+        ...extra,
+        status: res.status,
+        duration_ms: Math.round(performance.now() - started),
+      });
+      return res;
+    };
+    const deny = (d: Decision, extra: Partial<AuditRecord> = {}, status = 403): Response =>
+      finish(denyResponse(d, status), {
+        verdict: "deny",
+        code: d.code,
+        reason: d.reason,
+        rule: d.rule.source,
+        rule_at: d.rule.at,
+        ...extra,
+      });
+    if (!parsedUrl) {
+      const reason = `the request names the host ${
+        JSON.stringify((req.headers.get("host") ?? "").slice(0, 200))
+      }, which is not a valid host`;
+      return finish(errorResponse(400, "invalid-host", reason), { code: "invalid-host", reason });
+    }
+    const url = parsedUrl;
+    const violated = (c: Credential, d: Decision, status = 403): Response => {
+      ctx.metrics.violations.inc({ credential: c.name });
+      ctx.onViolation?.(c, base.host ?? "");
+      return deny(d, { violation: c.name }, status);
+    };
+
+    if (meta.denied) {
+      const d = meta.denied;
+      return deny(d, {
+        host: meta.target ? formatDestination(meta.target.dest) : meta.sni,
+        port: meta.target?.port,
+      });
+    }
+
+    // The plan (policy/plan.ts): every decision about this request, made once, the same
+    // one `sluice explain` prints. Where the request goes: for TLS the connection's target
+    // port; for plain HTTP the URL's (absolute-form) or Host's port.
+    const compiled = ctx.policy();
+    const broker = ctx.broker();
+    const port = meta.secure ? (meta.target?.port ?? 443) : (url.port ? Number(url.port) : 80);
+    base.port = port;
+    const fields = [...req.headers];
+    const plan = planRequest(compiled, {
+      secure: meta.secure,
+      connectionHost: meta.sni ?? (meta.target ? formatDestination(meta.target.dest) : undefined),
+      port,
+      method: req.method,
+      host: url.hostname,
+      pathname: url.pathname,
+      search: url.search,
+      headers: fields,
+      scanner: broker.scanner,
+    });
+    if (plan.host) base.host = plan.host;
+    if (plan.verdict === "deny") {
+      if (plan.violation) return violated(plan.violation, plan.decision, plan.status);
+      return deny(plan.decision, {}, plan.status);
+    }
+    const decision = plan.decision;
+    const dest = plan.dest;
+    const hostText = plan.host;
+    const path = plan.target;
+    base.path = path.split("?")[0];
+
+    // Names are resolved only now, after every check that needs no network: the address
+    // decision (private guard) runs on what will actually be dialled.
+    const choice = await chooseAddress(ctx, dest, port);
+    if (!choice.ok) {
+      if ("denied" in choice) return deny(choice.denied);
+      return finish(errorResponse(502, "resolve", choice.error), {
+        code: "resolve",
+        reason: choice.error,
+      });
+    }
+    const address = choice.ip.family === 6
+      ? `[${choice.ip.text}]:${port}`
+      : `${choice.ip.text}:${port}`;
+
+    // Credentials: the plan refused any placeholder headed outside its scope; substitute
+    // the rest where each credential's `in` allows. The Host sent is the one decided on:
+    // the client's own Host header never reaches the upstream (no domain fronting).
+    const bare = dest.kind === "name" ? dest.name : dest.ip.text;
+    let headers = removeHopByHop(fields).filter(([name]) => {
+      const lower = name.toLowerCase();
+      return !PROXY_ONLY.has(lower) && lower !== "host";
+    });
+    const allowed: Credential[] = plan.substitute;
+    const violation = (c: Credential, where: string): Response =>
+      violated(c, {
+        verdict: "deny",
+        code: "credential-violation",
+        reason: `the request carries the placeholder of credential ${c.name} (${where}), ` +
+          `which may only be sent to ${c.hosts.map((h) => h.source).join(", ")}, not ${hostText}`,
+        rule: {
+          list: "allow",
+          index: -1,
+          source: `credentials.${c.name}.hosts`,
+          at: `${c.loc.file}:${c.loc.line}`,
+        },
+      });
+    const rewritten = broker.names.length
+      ? broker.rewriteRequest(path, headers, allowed)
+      : { target: path, headers, substituted: [] as string[], injected: [] as string[] };
+    headers = rewritten.headers;
+    const applied = new Set([...rewritten.substituted, ...rewritten.injected]);
+
+    const lengthHeader = req.headers.get("content-length");
+    let bodyLength = lengthHeader !== null && /^\d+$/.test(lengthHeader)
+      ? Number(lengthHeader)
+      : undefined;
+    let body: ReadableStream<Uint8Array> | Uint8Array | null = req.body;
+    let bodyViolation: Credential | undefined;
+    if (req.body && broker.names.length) {
+      if (bodyLength !== undefined && bodyLength <= BUFFERED_BODY_LIMIT) {
+        // Small bodies are read whole, so a violation is refused before any byte is sent.
+        const whole = new Uint8Array(await req.arrayBuffer());
+        const rb = broker.rewriteBody(whole, allowed);
+        if (rb.violations.length) {
+          return violation(compiled.credentials.find((c) => c.name === rb.violations[0])!, "body");
+        }
+        rb.substituted.forEach((n) => applied.add(n));
+        body = rb.body;
+        bodyLength = rb.body.length;
+      } else {
+        const transform = broker.requestBodyStream(allowed, (name) => {
+          if (!allowed.some((c) => c.name === name)) {
+            bodyViolation = compiled.credentials.find((c) => c.name === name);
+          } else applied.add(name);
+        });
+        if (transform) {
+          body = req.body.pipeThrough(transform);
+          // Substitution may change the length: send it chunked.
+          if (allowed.some((c) => c.in.includes("body"))) bodyLength = undefined;
+        }
+      }
+    }
+    if (applied.size) {
+      // Ask for an uncompressed response so an echoed secret can be scrubbed.
+      headers = headers.filter(([n]) => n.toLowerCase() !== "accept-encoding");
+      headers.push(["accept-encoding", "identity"]);
+    }
+    const upstreamPath = rewritten.target;
+    const trust = ctx.trust().forHost(bare);
+    const target = {
+      host: bare,
+      port,
+      address: choice.ip.text,
+      tls: meta.secure,
+      caCerts: trust.caCerts.length ? trust.caCerts : undefined,
+      verify: trust.verify,
+    };
+    const allowAudit: Partial<AuditRecord> = {
+      verdict: "allow",
+      code: decision.code,
+      reason: decision.reason,
+      rule: decision.rule.source,
+      rule_at: decision.rule.at,
+      address,
+      ...(applied.size ? { credentials: [...applied] } : {}),
+    };
+    const upstreamFailure = (e: unknown): Response => {
+      const kind = e instanceof UpstreamError ? e.kind : "connect";
+      ctx.metrics.upstreamErrors.inc({ kind });
+      const status = kind === "timeout" ? 504 : 502;
+      // The message may quote what the upstream sent (a malformed header's value): it goes to
+      // the workload and the audit log, so it is scrubbed like any response.
+      const raw = (e as Error).message;
+      const message = broker.responseScrubber()?.text(raw) ?? raw;
+      return finish(errorResponse(status, `upstream-${kind}`, message), {
+        ...allowAudit,
+        code: `upstream-${kind}`,
+        reason: message,
+      });
+    };
+
+    if (isWebSocketUpgrade(req)) {
+      // The handshake was decided like any GET above (host, path, credentials in its
+      // headers); from the 101 on, messages are relayed until either side closes, and the
+      // session counts as in flight (graceful drain) until then. With credentials in the
+      // policy each message is brokered like a body: placeholders substituted or refused
+      // (1008) on the way up, every real value scrubbed on the way down, and a non-101
+      // answer scrubbed like any response.
+      const scrubber = broker.responseScrubber();
+      let refused: { code: string; reason: string } | undefined;
+      let session: Response;
+      try {
+        session = await proxyWebSocket(
+          req,
+          (fields) =>
+            pool.request(
+              target,
+              { method: "GET", path: upstreamPath, headers: fields, body: null },
+              ctx.signal,
+            ),
+          {
+            headers,
+            brokering: scrubber === null ? undefined : {
+              scrubBytes: (payload) => scrubber.bytes(payload),
+              scrubText: (text) => scrubber.text(text),
+              scrubHeaders: (fields) => scrubber.headers(fields),
+              refusal: async (up) => {
+                const r = await broker.scrubResponse(up, up.status === 204 || up.status === 304);
+                if (!r.ok) {
+                  refused = r;
+                  return errorResponse(502, r.code, r.reason);
+                }
+                const fields = new Headers();
+                for (const [name, value] of r.headers) fields.append(name, value);
+                try {
+                  return new Response(r.body, {
+                    status: r.status,
+                    statusText: r.reason,
+                    headers: fields,
+                  });
+                } catch {
+                  return new Response(r.body, { status: r.status, headers: fields });
+                }
+              },
+              message: (payload) => {
+                const rb = broker.rewriteBody(payload, allowed);
+                return rb.violations.length
+                  ? { violation: rb.violations[0] }
+                  : { payload: rb.body, substituted: rb.substituted };
+              },
+            },
+            onViolation: (name) => {
+              ctx.metrics.violations.inc({ credential: name });
+              const c = compiled.credentials.find((c) => c.name === name);
+              if (c) ctx.onViolation?.(c, hostText);
+            },
+            onClose: (stats) => {
+              release();
+              const used = new Set([
+                ...(allowAudit.credentials ?? []),
+                ...(stats.credentials ?? []),
+              ]);
+              ctx.audit.write({
+                ...base,
+                ...allowAudit,
+                ...(used.size ? { credentials: [...used] } : {}),
+                ...(stats.violation === undefined ? {} : {
+                  verdict: "deny",
+                  code: "credential-violation",
+                  violation: stats.violation,
+                }),
+                status: 101,
+                bytes_up: stats.up,
+                bytes_down: stats.down,
+                duration_ms: Math.round(performance.now() - started),
+                reason: `${decision.reason}; WebSocket closed` +
+                  (stats.code === undefined ? "" : ` with ${stats.code}`) +
+                  (stats.violation === undefined ? "" : `: a message held the placeholder of ` +
+                    `credential ${stats.violation}, which may not be sent to ${hostText}`),
+              });
+            },
+          },
+        );
+      } catch (e) {
+        return upstreamFailure(e);
+      }
+      if (refused !== undefined) {
+        ctx.metrics.upstreamErrors.inc({ kind: refused.code.slice("upstream-".length) });
+        return finish(session, { ...allowAudit, code: refused.code, reason: refused.reason });
+      }
+      if (session.status !== 101) return finish(session, allowAudit);
+      ctx.metrics.requests.inc({ verdict: "allow", mode: meta.mode });
+      streaming.set(session, release);
+      return session;
+    }
+
+    let upstream: UpstreamResponse;
+    try {
+      upstream = await pool.request(
+        target,
+        {
+          method: req.method,
+          path: upstreamPath,
+          headers,
+          body,
+          bodyLength,
+        },
+        ctx.signal,
+      );
+    } catch (e) {
+      if (bodyViolation) return violation(bodyViolation, "body");
+      return upstreamFailure(e);
+    }
+
+    // An upstream that echoes a real value gets it replaced by the placeholder
+    // before the workload sees it: every loaded credential (not only those
+    // substituted here), in the status line, every field and the body of any
+    // type, decoded when content-encoded (lib/credentials/scrub.ts; docs/credentials.md).
+    // A coding sluice cannot decode is refused, never passed unchecked. A
+    // policy without credentials passes the response through untouched.
+    // Responses to HEAD and 204/304 have no body whatever their headers say.
+    const bodyless = req.method === "HEAD" || upstream.status === 204 || upstream.status === 304;
+    const scrubbed = await broker.scrubResponse(upstream, bodyless);
+    if (!scrubbed.ok) {
+      ctx.metrics.upstreamErrors.inc({ kind: scrubbed.code.slice("upstream-".length) });
+      return finish(errorResponse(502, scrubbed.code, scrubbed.reason), {
+        ...allowAudit,
+        code: scrubbed.code,
+        reason: scrubbed.reason,
+      });
+    }
+    const responseHeaders = new Headers();
+    for (const [name, value] of scrubbed.headers) responseHeaders.append(name, value);
+    let down = 0;
+    let recorded = false;
+    const record = (extra: Partial<AuditRecord> = {}) => {
+      if (recorded) return;
+      recorded = true;
+      ctx.audit.write({
+        ...base,
+        ...allowAudit,
+        status: upstream.status,
+        bytes_down: down,
+        duration_ms: Math.round(performance.now() - started),
+        ...extra,
+      });
+    };
+    const init = { status: scrubbed.status, statusText: scrubbed.reason, headers: responseHeaders };
+    ctx.metrics.requests.inc({ verdict: "allow", mode: meta.mode });
+    ctx.metrics.duration.observe((performance.now() - started) / 1000, { verdict: "allow" });
+    if (scrubbed.body instanceof Uint8Array) {
+      // The whole body is at hand (it arrived with the head): answer with the bytes (one
+      // write by Deno's server, no stream per response).
+      down = scrubbed.body.length;
+      record();
+      return new Response(scrubbed.body, init);
+    }
+    if (scrubbed.body === null) {
+      record();
+      return new Response(null, init);
+    }
+    // The record is written when the body has been sent, or when the client
+    // went away first, or the body failed to decode (then `reason` says so).
+    const counted = scrubbed.body.pipeThrough(
+      new TransformStream<Uint8Array, Uint8Array>({
+        transform(chunk, controller) {
+          down += chunk.length;
+          controller.enqueue(chunk);
+        },
+        flush() {
+          record();
+          release();
+        },
+        cancel(why) {
+          release();
+          record({
+            reason: why instanceof Error && why.name === "BodyDecodeError"
+              ? `${decision.reason}; ${why.message}: the response was cut off there`
+              : `${decision.reason}; the client closed before the whole response was sent`,
+          });
+        },
+      }),
+    );
+    const res = new Response(counted, init);
+    streaming.set(res, release);
+    return res;
+  };
+  return async (req, info) => {
+    ctx.inflight.count++;
+    let released = false;
+    let streamingBody = false;
+    const hopPort = info.remoteAddr.port;
+    const release = () => {
+      if (!released) {
+        released = true;
+        ctx.inflight.count--;
+        // A streamed body that has ended: the hop's keep-alive clock runs again.
+        if (streamingBody) terminator().bodyEnded(hopPort);
+      }
+    };
+    try {
+      const res = await handle(req, info, release);
+      if (!streaming.has(res)) release();
+      else if (!released) {
+        // While a body streams (an SSE stream may be silent for minutes), the connection is
+        // not idle: the keep-alive deadline waits for the body's end (lib/ingress/limits.ts).
+        streamingBody = true;
+        terminator().bodyStarted(hopPort);
+      }
+      return res;
+    } catch (e) {
+      release();
+      throw e;
+    }
+  };
+}
+
+export type { HopMeta };

@@ -1,0 +1,296 @@
+/**
+ * `sluice serve`: assembles the data path from a loaded policy and runs its
+ * listeners until asked to stop.
+ *
+ * @module
+ */
+import type { CompiledPolicy } from "../../policy/mod.ts";
+import { type AuditSink } from "../ops/audit.ts";
+import type { CertificateAuthority } from "../tls/ca.ts";
+import { DEFAULT_LIMITS, type Limits, type ProxyContext } from "./context.ts";
+import { checkLimits, ConnectionGuard, type Mode } from "../ingress/limits.ts";
+import { handleExplicit } from "../ingress/explicit.ts";
+import { makeRequestHandler } from "../exchange/forward.ts";
+import { streamRefusalResponder } from "../ingress/request_stream.ts";
+import { LeafCache } from "../tls/leaf_cache.ts";
+import type { Resolver } from "../upstream/resolver.ts";
+import { Terminator } from "../ingress/terminator.ts";
+import { handleTransparentHttp, handleTransparentTls } from "../ingress/transparent.ts";
+import { loadTrust, type TrustStore, useSystemRootsByDefault } from "../upstream/trust.ts";
+import { UpstreamPool } from "../upstream/client.ts";
+import { Metrics } from "../ops/metrics.ts";
+import { startAdmin } from "../ops/admin.ts";
+import { exportCaPem } from "../tls/ca.ts";
+import type { Broker } from "../credentials/broker.ts";
+import type { Credential } from "../../policy/types.ts";
+
+/** A listen address. */
+export type ListenAddr = { hostname: string; port: number };
+
+/** Everything `startServer` needs; the CLI fills it from flags and the policy. */
+export type ServerOptions = {
+  compiled: CompiledPolicy;
+  /** The credential broker for `compiled` (lib/credentials/brokerage.ts). */
+  broker: Broker;
+  /** Told after a request carrying a placeholder to the wrong host was blocked. */
+  onViolation?: (credential: Credential, host: string) => void;
+  ca: CertificateAuthority;
+  audit: AuditSink;
+  resolver: Resolver;
+  proxy?: ListenAddr;
+  transparentHttps?: ListenAddr;
+  transparentHttp?: ListenAddr;
+  admin?: ListenAddr;
+  /** Called by `POST /reload` on the admin listener: re-read the policy, return an error message or nothing. */
+  onReloadRequest?: () => Promise<string | undefined>;
+  limits?: Partial<Limits>;
+  /**
+   * Where the system CA bundle is looked for, to pass it explicitly (tests). Unset: the host's
+   * store becomes Deno's default store (trust.ts).
+   */
+  systemBundles?: readonly string[];
+  log?: (message: string) => void;
+};
+
+/** A running server. */
+export type Server = {
+  /** Bound addresses (ports resolved when 0 was asked for). */
+  addrs: {
+    proxy?: Deno.NetAddr;
+    transparentHttps?: Deno.NetAddr;
+    transparentHttp?: Deno.NetAddr;
+    admin?: Deno.NetAddr;
+  };
+  metrics: Metrics;
+  /** The policy in force now. */
+  policy(): CompiledPolicy;
+  /** Records a refused reload (the running policy stays). */
+  reloadFailed(): void;
+  /** Replaces the policy (already validated and compiled) and its broker; in-flight requests keep the old ones. */
+  reload(compiled: CompiledPolicy, broker: Broker): Promise<void>;
+  /**
+   * Stops accepting, lets in-flight requests finish for up to `drainMs`
+   * (default 30 s), then closes whatever is left and releases everything.
+   */
+  close(drainMs?: number): Promise<void>;
+  leafStats(): { hits: number; misses: number; size: number };
+};
+
+/** Starts the listeners the options name. */
+export async function startServer(opts: ServerOptions): Promise<Server> {
+  let compiled = opts.compiled;
+  let broker = opts.broker;
+  // Before the process's first TLS connection (see trust.ts); explicit bundles are for tests.
+  const trustOptions = {
+    systemBundles: opts.systemBundles,
+    systemInDefaultStore: opts.systemBundles === undefined && useSystemRootsByDefault(),
+  };
+  let trust: TrustStore = await loadTrust(compiled, trustOptions);
+  const limits: Limits = { ...DEFAULT_LIMITS, ...opts.limits };
+  checkLimits(limits);
+  const shutdown = new AbortController();
+  let nextId = 1;
+  let generation = 1;
+  let lastReloadOk = 1;
+  const active = { count: 0 };
+  // The leaf cache exists before the metrics that read it.
+  const leaves = new LeafCache(opts.ca);
+  const metrics: Metrics = new Metrics({
+    activeConnections: () => active.count,
+    leafCache: () => leaves.stats(),
+    policyGeneration: () => generation,
+    lastReloadOk: () => lastReloadOk,
+    stages: () => [...guard.byStage()],
+    clients: () => guard.clients,
+  });
+  // Admission caps, and the one sweep that enforces every connection's deadlines.
+  const guard: ConnectionGuard = new ConnectionGuard({ limits, metrics, audit: opts.audit });
+  const ctx: ProxyContext = {
+    policy: () => compiled,
+    trust: () => trust,
+    audit: opts.audit,
+    resolver: opts.resolver,
+    limits,
+    nextConnId: () => nextId++,
+    active,
+    guard,
+    inflight: { count: 0 },
+    signal: shutdown.signal,
+    metrics,
+    broker: () => broker,
+    onViolation: opts.onViolation,
+  };
+  const pool = new UpstreamPool({
+    connectTimeoutMs: limits.connectTimeoutMs,
+    headerTimeoutMs: limits.upstreamHeaderTimeoutMs,
+  });
+  const terminator: Terminator = new Terminator({
+    leaves,
+    handler: makeRequestHandler(ctx, () => terminator, pool),
+    refusePlain: (meta) => streamRefusalResponder(ctx, meta),
+    signal: shutdown.signal,
+    idleMs: limits.idleTimeoutMs,
+    limits,
+  });
+  terminator.start();
+
+  const listeners: Deno.Listener[] = [];
+  const tasks = new Set<Promise<void>>();
+  const conns = new Set<Deno.Conn>();
+  /**
+   * @param mode for metrics and audit
+   * @param respond whether a refused connection is answered (HTTP listeners: a 503) or closed
+   */
+  const serve = (
+    addr: ListenAddr,
+    mode: Mode,
+    respond: boolean,
+    handle: (conn: Deno.Conn) => Promise<void>,
+  ): Deno.NetAddr => {
+    const listener = Deno.listen({ hostname: addr.hostname, port: addr.port });
+    listeners.push(listener);
+    (async () => {
+      try {
+        for await (const conn of listener) {
+          // Refuse at once rather than queue: a flood must not starve the live connections.
+          const watch = guard.admit(conn, mode);
+          if (watch.kind === "refused") {
+            guard.refuse(conn, watch, mode, respond);
+            continue;
+          }
+          (conn as Deno.TcpConn).setNoDelay?.(true);
+          ctx.active.count++;
+          conns.add(conn);
+          // Each connection is its own task: a failure in one never reaches another.
+          const task = handle(conn).catch((e) => {
+            opts.log?.(`connection error: ${(e as Error)?.message ?? e}`);
+            try {
+              conn.close();
+            } catch { /* closed */ }
+          }).finally(() => {
+            guard.release(watch);
+            conns.delete(conn);
+            ctx.active.count--;
+            tasks.delete(task);
+          });
+          tasks.add(task);
+        }
+      } catch {
+        // listener closed
+      }
+    })();
+    return listener.addr as Deno.NetAddr;
+  };
+
+  /** Resolves when no request is in flight, or at `deadline` (ms since the epoch). */
+  const inflightDone = async (deadline: number): Promise<void> => {
+    while (ctx.inflight.count > 0 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  };
+
+  const addrs: Server["addrs"] = {};
+  let admin: { addr: Deno.NetAddr; close(): Promise<void> } | undefined;
+  try {
+    if (opts.proxy) {
+      addrs.proxy = serve(
+        opts.proxy,
+        "explicit",
+        true,
+        (c) => handleExplicit(ctx, terminator, c),
+      );
+    }
+    if (opts.transparentHttps) {
+      addrs.transparentHttps = serve(
+        opts.transparentHttps,
+        "transparent",
+        false,
+        (c) => handleTransparentTls(ctx, terminator, c),
+      );
+    }
+    if (opts.transparentHttp) {
+      addrs.transparentHttp = serve(
+        opts.transparentHttp,
+        "transparent",
+        true,
+        (c) => handleTransparentHttp(ctx, terminator, c),
+      );
+    }
+    if (opts.admin) {
+      admin = startAdmin(opts.admin, {
+        healthy: () => !shutdown.signal.aborted,
+        metrics: () => metrics.render(),
+        caPem: () => exportCaPem(opts.ca),
+        reload: opts.onReloadRequest ?? (() => Promise.resolve("reload is not available")),
+      });
+      addrs.admin = admin.addr;
+    }
+  } catch (e) {
+    for (const l of listeners) l.close();
+    guard.close();
+    await terminator.close();
+    pool.close();
+    throw e;
+  }
+
+  return {
+    addrs,
+    metrics,
+    policy: () => compiled,
+    async reload(next, nextBroker) {
+      // Build everything the new policy needs first; swap only when it all worked.
+      let nextTrust: TrustStore;
+      try {
+        nextTrust = await loadTrust(next, trustOptions);
+      } catch (e) {
+        lastReloadOk = 0;
+        metrics.reloads.inc({ result: "failed" });
+        throw e;
+      }
+      compiled = next;
+      trust = nextTrust;
+      broker = nextBroker;
+      generation++;
+      lastReloadOk = 1;
+      metrics.reloads.inc({ result: "ok" });
+    },
+    reloadFailed() {
+      lastReloadOk = 0;
+      metrics.reloads.inc({ result: "failed" });
+    },
+    async close(drainMs = 30_000) {
+      for (const l of listeners) {
+        try {
+          l.close();
+        } catch { /* closed */ }
+      }
+      // Drain: requests in flight finish (their bodies included) before the
+      // HTTP servers are told to shut down, which closes idle keep-alive
+      // connections at once; then tunnels get what is left of the deadline.
+      const deadline = Date.now() + drainMs;
+      await inflightDone(deadline);
+      shutdown.abort();
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([
+        Promise.allSettled([...tasks]),
+        new Promise((r) => (timer = setTimeout(r, Math.max(0, deadline - Date.now())))),
+      ]);
+      clearTimeout(timer);
+      for (const c of conns) {
+        try {
+          c.close();
+        } catch { /* closed */ }
+      }
+      await terminator.close();
+      await Promise.allSettled([...tasks]);
+      // A WebSocket session ends, and writes its audit record, only once its connection is
+      // closed above: give those records a moment before the audit log closes.
+      await inflightDone(Date.now() + 2_000);
+      guard.close();
+      pool.close();
+      await admin?.close();
+      await opts.audit.close();
+    },
+    leafStats: () => leaves.stats(),
+  };
+}

@@ -1,0 +1,289 @@
+/**
+ * The HTTP server side of interception: where sluice terminates TLS with a
+ * per-SNI leaf and serves HTTP/1.1 and HTTP/2 to the client.
+ *
+ * Deno cannot start a TLS server on a connection it already read from (no
+ * server-side `startTls`), and sluice must read the ClientHello first to
+ * decide. So a decided connection is handed over by a loopback "hop": sluice
+ * connects to an internal resolver-backed TLS listener, replays the sniffed
+ * bytes and splices. The internal server sees the hop as its peer, so the hop
+ * registers the original connection's metadata under the hop's local port.
+ * Plain HTTP (explicit proxy requests, transparent port 80) takes the same
+ * route to an internal plain listener so one handler serves every request.
+ *
+ * Deno keeps the resolver's answer per name for the listener's life, without
+ * bound and failures included (test/lib/deno_internal_test.ts pins this). So
+ * the TLS listener is replaced after `maxNames` distinct names or `maxAgeMs`
+ * (well inside the leaf validity), and the resolver never throws for a name
+ * we would want to serve later: denials are decided before the hop.
+ *
+ * @module
+ */
+import type { Destination } from "../../policy/mod.ts";
+import {
+  type ConnectionHandler,
+  listenTlsWithResolver,
+  type ServedListener,
+  serveHttpOnListener,
+} from "../tls/deno_internal.ts";
+import type { LeafCache } from "../tls/leaf_cache.ts";
+import { setListenerNoDelay } from "../tls/sockopt.ts";
+import { splice } from "./splice.ts";
+import { checkedRequestStream, type StreamRefusal } from "./request_stream.ts";
+import type { ConnectionDecision } from "../../policy/mod.ts";
+import { parseClientHello } from "../tls/client_hello.ts";
+import { HopClock, type Limits, watchOf } from "./limits.ts";
+
+/** What the request handler knows about the client connection behind a hop. */
+export type HopMeta = {
+  conn: number;
+  client: string;
+  mode: "explicit" | "transparent";
+  /** True when the hop goes to the TLS terminator. */
+  secure: boolean;
+  /** The normalized SNI, for TLS. */
+  sni?: string;
+  /** Where the client meant to go: the CONNECT target, or the transparent original destination. */
+  target?: { dest: Destination; port: number };
+  /** Set when the connection was denied before the hop: every request gets this 403. */
+  denied?: ConnectionDecision;
+};
+
+/** A hop in progress: who it carries, and the clock its connection's deadlines follow. */
+type Hop = { meta: HopMeta; clock?: HopClock };
+
+type Internal = {
+  served: ServedListener;
+  port: number;
+  names: Set<string>;
+  born: number;
+};
+
+/** Options of the terminator. */
+export type TerminatorOptions = {
+  leaves: LeafCache;
+  handler: ConnectionHandler;
+  signal: AbortSignal;
+  /** Replace the TLS listener after this many distinct SNI names (default 4096). */
+  maxNames?: number;
+  /** Replace the TLS listener after this long (default 12 h; leaves live 7 days). */
+  maxAgeMs?: number;
+  /** Close a hop with no bytes either way for this long (0: never), when its connection has no watch. */
+  idleMs?: number;
+  /**
+   * The deadlines (limits.ts): a hop whose client connection has a watch follows a HopClock
+   * (TLS handshake, each request head, keep-alive, request idle) instead of `idleMs`.
+   */
+  limits?: Limits;
+  now?: () => number;
+  /**
+   * Plain HTTP: the refusal callback of a hop's checked request stream (request_stream.ts).
+   * Set, every request head and body on a plain hop is checked by sluice before the internal
+   * server reads it; unset, plain hops are spliced unchecked.
+   */
+  refusePlain?: (meta: HopMeta) => (r: StreamRefusal, answer: boolean) => Uint8Array | undefined;
+};
+
+/** The internal listeners and the registry that maps hops to their client connections. */
+export class Terminator {
+  readonly #opts: TerminatorOptions;
+  readonly #hops = new Map<number, Hop>();
+  readonly #handler: ConnectionHandler;
+  #tls!: Internal;
+  #plain!: Internal;
+  /** Servers still finishing their connections: recycled TLS listeners, then all at close. */
+  readonly #draining = new Set<Promise<void>>();
+  #stopping = false;
+
+  constructor(opts: TerminatorOptions) {
+    this.#opts = opts;
+    this.#handler = this.#clocked(opts.handler);
+  }
+
+  // The request handler, telling each hop's clock when a request starts (its head is complete)
+  // and when its handler returns (and whether it upgraded the connection).
+  #clocked(handler: ConnectionHandler): ConnectionHandler {
+    return (req, info) => {
+      const clock = this.#hops.get(info.remoteAddr.port)?.clock;
+      if (!clock) return handler(req, info);
+      clock.begin();
+      let r: Response | Promise<Response>;
+      try {
+        r = handler(req, info);
+      } catch (e) {
+        clock.end();
+        throw e;
+      }
+      if (!(r instanceof Promise)) {
+        clock.end(r.status);
+        return r;
+      }
+      return r.then((res) => {
+        clock.end(res.status);
+        return res;
+      }, (e) => {
+        clock.end();
+        throw e;
+      });
+    };
+  }
+
+  /**
+   * The request handler reports that the response it returned on the hop `hopPort` keeps
+   * streaming its body: the connection is busy (the tunnel idle deadline applies), not idle
+   * between requests, until {@link bodyEnded}.
+   */
+  bodyStarted(hopPort: number): void {
+    this.#hops.get(hopPort)?.clock?.bodyStarted();
+  }
+
+  /** That body has been sent, or the client abandoned it. */
+  bodyEnded(hopPort: number): void {
+    this.#hops.get(hopPort)?.clock?.bodyEnded();
+  }
+
+  /** Opens the internal listeners on loopback. */
+  start(): void {
+    // The signal starts the graceful part of a drain: idle keep-alive connections close at
+    // once, requests in flight finish.
+    this.#opts.signal.addEventListener("abort", () => this.#shutdownServers(), { once: true });
+    this.#tls = this.#openTls();
+    const plain = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    this.#plain = {
+      served: this.#serve(plain),
+      port: (plain.addr as Deno.NetAddr).port,
+      names: new Set(),
+      born: 0,
+    };
+  }
+
+  /** Metadata for the connection whose hop has this local port. */
+  meta(hopPort: number): HopMeta | undefined {
+    return this.#hops.get(hopPort)?.meta;
+  }
+
+  /** Number of hops currently open. */
+  get activeHops(): number {
+    return this.#hops.size;
+  }
+
+  #openTls(): Internal {
+    const names = new Set<string>();
+    const listener = listenTlsWithResolver({
+      hostname: "127.0.0.1",
+      port: 0,
+      alpnProtocols: ["h2", "http/1.1"],
+      resolver: (serverName) => {
+        names.add(serverName);
+        return this.#opts.leaves.get(serverName);
+      },
+    });
+    // Without this, every streamed response stalls ~40 ms on Nagle + delayed ACK.
+    setListenerNoDelay(listener);
+    const now = this.#opts.now?.() ?? Date.now();
+    return {
+      served: this.#serve(listener),
+      port: (listener.addr as Deno.NetAddr).port,
+      names,
+      born: now,
+    };
+  }
+
+  #maybeRecycle(): void {
+    const t = this.#tls;
+    const now = this.#opts.now?.() ?? Date.now();
+    if (
+      t.names.size < (this.#opts.maxNames ?? 4096) &&
+      now - t.born < (this.#opts.maxAgeMs ?? 12 * 3600_000)
+    ) {
+      return;
+    }
+    // New hops go to a fresh listener; the old one stops accepting, closes its idle
+    // keep-alive connections and lets requests in flight run to completion.
+    this.#tls = this.#openTls();
+    this.#retire(t);
+  }
+
+  // One native server per internal listener (not one per connection: that variant closes
+  // upgraded WebSockets at once, see deno_internal.ts).
+  #serve(listener: Deno.Listener): ServedListener {
+    return serveHttpOnListener(
+      listener,
+      this.#handler,
+      (e) =>
+        new Response(`sluice: internal error: ${(e as Error)?.message ?? e}\n`, {
+          status: 500,
+        }),
+    );
+  }
+
+  /**
+   * Hands a client connection to the TLS terminator (`secure`) or the plain
+   * HTTP server, replaying `first` (the bytes sluice already read).
+   *
+   * @returns bytes moved each way, when the client connection ends
+   */
+  async hop(
+    client: Deno.Conn,
+    first: Uint8Array,
+    meta: HopMeta,
+  ): Promise<{ up: number; down: number }> {
+    if (meta.secure) this.#maybeRecycle();
+    const port = meta.secure ? this.#tls.port : this.#plain.port;
+    const hop = await Deno.connect({ hostname: "127.0.0.1", port });
+    hop.setNoDelay(true);
+    const hopPort = (hop.localAddr as Deno.NetAddr).port;
+    const watch = this.#opts.limits ? watchOf(client) : undefined;
+    let clock: HopClock | undefined;
+    if (watch && this.#opts.limits) {
+      const hello = meta.secure ? parseClientHello(first) : undefined;
+      clock = new HopClock(this.#opts.limits, {
+        secure: meta.secure,
+        // The internal server prefers h2 whenever the client offers it.
+        h2: hello?.kind === "ok" && hello.alpn.includes("h2"),
+        // No byte read yet (transparent HTTP): the first request is still the first bytes.
+        firstHeadMs: first.length
+          ? this.#opts.limits.headTimeoutMs
+          : this.#opts.limits.handshakeTimeoutMs,
+        now: watch.now,
+      });
+      watch.follow(clock);
+    }
+    this.#hops.set(hopPort, { meta, clock });
+    try {
+      const refused = meta.secure ? undefined : this.#opts.refusePlain?.(meta);
+      const hopClock = clock;
+      const a = refused
+        ? checkedRequestStream(client, first, {
+          maxHeaderBytes: this.#opts.limits?.maxHeaderBytes,
+          // A head held until complete still starts the head deadline.
+          onInput: hopClock ? () => hopClock.up() : undefined,
+          refused,
+        })
+        : client;
+      const r = await splice(a, hop, refused ? undefined : first, clock ?? this.#opts.idleMs ?? 0);
+      return { up: r.aToB, down: r.bToA };
+    } finally {
+      this.#hops.delete(hopPort);
+    }
+  }
+
+  /** Stops the internal listeners and waits for served connections to finish. */
+  async close(): Promise<void> {
+    this.#shutdownServers();
+    await Promise.allSettled([...this.#draining]);
+  }
+
+  #shutdownServers(): void {
+    // Once: the drain's abort and close() both ask for it.
+    if (this.#stopping) return;
+    this.#stopping = true;
+    for (const t of [this.#tls, this.#plain]) if (t !== undefined) this.#retire(t);
+  }
+
+  #retire(t: Internal): void {
+    const done = t.served.shutdown();
+    this.#draining.add(done);
+    done.finally(() => this.#draining.delete(done));
+  }
+}

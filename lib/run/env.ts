@@ -1,0 +1,184 @@
+/**
+ * The environment a `sluice run` command gets. It is BUILT, not inherited:
+ * the workload must never hold a real secret, and sluice's own environment
+ * is where secrets usually arrive (a CI runner exports them for the step).
+ *
+ * The rule (docs/enforcement.md, "The command's environment"), in order:
+ *   1. start from sluice's environment, or with `--clear-env` from only the
+ *      {@link BASE_VARIABLES} plus each `--pass-env NAME`;
+ *   2. remove every variable a credential is read from (`from: env:NAME`),
+ *      whatever it is called;
+ *   3. remove every variable whose value contains a loaded secret value, raw
+ *      or in its base64 / base64url / percent-encoded form (a `Bearer …`
+ *      header, a URL with the token in it, a Basic `user:secret` pair);
+ *   4. remove variables that belong to sluice, not the command
+ *      ({@link SLUICE_OWN_VARIABLES}: the systemd sockets and credential
+ *      directory, the trust-store choice sluice made for itself);
+ *   5. set each credential's placeholder under the credential's name, and
+ *      the CA variables ({@link caVariables}) to sluice's bundle;
+ *   6. with `--weak` only: the proxy variables.
+ *
+ * Pure (no I/O): tested by a table of named cases.
+ *
+ * @module
+ */
+
+/** Variables kept by `--clear-env`: what a shell and common tools need to work at all. */
+export const BASE_VARIABLES: readonly string[] = [
+  "PATH",
+  "HOME",
+  "USER",
+  "LOGNAME",
+  "SHELL",
+  "TERM",
+  "LANG",
+  "LANGUAGE",
+  "TZ",
+  "TMPDIR",
+];
+
+/** Variables that are sluice's own and never the command's. */
+export const SLUICE_OWN_VARIABLES: readonly string[] = [
+  // systemd: the command must not notify or take over sluice's sockets or credentials.
+  "NOTIFY_SOCKET",
+  "LISTEN_FDS",
+  "LISTEN_PID",
+  "LISTEN_FDNAMES",
+  "CREDENTIALS_DIRECTORY",
+  "WATCHDOG_PID",
+  "WATCHDOG_USEC",
+];
+
+/** Where the CA material for the command is (written by lib/run/trust.ts). */
+export type TrustFiles = {
+  /** PEM bundle: the system roots plus sluice's CA. */
+  bundle: string;
+  /** A directory with the system certificates and sluice's CA under its OpenSSL hash name. */
+  certDir?: string;
+  /** A trust store for Java (system roots plus sluice's CA), when keytool was found. */
+  javaTrustStore?: { path: string; password: string; type: string };
+};
+
+/**
+ * Every variable through which a common runtime or tool reads its CA roots,
+ * set to sluice's material. Variables that tools read in preference to their
+ * config files are chosen where a tool has both (npm's `cafile` in an npmrc
+ * overrides NODE_EXTRA_CA_CERTS, so NPM_CONFIG_CAFILE is set too).
+ *
+ * @param trust the files sluice wrote
+ * @param javaToolOptions the JAVA_TOOL_OPTIONS already in the environment, kept after ours
+ * @returns variable name to value
+ */
+export function caVariables(trust: TrustFiles, javaToolOptions?: string): Record<string, string> {
+  const b = trust.bundle;
+  const vars: Record<string, string> = {
+    SSL_CERT_FILE: b, // OpenSSL, Go, Ruby, Python's ssl, httpx
+    REQUESTS_CA_BUNDLE: b, // Python requests
+    CURL_CA_BUNDLE: b, // curl
+    NODE_EXTRA_CA_CERTS: b, // Node.js (added to its roots)
+    NPM_CONFIG_CAFILE: b, // npm: env beats any npmrc's cafile
+    GIT_SSL_CAINFO: b, // git
+    DENO_CERT: b, // Deno
+    AWS_CA_BUNDLE: b, // AWS CLI and SDKs
+    PIP_CERT: b, // pip
+    CARGO_HTTP_CAINFO: b, // Cargo
+    GRPC_DEFAULT_SSL_ROOTS_FILE_PATH: b, // gRPC C core (Python, Ruby, PHP gRPC)
+  };
+  if (trust.certDir) vars.SSL_CERT_DIR = trust.certDir; // OpenSSL's hashed lookup, Go
+  if (trust.javaTrustStore) {
+    const { path, password, type } = trust.javaTrustStore;
+    const ours = `-Djavax.net.ssl.trustStore=${path} -Djavax.net.ssl.trustStoreType=${type} ` +
+      `-Djavax.net.ssl.trustStorePassword=${password}`;
+    // The JVM reads JAVA_TOOL_OPTIONS left to right and the last -D wins: ours go last.
+    vars.JAVA_TOOL_OPTIONS = javaToolOptions ? `${javaToolOptions} ${ours}` : ours;
+  }
+  return vars;
+}
+
+/** What {@link buildChildEnv} needs to know. */
+export type ChildEnvInputs = {
+  /** sluice's own environment. */
+  base: Readonly<Record<string, string>>;
+  /** Names of the variables credentials are read from (`from: env:NAME`). */
+  sourceVariables: readonly string[];
+  /** Every loaded secret value (raw). Used only to compare, never returned. */
+  secretValues: readonly string[];
+  /** Credential name to placeholder. */
+  placeholders: ReadonlyMap<string, string>;
+  /** CA variables, from {@link caVariables}. */
+  ca: Readonly<Record<string, string>>;
+  /** `--clear-env`: start from {@link BASE_VARIABLES} only. */
+  clear?: boolean;
+  /** `--pass-env NAME`: kept with `--clear-env` (never when it is a secret). */
+  pass?: readonly string[];
+  /** `--weak`: the proxy URL for HTTP(S)_PROXY. */
+  proxy?: string;
+  /** Variables sluice set for itself (e.g. DENO_TLS_CA_STORE), removed unless the user set them. */
+  ownSettings?: readonly string[];
+};
+
+/** The environment, and the names removed because they held (or were the source of) a secret. */
+export type ChildEnv = { env: Record<string, string>; withheld: string[] };
+
+/**
+ * Builds the command's environment by the rule in this module's header.
+ *
+ * @returns the environment and the withheld variable NAMES (safe to print)
+ */
+export function buildChildEnv(inputs: ChildEnvInputs): ChildEnv {
+  const keep = inputs.clear ? new Set([...BASE_VARIABLES, ...(inputs.pass ?? [])]) : undefined;
+  const sources = new Set(inputs.sourceVariables);
+  const forms = secretForms(inputs.secretValues);
+  const own = new Set([...SLUICE_OWN_VARIABLES, ...(inputs.ownSettings ?? [])]);
+  const env: Record<string, string> = {};
+  const withheld: string[] = [];
+  for (const [name, value] of Object.entries(inputs.base)) {
+    if (keep && !keep.has(name)) continue;
+    if (own.has(name)) continue;
+    if (sources.has(name) || forms.some((f) => value.includes(f))) {
+      withheld.push(name);
+      continue;
+    }
+    env[name] = value;
+  }
+  for (const [name, ph] of inputs.placeholders) env[name] = ph;
+  Object.assign(env, inputs.ca);
+  if (inputs.proxy) {
+    for (const v of ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"]) {
+      env[v] = inputs.proxy;
+    }
+    delete env.NO_PROXY;
+    delete env.no_proxy;
+  }
+  return { env, withheld: withheld.sort() };
+}
+
+/**
+ * The forms of each secret that mean "this variable holds it": raw,
+ * base64 / base64url (with and without padding), percent-encoded, and base64
+ * at each of the three byte offsets, so a secret inside a longer base64 text
+ * (Basic `user:secret`) is found too.
+ */
+export function secretForms(values: readonly string[]): string[] {
+  const out = new Set<string>();
+  for (const v of values) {
+    out.add(v);
+    out.add(encodeURIComponent(v));
+    const bytes = new TextEncoder().encode(v);
+    for (let shift = 0; shift < 3; shift++) {
+      // Prefix `shift` bytes, encode, then drop the characters that depend on the prefix
+      // or on what follows the secret: what is left appears in any base64 text holding it.
+      const padded = new Uint8Array(shift + bytes.length);
+      padded.set(bytes, shift);
+      const b64 = btoa(String.fromCharCode(...padded));
+      const start = shift === 0 ? 0 : shift === 1 ? 2 : 3;
+      const stable = Math.floor((shift + bytes.length) / 3) * 4;
+      const core = b64.slice(start, stable);
+      if (core.length >= 8) {
+        out.add(core);
+        out.add(core.replaceAll("+", "-").replaceAll("/", "_"));
+      }
+    }
+  }
+  return [...out];
+}

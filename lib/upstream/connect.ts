@@ -1,0 +1,95 @@
+/**
+ * Choosing the upstream address: resolve the name (sluice never trusts an
+ * address the client picked), then run every candidate through the policy's
+ * address decision (`private` guard, IP/CIDR deny rules) before connecting.
+ *
+ * @module
+ */
+import type { Ip } from "../../policy/address.ts";
+import {
+  decideAddress,
+  type Decision,
+  type Destination,
+  formatDestination,
+} from "../../policy/mod.ts";
+import type { ProxyContext } from "../gateway/context.ts";
+import { ResolveError } from "./resolver.ts";
+
+/** An address sluice may connect to, or why there is none. */
+export type AddressChoice =
+  | { ok: true; ip: Ip; decision: Decision }
+  | { ok: false; denied: Decision }
+  | { ok: false; error: string; code: "resolve" };
+
+/**
+ * Resolves a destination and picks the first address the policy allows. When
+ * every address is refused, the first refusal is reported (they usually share
+ * a reason).
+ */
+export async function chooseAddress(
+  ctx: ProxyContext,
+  dest: Destination,
+  port: number,
+): Promise<AddressChoice> {
+  const compiled = ctx.policy();
+  let candidates: Ip[];
+  if (dest.kind === "ip") {
+    candidates = [dest.ip];
+  } else {
+    try {
+      candidates = await ctx.resolver.resolve(dest.name);
+    } catch (e) {
+      const code = e instanceof ResolveError ? e.code : (e as Error).message;
+      return {
+        ok: false,
+        code: "resolve",
+        error: `cannot resolve ${formatDestination(dest)} (${code})`,
+      };
+    }
+  }
+  let firstDenial: Decision | undefined;
+  for (const ip of candidates) {
+    const d = decideAddress(compiled, ip, port, dest.kind === "name" ? dest.name : undefined);
+    if (d.verdict === "allow") return { ok: true, ip, decision: d };
+    firstDenial ??= d;
+  }
+  return { ok: false, denied: firstDenial! };
+}
+
+/** Raised when a raw upstream connection fails; `kind` tells 502 from 504. */
+export class ConnectError extends Error {
+  override name = "ConnectError";
+  constructor(message: string, readonly kind: "connect" | "timeout", options?: ErrorOptions) {
+    super(message, options);
+  }
+}
+
+/** Opens a TCP connection with a deadline and TCP_NODELAY. */
+export async function connectTcp(ip: Ip, port: number, timeoutMs: number): Promise<Deno.TcpConn> {
+  const where = ip.family === 6 ? `[${ip.text}]:${port}` : `${ip.text}:${port}`;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const pending = Deno.connect({ hostname: ip.text, port });
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () =>
+        reject(
+          new ConnectError(`connecting to ${where} timed out after ${timeoutMs} ms`, "timeout"),
+        ),
+      timeoutMs,
+    );
+  });
+  try {
+    const conn = await Promise.race([pending, timeout]);
+    conn.setNoDelay(true);
+    return conn;
+  } catch (e) {
+    // A connection that completes after the deadline must not leak.
+    pending.then((c) => c.close(), () => {});
+    if (e instanceof ConnectError) throw e;
+    throw new ConnectError(`cannot connect to ${where}: ${(e as Error).message}`, "connect", {
+      cause: e,
+    });
+  } finally {
+    clearTimeout(timer);
+  }
+}
