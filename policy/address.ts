@@ -664,3 +664,36 @@ export function classifyIp(ip: Ip): AddressClass {
 export function isPrivateClass(cls: AddressClass): boolean {
   return cls !== "public";
 }
+
+/**
+ * `host:port` with an IPv6 address in brackets: the one formatter for every address sluice
+ * prints, logs, audits or dials (`[::1]:443`, `10.0.0.1:80`, `example.com:443`). A host already
+ * in brackets keeps them.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { formatHostPort } from "./address.ts";
+ * assert.equal(formatHostPort("::1", 443), "[::1]:443");
+ * assert.equal(formatHostPort("[::1]", 443), "[::1]:443");
+ * assert.equal(formatHostPort("a.test", 80), "a.test:80");
+ * ```
+ */
+export function formatHostPort(host: string, port: number): string {
+  return `${bracketHost(host)}:${port}`;
+}
+
+/**
+ * A host as it stands in a URL authority or a Host header: an IPv6 address in brackets.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { bracketHost } from "./address.ts";
+ * assert.equal(bracketHost("2001:db8::1"), "[2001:db8::1]");
+ * assert.equal(bracketHost("a.test"), "a.test");
+ * ```
+ */
+export function bracketHost(host: string): string {
+  return host.includes(":") && !host.startsWith("[") ? `[${host}]` : host;
+}

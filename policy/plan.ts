@@ -36,6 +36,7 @@ import {
   formatDestination,
   parseDestinationHost,
 } from "./decide.ts";
+import { bracketHost } from "./address.ts";
 import { mergeSlashes } from "./path.ts";
 import type { Fields, Found, PlaceholderScanner } from "./placeholders.ts";
 import type { Credential } from "./types.ts";
@@ -230,7 +231,7 @@ export function planRequest(compiled: CompiledPolicy, input: PlanInput): Plan {
     dest,
     host,
     port,
-    hostHeader: port === defaultPort ? hostText(host) : `${hostText(host)}:${port}`,
+    hostHeader: port === defaultPort ? bracketHost(host) : `${bracketHost(host)}:${port}`,
     target,
     decision,
     address,
@@ -312,11 +313,6 @@ export function refuseNameWithPlaceholder(
     violation: c,
     places: [where],
   };
-}
-
-/** An IPv6 address in brackets, as in a URL authority (formatDestination already brackets). */
-function hostText(host: string): string {
-  return host.includes(":") && !host.startsWith("[") ? `[${host}]` : host;
 }
 
 /**

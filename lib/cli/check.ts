@@ -3,6 +3,7 @@
  *
  * @module
  */
+import { formatHostPort } from "../../policy/address.ts";
 import { formatHostPattern, formatIssue, type Loaded, type Policy } from "../../policy/mod.ts";
 import type { Endpoint } from "../../policy/types.ts";
 import { readPolicyFile } from "../gateway/policy_file.ts";
@@ -44,11 +45,7 @@ export function summarize(loaded: Loaded): string {
       (p.tls.ca ? `; CA ${p.tls.ca.cert}` : "; CA generated in the state directory"),
   );
   const ep = (e: Endpoint | undefined, def: string) =>
-    e
-      ? `${
-        e.hostname ? (e.hostname.includes(":") ? `[${e.hostname}]` : e.hostname) : "127.0.0.1"
-      }:${e.port}`
-      : def;
+    e ? formatHostPort(e.hostname ?? "127.0.0.1", e.port) : def;
   lines.push(
     `listen: proxy ${ep(p.listen.proxy, `${DEFAULT_PROXY} (default)`)}` +
       `; transparent https ${ep(p.listen.transparent?.https, "off")}, http ${

@@ -981,7 +981,7 @@ export type ScrubbedResponse =
     body: Uint8Array<ArrayBuffer> | ReadableStream<Uint8Array> | null;
   }
   /** `code` for the 502: `upstream-encoding`, or `upstream-reset` (the body failed). */
-  | { ok: false; code: string; reason: string };
+  | { ok: false; code: "upstream-encoding" | "upstream-reset"; reason: string };
 
 /**
  * Prepares an upstream response for the workload: the reason phrase, every header field and

@@ -50,6 +50,8 @@
  *
  * @module
  */
+import type { OutcomeCode } from "../../policy/outcomes.ts";
+import { formatHostPort } from "../../policy/address.ts";
 import type { Ip } from "../../policy/address.ts";
 import { unmapIp } from "../../policy/address.ts";
 import type { CompiledPolicy } from "../../policy/compile.ts";
@@ -138,7 +140,7 @@ export type DnsAuditRecord = {
   host: string;
   qtype: string;
   verdict: "allow" | "deny";
-  code: string;
+  code: OutcomeCode;
   reason: string;
   rule: string;
   rule_at: string;
@@ -339,9 +341,7 @@ function resolveShared(
 }
 
 function formatPeer(addr: { hostname: string; port: number }): string {
-  return addr.hostname.includes(":")
-    ? `[${addr.hostname}]:${addr.port}`
-    : `${addr.hostname}:${addr.port}`;
+  return formatHostPort(addr.hostname, addr.port);
 }
 
 // ---------------------------------------------------------------------------------------------

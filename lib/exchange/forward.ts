@@ -16,6 +16,7 @@
  *
  * @module
  */
+import { formatHostPort } from "../../policy/address.ts";
 import { type Decision, formatDestination } from "../../policy/mod.ts";
 import { planRequest } from "../../policy/plan.ts";
 import type { AuditRecord } from "../ops/audit.ts";
@@ -59,7 +60,9 @@ export function makeRequestHandler(
     // Deno's server builds the URL from the Host header (or an absolute-form target) without
     // checking that it is one: a host no URL can hold (a%00.test, [::1%25lo]) is bad input.
     const parsedUrl = URL.parse(req.url);
-    const base: AuditRecord = {
+    // What every record of this request shares; each ending adds its verdict, code and reason
+    // (the outcome table's code is required: `finish` does not type-check without one).
+    const base: Omit<AuditRecord, "verdict" | "code" | "reason"> = {
       event: "request",
       conn: meta.conn,
       client: meta.client,
@@ -68,15 +71,16 @@ export function makeRequestHandler(
       sni: meta.sni,
       method: req.method,
       path: parsedUrl?.pathname,
-      verdict: "deny",
-      code: "",
-      reason: "",
     };
-    const finish = (res: Response, extra: Partial<AuditRecord>): Response => {
+    const finish = (
+      res: Response,
+      extra: Partial<AuditRecord> & Pick<AuditRecord, "code" | "reason">,
+    ): Response => {
       const verdict = extra.verdict ?? "deny";
       ctx.metrics.requests.inc({ verdict, mode: meta.mode });
       ctx.metrics.duration.observe((performance.now() - started) / 1000, { verdict });
       ctx.audit.write({
+        verdict: "deny",
         ...base,
         ...extra,
         status: res.status,
@@ -154,9 +158,7 @@ export function makeRequestHandler(
         reason: choice.error,
       });
     }
-    const address = choice.ip.family === 6
-      ? `[${choice.ip.text}]:${port}`
-      : `${choice.ip.text}:${port}`;
+    const address = formatHostPort(choice.ip.text, port);
 
     // Credentials: the plan refused any placeholder headed outside its scope; substitute
     // the rest where each credential's `in` allows. The Host sent is the one decided on:
@@ -231,7 +233,7 @@ export function makeRequestHandler(
       caCerts: trust.caCerts.length ? trust.caCerts : undefined,
       verify: trust.verify,
     };
-    const allowAudit: Partial<AuditRecord> = {
+    const allowAudit: Partial<AuditRecord> & Pick<AuditRecord, "verdict" | "code" | "reason"> = {
       verdict: "allow",
       code: decision.code,
       reason: decision.reason,
@@ -263,7 +265,7 @@ export function makeRequestHandler(
       // (1008) on the way up, every real value scrubbed on the way down, and a non-101
       // answer scrubbed like any response.
       const scrubber = broker.responseScrubber();
-      let refused: { code: string; reason: string } | undefined;
+      let refused: { code: "upstream-encoding" | "upstream-reset"; reason: string } | undefined;
       let session: Response;
       try {
         session = await proxyWebSocket(

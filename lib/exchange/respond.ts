@@ -9,6 +9,7 @@
  * @module
  */
 import type { Decision } from "../../policy/mod.ts";
+import { type OutcomeCode, OUTCOMES } from "../../policy/outcomes.ts";
 
 /** The header naming sluice's verdict, reason code and rule on every response sluice writes. */
 export const DECISION_HEADER = "x-sluice-decision";
@@ -25,10 +26,10 @@ export function denialText(d: Pick<Decision, "reason" | "rule">): string {
     `to see the full decision: sluice explain --policy POLICY URL\n`;
 }
 
-/** A 403 for a denied request. */
+/** The refusal for a denied request, with the status the outcome table gives its code. */
 export function denyResponse(
   d: Pick<Decision, "verdict" | "code" | "reason" | "rule">,
-  status = 403,
+  status: number = OUTCOMES[d.code].status,
 ): Response {
   return new Response(denialText(d), {
     status,
@@ -37,7 +38,7 @@ export function denyResponse(
 }
 
 /** A response sluice writes for its own errors (400 bad request, 502 upstream failed, 504 timeout). */
-export function errorResponse(status: number, code: string, message: string): Response {
+export function errorResponse(status: number, code: OutcomeCode, message: string): Response {
   return new Response(`sluice: ${message}\n`, {
     status,
     headers: {
@@ -63,7 +64,7 @@ export function rawDenial(d: Pick<Decision, "verdict" | "code" | "reason" | "rul
 export function rawError(
   status: number,
   reasonPhrase: string,
-  code: string,
+  code: OutcomeCode,
   message: string,
 ): Uint8Array {
   const body = `sluice: ${message}\n`;

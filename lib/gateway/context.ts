@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { formatHostPort } from "../../policy/address.ts";
 import type { CompiledPolicy } from "../../policy/mod.ts";
 import type { AuditSink } from "../ops/audit.ts";
 import type { Resolver } from "../upstream/resolver.ts";
@@ -45,7 +46,5 @@ export type ProxyContext = {
 /** Formats a Deno address as ip:port (IPv6 bracketed). */
 export function formatAddr(addr: Deno.Addr): string {
   if (addr.transport !== "tcp" && addr.transport !== "udp") return addr.transport;
-  return addr.hostname.includes(":")
-    ? `[${addr.hostname}]:${addr.port}`
-    : `${addr.hostname}:${addr.port}`;
+  return formatHostPort(addr.hostname, addr.port);
 }

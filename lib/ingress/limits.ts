@@ -20,6 +20,7 @@
  *
  * @module
  */
+import { formatHostPort } from "../../policy/address.ts";
 import type { AuditRecord, AuditSink } from "../ops/audit.ts";
 import type { Metrics } from "../ops/metrics.ts";
 import { DECISION_HEADER } from "../exchange/respond.ts";
@@ -651,9 +652,7 @@ export class ConnectionGuard {
         };
       }
     }
-    const client = hostname.includes(":")
-      ? `[${hostname}]:${addr.port}`
-      : `${hostname}:${addr.port}`;
+    const client = formatHostPort(hostname, addr.port);
     const w = new Watch(key, client, mode, () => {
       try {
         conn.close();

@@ -16,6 +16,8 @@
  *
  * @module
  */
+import type { OutcomeCode } from "../../policy/outcomes.ts";
+import { UpstreamError } from "../upstream/client.ts";
 import {
   type ConnectionDecision,
   decideConnection,
@@ -135,16 +137,13 @@ export async function routeTls(
   sniffed: SniffResult,
   info: ConnInfo,
 ): Promise<void> {
-  const record: AuditRecord = {
+  const record: Omit<AuditRecord, "verdict" | "code" | "reason"> = {
     event: "connection",
     conn: info.id,
     client: info.client,
     mode: info.mode,
     host: info.target?.dest ? formatDestination(info.target.dest) : undefined,
     port: info.target?.port ?? 443,
-    verdict: "deny",
-    code: "",
-    reason: "",
   };
   const audit = (d: ConnectionDecision, extra: Partial<AuditRecord> = {}) => {
     ctx.metrics.connections.inc({ verdict: d.verdict, mode: info.mode, tls: d.tls });
@@ -289,17 +288,25 @@ export async function routeTls(
 
   if (decision.tls === "passthrough") {
     const choice = await chooseAddress(ctx, dest, port);
+    // An upstream that cannot be reached is an upstream failure of an allowed connection
+    // (policy/outcomes.ts: `resolve`, `upstream-connect`, `upstream-timeout`), not a denial.
+    const failed = (code: OutcomeCode, reason: string) =>
+      refuse({ ...decision, code: code as ConnectionDecision["code"], reason }, undefined, {
+        code,
+      });
     if (!choice.ok) {
-      const d = "denied" in choice
-        ? { ...choice.denied, inspect: false, tls: "passthrough" as const }
-        : settingDecision(ctx, "not-tls", choice.error);
-      return await refuse(d);
+      if ("denied" in choice) {
+        return await refuse({ ...choice.denied, inspect: false, tls: "passthrough" as const });
+      }
+      return await failed("resolve", choice.error);
     }
     let upstream: Deno.TcpConn;
     try {
       upstream = await connectTcp(choice.ip, port, ctx.limits.connectTimeoutMs);
     } catch (e) {
-      return await refuse({ ...decision, verdict: "deny", reason: (e as Error).message });
+      const kind = e instanceof UpstreamError && e.kind === "timeout" ? "timeout" : "connect";
+      ctx.metrics.upstreamErrors.inc({ kind });
+      return await failed(`upstream-${kind}`, (e as Error).message);
     }
     const r = await splice(conn, upstream, sniffed.bytes, ctx.limits.idleTimeoutMs);
     return audit(decision, {

@@ -8,6 +8,7 @@
  *
  * @module
  */
+import type { OutcomeCode } from "../../policy/outcomes.ts";
 
 /** One audit record. Absent fields are omitted from the line. */
 export type AuditRecord = {
@@ -32,8 +33,8 @@ export type AuditRecord = {
   /** The request path without its query (queries may carry secrets). */
   path?: string;
   verdict: "allow" | "deny";
-  /** Machine-readable reason code (see policy/decide.ts `ReasonCode`), or an upstream failure kind. */
-  code: string;
+  /** Machine-readable reason code: a row of the outcome table (policy/outcomes.ts). */
+  code: OutcomeCode;
   reason: string;
   /** The deciding rule as written, and its file:line. */
   rule?: string;

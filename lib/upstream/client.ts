@@ -23,6 +23,7 @@
  * @module
  */
 
+import { bracketHost } from "../../policy/address.ts";
 import * as nodeTls from "node:tls";
 import {
   ChunkedDecoder,
@@ -366,7 +367,7 @@ function errorText(e: unknown): string {
 }
 
 function hostHeader(t: UpstreamTarget): string {
-  const host = t.host.includes(":") && !t.host.startsWith("[") ? `[${t.host}]` : t.host;
+  const host = bracketHost(t.host);
   return t.port === (t.tls ? 443 : 80) ? host : `${host}:${t.port}`;
 }
 

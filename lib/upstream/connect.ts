@@ -5,6 +5,8 @@
  *
  * @module
  */
+import { UpstreamError } from "./client.ts";
+import { formatHostPort } from "../../policy/address.ts";
 import type { Ip } from "../../policy/address.ts";
 import {
   decideAddress,
@@ -56,24 +58,19 @@ export async function chooseAddress(
   return { ok: false, denied: firstDenial! };
 }
 
-/** Raised when a raw upstream connection fails; `kind` tells 502 from 504. */
-export class ConnectError extends Error {
-  override name = "ConnectError";
-  constructor(message: string, readonly kind: "connect" | "timeout", options?: ErrorOptions) {
-    super(message, options);
-  }
-}
-
-/** Opens a TCP connection with a deadline and TCP_NODELAY. */
+/**
+ * Opens a TCP connection with a deadline and TCP_NODELAY (passthrough; the HTTP client has its
+ * own, which also covers the TLS handshake). Fails with the same {@link UpstreamError} kinds.
+ */
 export async function connectTcp(ip: Ip, port: number, timeoutMs: number): Promise<Deno.TcpConn> {
-  const where = ip.family === 6 ? `[${ip.text}]:${port}` : `${ip.text}:${port}`;
+  const where = formatHostPort(ip.text, port);
   let timer: ReturnType<typeof setTimeout> | undefined;
   const pending = Deno.connect({ hostname: ip.text, port });
   const timeout = new Promise<never>((_, reject) => {
     timer = setTimeout(
       () =>
         reject(
-          new ConnectError(`connecting to ${where} timed out after ${timeoutMs} ms`, "timeout"),
+          new UpstreamError("timeout", `connecting to ${where} timed out after ${timeoutMs} ms`),
         ),
       timeoutMs,
     );
@@ -85,8 +82,8 @@ export async function connectTcp(ip: Ip, port: number, timeoutMs: number): Promi
   } catch (e) {
     // A connection that completes after the deadline must not leak.
     pending.then((c) => c.close(), () => {});
-    if (e instanceof ConnectError) throw e;
-    throw new ConnectError(`cannot connect to ${where}: ${(e as Error).message}`, "connect", {
+    if (e instanceof UpstreamError) throw e;
+    throw new UpstreamError("connect", `cannot connect to ${where}: ${(e as Error).message}`, {
       cause: e,
     });
   } finally {
