@@ -5,11 +5,10 @@
  */
 import type { Endpoint } from "../../policy/types.ts";
 import { AuditLog } from "../ops/audit.ts";
-import { type ListenAddr, startServer } from "../gateway/server.ts";
+import type { ListenAddr } from "../gateway/server.ts";
+import { startGateway } from "../gateway/startup.ts";
 import { readPolicyFile } from "../gateway/policy_file.ts";
-import { hostResolver } from "../upstream/resolver.ts";
 import { obtainCa, stateDirFrom } from "./ca.ts";
-import { buildBrokerage } from "../credentials/brokerage.ts";
 import { sdNotify } from "../ops/systemd.ts";
 import {
   applyRules,
@@ -22,7 +21,6 @@ import {
 } from "../enforce/host.ts";
 import { addHostSetElements, type Backend, type Enforcement } from "../enforce/netfilter.ts";
 import { classifyIp, type Ip, parseIp } from "../../policy/address.ts";
-import { startDnsServer } from "../dns/server.ts";
 import { formatIssue } from "../../policy/mod.ts";
 import { checkLimits, DEFAULT_LIMITS, parseLimitFlags } from "../ingress/limits.ts";
 
@@ -109,7 +107,7 @@ export async function runServe(flags: ServeFlags, log: (s: string) => void): Pro
   // may have loaded the same redirects). Addresses are settled before
   // anything starts, so a listener guests could not reach stops the start.
   const enforcing = !!flags.enforce;
-  const gateway = policy.enforce.subjects.interfaces.length > 0;
+  const gatewayMode = policy.enforce.subjects.interfaces.length > 0;
   const listen = (o: {
     setting: string;
     endpoint: Endpoint | undefined;
@@ -122,7 +120,7 @@ export async function runServe(flags: ServeFlags, log: (s: string) => void): Pro
       ? [o.flag.name, parseListen(o.flag.value, o.flag.name)]
       : [o.setting, o.endpoint];
     const spec = written ?? (o.fallbackPort === undefined ? undefined : { port: o.fallbackPort });
-    return spec && bindAddr(spec, { setting, gateway, redirected: o.redirected });
+    return spec && bindAddr(spec, { setting, gateway: gatewayMode, redirected: o.redirected });
   };
   const addrs = {
     proxy: listen({
@@ -164,48 +162,33 @@ export async function runServe(flags: ServeFlags, log: (s: string) => void): Pro
     ephemeral: flags.ephemeralCa,
   });
   const stateDir = stateDirFrom(flags.state);
-  let { broker } = await buildBrokerage(loaded.compiled, stateDir);
   const audit = await AuditLog.open(flags.auditLog ?? policy.audit.log);
-  const resolver = hostResolver(flags.resolve);
-  const server = await startServer({
-    compiled: loaded.compiled,
-    broker,
-    ca,
-    audit,
-    resolver,
-    proxy: addrs.proxy,
-    transparentHttps: addrs.transparentHttps,
-    transparentHttp: addrs.transparentHttp,
-    admin: addrs.admin,
-    onReloadRequest: () => reload("POST /reload"),
-    limits,
-    log,
-  });
-  const dnsAddr = addrs.dns;
   let enforcement: Enforcement | undefined;
   let backend: Backend = "none";
   // Addresses resolved for host rules with raw ports (github.com:22) go into
   // the enforcement table's address sets, so netfilter lets them through.
   const onResolved = (name: string, ips: Ip[]) => {
     if (!enforcement || backend !== "nftables") return;
-    const entries = hostSetEntries(server.policy().policy, name, ips);
+    const entries = hostSetEntries(gateway.server.policy().policy, name, ips);
     if (entries.length) {
       addHostSetElements(enforcement.table, entries).catch((e) =>
         log(`sluice: host set update failed: ${(e as Error).message}`)
       );
     }
   };
-  const dns = dnsAddr
-    ? await startDnsServer({
-      ...dnsAddr,
-      policy: () => server.policy(),
-      resolver,
-      audit,
-      onResolved,
-      scanner: () => broker.scanner,
-      onViolation: (c) => server.metrics.violations.inc({ credential: c.name }),
-    })
-    : undefined;
+  const gateway = await startGateway({
+    loaded,
+    stateDir,
+    ca,
+    audit,
+    resolve: flags.resolve,
+    listen: addrs,
+    limits,
+    onResolved,
+    onReloadRequest: () => reload("POST /reload"),
+    log,
+  });
+  const { server, dns } = gateway;
 
   // Enforcement goes on only once every listener it redirects to is up, and
   // comes off on every way out: signals, errors, even an uncaught exception.
@@ -235,8 +218,7 @@ export async function runServe(flags: ServeFlags, log: (s: string) => void): Pro
       backend = await detectBackend(policy.enforce.backend);
       await enforceNow();
     } catch (e) {
-      await server.close(0);
-      await dns?.close();
+      await gateway.close(0);
       throw e;
     }
     globalThis.addEventListener("error", removeSync);
@@ -274,12 +256,17 @@ export async function runServe(flags: ServeFlags, log: (s: string) => void): Pro
         return (e as Error).message;
       }
       try {
-        // Credential files are re-read too; a missing one refuses the reload.
-        const { broker: nextBroker } = await buildBrokerage(next.compiled, stateDir);
-        await server.reload(next.compiled, nextBroker);
-        broker = nextBroker;
-        // The new rules replace the old table atomically.
-        if (enforcing) await enforceNow();
+        const rollback = await gateway.reload(next);
+        // The new rules replace the old table atomically. If they cannot be applied, the old
+        // policy comes back too: policy and rules never disagree.
+        if (enforcing) {
+          try {
+            await enforceNow();
+          } catch (e) {
+            await rollback();
+            throw e;
+          }
+        }
       } catch (e) {
         log(
           `sluice: reload (${why}) refused; the running policy stays in force:\n${
@@ -320,8 +307,7 @@ export async function runServe(flags: ServeFlags, log: (s: string) => void): Pro
   await sdNotify("STOPPING=1");
   const drain = flags.drainTimeout === undefined ? 30 : Number(flags.drainTimeout);
   try {
-    await server.close(Number.isFinite(drain) && drain >= 0 ? drain * 1000 : 30_000);
-    await dns?.close();
+    await gateway.close(Number.isFinite(drain) && drain >= 0 ? drain * 1000 : 30_000);
   } finally {
     // Rules come off after the drain: redirected clients finish first.
     await enforcement?.remove();
