@@ -26,7 +26,7 @@ import { denyResponse, errorResponse } from "./respond.ts";
 import type { HopMeta, Terminator } from "../ingress/terminator.ts";
 import { UpstreamError, type UpstreamPool, type UpstreamResponse } from "../upstream/client.ts";
 import { removeHopByHop } from "../http1/response.ts";
-import { isWebSocketUpgrade, proxyWebSocket } from "./websocket.ts";
+import { isWebSocketUpgrade, proxyWebSocket } from "./websocket/mod.ts";
 import { BUFFERED_BODY_LIMIT } from "../credentials/broker.ts";
 import type { Credential } from "../../policy/types.ts";
 

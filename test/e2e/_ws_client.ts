@@ -1,6 +1,6 @@
 /**
  * A minimal WebSocket client for the e2e tests, with its own RFC 6455 framing (not
- * lib/exchange/websocket.ts), so a bug shared with sluice cannot hide: the opening handshake, masked
+ * lib/exchange/websocket/), so a bug shared with sluice cannot hide: the opening handshake, masked
  * frames out, frames read back.
  *
  * As a program, for clients inside a test namespace (transparent mode):

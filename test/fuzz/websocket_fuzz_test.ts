@@ -14,8 +14,8 @@
  *   valid, text is well-formed and its byte count matches, and nothing follows close/invalid.
  */
 import assert from "node:assert/strict";
-import { isValidCloseCode, WebSocketDecoder } from "../../lib/exchange/websocket.ts";
-import type { WebSocketEvent } from "../../lib/exchange/websocket.ts";
+import { isValidCloseCode, WebSocketDecoder } from "../../lib/exchange/websocket/mod.ts";
+import type { WebSocketEvent } from "../../lib/exchange/websocket/mod.ts";
 import { cat } from "../_bytes.ts";
 import { envNumber, mutateBytes, Rng } from "./_fuzz.ts";
 
@@ -55,7 +55,7 @@ function mutate(rng: Rng, b: Uint8Array, other: Uint8Array): Uint8Array {
 }
 
 // ---------------------------------------------------------------------------------------------
-// A reference encoder (independent of lib/exchange/websocket.ts) and valid streams.
+// A reference encoder (independent of lib/exchange/websocket/frame.ts) and valid streams.
 
 /** Encode one frame; `lenForm` forces a (possibly non-minimal) length encoding. */
 function frame(

@@ -20,7 +20,7 @@ import {
   WebSocketDecoder,
   type WebSocketEvent,
   type WebSocketStats,
-} from "../../../lib/exchange/websocket.ts";
+} from "../../../lib/exchange/websocket/mod.ts";
 import { UpstreamPool, type UpstreamResponse } from "../../../lib/upstream/client.ts";
 import { makeBroker } from "../../../lib/credentials/broker.ts";
 import { SecretValue } from "../../../lib/credentials/secrets.ts";
@@ -550,7 +550,7 @@ class Reader {
 
 type RawFrame = { fin: boolean; opcode: number; masked: boolean; payload: Uint8Array };
 
-/** Frame parsing written separately from lib/exchange/websocket.ts, for checking what sluice sends. */
+/** Frame parsing written separately from lib/exchange/websocket/frame.ts, for checking what sluice sends. */
 async function readRawFrame(r: Reader): Promise<RawFrame | null> {
   const h = await r.exact(2);
   if (h === null) return null;
