@@ -10,10 +10,7 @@
 import { type Credential, formatIssue } from "../../policy/mod.ts";
 import { AuditLog, type AuditSink } from "../ops/audit.ts";
 import { ephemeralCa, exportCaPem, loadCa } from "../tls/ca.ts";
-import { buildBrokerage } from "../credentials/brokerage.ts";
-import { startDnsServer } from "../dns/server.ts";
 import { readPolicyFile } from "../gateway/policy_file.ts";
-import { hostResolver } from "../upstream/resolver.ts";
 import {
   applyRunRules,
   createNamespace,
@@ -23,9 +20,9 @@ import {
   runNet,
   RunResources,
   RunSummary,
-  sh,
   terminates,
 } from "../run/namespace.ts";
+import { sh } from "../ops/command.ts";
 import { buildChildEnv, caVariables } from "../run/env.ts";
 import type { InitSpec, InitStatus } from "../run/init.ts";
 import { READY_FILE, signalNumber } from "../run/init.ts";
@@ -37,7 +34,7 @@ import {
   writeMarker,
 } from "../run/state.ts";
 import { writeTrustFiles } from "../run/trust.ts";
-import { startServer } from "../gateway/server.ts";
+import { startGateway } from "../gateway/startup.ts";
 import { ownTrustSettings } from "../upstream/trust.ts";
 import { stateDirFrom } from "./ca.ts";
 
@@ -158,7 +155,6 @@ export async function runRun(
     for (const w of loaded.warnings) log(formatIssue(w));
     const policy = loaded.compiled.policy;
     const stateDir = stateDirFrom(flags.state);
-    const { broker, placeholders, secrets } = await buildBrokerage(loaded.compiled, stateDir);
     const ca = policy.tls.ca
       ? await loadCa(policy.tls.ca.cert, policy.tls.ca.key)
       : await ephemeralCa();
@@ -169,7 +165,6 @@ export async function runRun(
       (policy.audit.log.startsWith("/") ? policy.audit.log : undefined);
     audit = target ? await AuditLog.open(target) : undefined;
     summary = new RunSummary(audit);
-    const resolver = hostResolver(flags.resolve);
 
     const tmp = await Deno.makeTempDir({ prefix: "sluice-run-" });
     res.add(() => Deno.remove(tmp, { recursive: true }));
@@ -197,35 +192,28 @@ export async function runRun(
       signalTarget("SIGTERM");
       killTimer = setTimeout(() => signalTarget?.("SIGKILL"), 5000);
     };
-    const server = await startServer({
-      compiled: loaded.compiled,
-      broker,
+    // The same startup as `sluice serve` (lib/gateway/startup.ts), on the host side of the veth.
+    const gateway = await startGateway({
+      loaded,
+      stateDir,
       ca,
       audit: summary,
-      resolver,
-      proxy: { hostname: host, port: 0 },
-      transparentHttps: net ? { hostname: host, port: 0 } : undefined,
-      transparentHttp: net ? { hostname: host, port: 0 } : undefined,
+      resolve: flags.resolve,
+      listen: {
+        proxy: { hostname: host, port: 0 },
+        transparentHttps: net ? { hostname: host, port: 0 } : undefined,
+        transparentHttp: net ? { hostname: host, port: 0 } : undefined,
+        dns: net ? { hostname: host, port: 0 } : undefined,
+      },
       onViolation,
       log,
     });
+    const { placeholders, secrets } = gateway.brokerage();
     // The server closes the audit sink it was given (the summary, which closes the log).
-    res.add(() => server.close(2000));
-    const a = server.addrs;
-    if (net) {
-      const dns = await startDnsServer({
-        hostname: host,
-        port: 0,
-        policy: () => server.policy(),
-        resolver,
-        audit: summary,
-        scanner: () => broker.scanner,
-        onViolation: (c) => {
-          server.metrics.violations.inc({ credential: c.name });
-          onViolation(c);
-        },
-      });
-      res.add(() => dns.close());
+    res.add(() => gateway.close(2000));
+    const a = gateway.server.addrs;
+    const dns = gateway.dns;
+    if (net && dns) {
       const ipForwardBefore = await applyRunRules(
         net,
         {

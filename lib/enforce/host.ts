@@ -19,15 +19,14 @@ import {
   removeNft,
   resolveUids,
 } from "./netfilter.ts";
+import { type HostSetEntry, renderNft } from "./nft_render.ts";
 import {
   cidrAllowsFromPolicy,
   type EnforceSpec,
   HOST_SETS,
-  type HostSetEntry,
-  renderNft,
   type SelfIdentity,
   specFromPolicy,
-} from "./nft_render.ts";
+} from "./spec.ts";
 import type { Ip } from "../../policy/address.ts";
 import { hostMatches } from "../../policy/host.ts";
 

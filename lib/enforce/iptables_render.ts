@@ -29,8 +29,8 @@
  *
  * @module
  */
-import type { CidrRule, EnforceSpec, NormalizedSpec } from "./nft_render.ts";
-import { checkTableName, normalizeSpec } from "./nft_render.ts";
+import type { CidrRule, EnforceSpec, NormalizedSpec } from "./spec.ts";
+import { checkTableName, normalizeSpec } from "./spec.ts";
 
 /** Argument lists (without the program name) for iptables (`v4`) and ip6tables (`v6`). */
 export type IptablesRules = { v4: string[][]; v6: string[][] };

@@ -10,22 +10,18 @@
  *
  * @module
  */
-import type { EnforceSpec, HostSetEntry } from "./nft_render.ts";
-import { checkTableName, renderAddElements, renderNft } from "./nft_render.ts";
+import type { HostSetEntry } from "./nft_render.ts";
+import { renderAddElements, renderNft } from "./nft_render.ts";
+import { checkTableName, type EnforceSpec } from "./spec.ts";
 import type { IptablesRules } from "./iptables_render.ts";
 import { renderIptables, renderIptablesRemove } from "./iptables_render.ts";
-
-/** The result of running one command. */
-export type CommandResult = { code: number; stdout: string; stderr: string };
-
-/** Runs argv (with optional stdin) and reports how it went; injectable for tests. */
-export type CommandRunner = (argv: readonly string[], stdin?: string) => Promise<CommandResult>;
-
-/**
- * Runs argv synchronously: for removal from `error` / `unhandledrejection`
- * handlers, where the process dies before any promise settles.
- */
-export type CommandRunnerSync = (argv: readonly string[]) => CommandResult;
+import {
+  type CommandResult,
+  type CommandRunner,
+  type CommandRunnerSync,
+  denoRunner,
+  denoRunnerSync,
+} from "../ops/command.ts";
 
 /** Options shared by every function here. */
 export type NetfilterOptions = {
@@ -64,47 +60,6 @@ export class NetfilterError extends Error {
     this.lineText = details.lineText;
   }
 }
-
-/** The default runner: Deno.Command, stdout/stderr captured as text. */
-export const denoRunner: CommandRunner = async (argv, stdin) => {
-  const cmd = new Deno.Command(argv[0], {
-    args: argv.slice(1),
-    stdin: stdin === undefined ? "null" : "piped",
-    stdout: "piped",
-    stderr: "piped",
-  });
-  let child: Deno.ChildProcess;
-  try {
-    child = cmd.spawn();
-  } catch (e) {
-    // A missing program is an ordinary failure the callers report or tolerate.
-    return { code: 127, stdout: "", stderr: `${argv[0]}: ${(e as Error).message}` };
-  }
-  if (stdin !== undefined) {
-    const w = child.stdin.getWriter();
-    await w.write(new TextEncoder().encode(stdin));
-    await w.close();
-  }
-  const out = await child.output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-};
-
-/** The synchronous default runner, for a dying process. */
-export const denoRunnerSync: CommandRunnerSync = (argv) => {
-  try {
-    const out = new Deno.Command(argv[0], {
-      args: argv.slice(1),
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-    }).outputSync();
-    const dec = new TextDecoder();
-    return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-  } catch (e) {
-    return { code: 127, stdout: "", stderr: `${argv[0]}: ${(e as Error).message}` };
-  }
-};
 
 function prefix(opts: NetfilterOptions | undefined): string[] {
   if (!opts?.netns) return [];

@@ -10,6 +10,9 @@
  * @module
  */
 
+import { allIn, ascii, byteSet, CR, type FieldLine, fieldLine, isDigits, LF } from "./_scan.ts";
+import { MAX_LENGTH_DIGITS, nextLine, SP, TCHAR, trimOws } from "./_scan.ts";
+
 /** A parsed request head. Header names keep their case as sent; values are OWS-trimmed. */
 export type RequestHead = {
   method: string;
@@ -65,31 +68,12 @@ export class HttpFramingError extends Error {
   }
 }
 
-const CR = 0x0d;
-const LF = 0x0a;
-const SP = 0x20;
-const HTAB = 0x09;
-const COLON = 0x3a;
-
-/** RFC 9110 5.6.2 tchar. */
-const TCHAR = byteSet(
-  "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
-);
 /** RFC 3986 reg-name / IP-literal / port characters, for Host and authority-form. */
 const AUTHORITY = byteSet(
   "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=%:[]",
 );
 /** Transfer codings we can name (RFC 9112 7, RFC 9110 8.4.1); anything else is 501. */
 const KNOWN_CODINGS = new Set(["chunked", "gzip", "x-gzip", "deflate", "compress", "x-compress"]);
-/** Content-Length digits beyond this could not be a safe integer; no body is that large. */
-const MAX_LENGTH_DIGITS = 15;
-
-function byteSet(chars: string): Uint8Array {
-  const t = new Uint8Array(256);
-  for (let i = 0; i < chars.length; i++) t[chars.charCodeAt(i)] = 1;
-  return t;
-}
-
 type Invalid = { kind: "invalid"; status: 400 | 414 | 431 | 501 | 505; reason: string };
 
 function bad(status: Invalid["status"], reason: string): Invalid {
@@ -257,20 +241,6 @@ function parse(buf: Uint8Array, limits: HeadLimits): HeadResult {
 
 const INCOMPLETE: HeadResult = Object.freeze({ kind: "incomplete" }) as HeadResult;
 
-/**
- * Find the line starting at `from`. `end` is the index after its LF, -1 if no LF yet (then
- * `contentEnd` excludes a trailing CR that may be the start of CRLF), or -2 for a bare LF.
- */
-function nextLine(b: Uint8Array, from: number): { end: number; contentEnd: number } {
-  const lf = b.indexOf(LF, from);
-  if (lf < 0) {
-    const n = b.length;
-    return { end: -1, contentEnd: n > from && b[n - 1] === CR ? n - 1 : n };
-  }
-  if (lf === from || b[lf - 1] !== CR) return { end: -2, contentEnd: lf };
-  return { end: lf + 1, contentEnd: lf - 1 };
-}
-
 type RequestLine =
   | { kind: "line"; method: string; target: string; version: "HTTP/1.1" | "HTTP/1.0" }
   | { kind: "prefix" }
@@ -328,44 +298,15 @@ function requestLine(
   };
 }
 
-/**
- * Parse `b[from, to)` as a field line; when `complete` is false only check it can begin one
- * (returns undefined then).
- */
+/** {@link fieldLine}, its refusals answered 400. */
 function headerLine(
   b: Uint8Array,
   from: number,
   to: number,
   complete: boolean,
-): { kind: "field"; name: string; value: string } | Invalid | undefined {
-  if (from === to) return undefined;
-  // RFC 9112 5.2: obs-fold is refused; a proxy must not guess how the next hop unfolds it.
-  if (b[from] === SP || b[from] === HTAB) return bad(400, "obsolete line folding (obs-fold)");
-  let i = from;
-  while (i < to && TCHAR[b[i]] === 1) i++;
-  if (i === to) return complete ? bad(400, "header line without a colon") : undefined;
-  if (b[i] !== COLON) {
-    // RFC 9112 5.1: whitespace before the colon MUST be rejected with 400.
-    if (b[i] === SP || b[i] === HTAB) return bad(400, "whitespace between field name and colon");
-    return bad(400, "invalid byte in field name");
-  }
-  if (i === from) return bad(400, "empty field name");
-  let high = 0;
-  for (let k = i + 1; k < to; k++) {
-    const c = b[k];
-    high |= c;
-    if ((c < SP && c !== HTAB) || c === 0x7f) {
-      if (c === CR) return bad(400, "bare CR in a field value");
-      if (c === 0) return bad(400, "NUL in a field value");
-      return bad(400, "control character in a field value");
-    }
-  }
-  if (!complete) return undefined;
-  let vs = i + 1, ve = to;
-  while (vs < ve && (b[vs] === SP || b[vs] === HTAB)) vs++;
-  while (ve > vs && (b[ve - 1] === SP || b[ve - 1] === HTAB)) ve--;
-  const value = high & 0x80 ? latin1(b, vs, ve) : ascii(b, vs, ve);
-  return { kind: "field", name: ascii(b, from, i), value };
+): FieldLine | Invalid | undefined {
+  const r = fieldLine(b, from, to, complete);
+  return typeof r === "string" ? bad(400, r) : r;
 }
 
 /** RFC 9112 3.2: which request-target forms each method may use. */
@@ -397,55 +338,6 @@ function checkTargetForm(method: string, target: string): Invalid | undefined {
     return bad(400, "request-target is neither origin-form nor absolute-form");
   }
   return undefined;
-}
-
-function isDigits(s: string): boolean {
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i);
-    if (c < 0x30 || c > 0x39) return false;
-  }
-  return true;
-}
-
-function allIn(s: string, set: Uint8Array): boolean {
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i);
-    if (c > 0xff || set[c] !== 1) return false;
-  }
-  return true;
-}
-
-function trimOws(s: string): string {
-  let a = 0, z = s.length;
-  while (a < z && (s.charCodeAt(a) === SP || s.charCodeAt(a) === HTAB)) a++;
-  while (z > a && (s.charCodeAt(z - 1) === SP || s.charCodeAt(z - 1) === HTAB)) z--;
-  return s.slice(a, z);
-}
-
-const UTF8 = new TextDecoder();
-
-/**
- * Decode bytes known to be ASCII. UTF-8 decodes ASCII exactly and TextDecoder is several times
- * faster than fromCharCode on long runs; short runs are cheaper without the call into it.
- */
-function ascii(b: Uint8Array, from: number, to: number): string {
-  return to - from > 32 ? UTF8.decode(b.subarray(from, to)) : latin1(b, from, to);
-}
-
-/** One char per byte, chunked so a long value cannot overflow the argument limit of apply. */
-function latin1(b: Uint8Array, from: number, to: number): string {
-  const CHUNK = 8192;
-  if (to - from <= CHUNK) {
-    return String.fromCharCode.apply(null, b.subarray(from, to) as unknown as number[]);
-  }
-  let s = "";
-  for (let i = from; i < to; i += CHUNK) {
-    s += String.fromCharCode.apply(
-      null,
-      b.subarray(i, Math.min(to, i + CHUNK)) as unknown as number[],
-    );
-  }
-  return s;
 }
 
 /**

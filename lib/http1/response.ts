@@ -2,7 +2,8 @@
  * HTTP/1.1 message framing for the upstream client (RFC 9112): response-head parsing, the
  * chunked transfer coding in both directions, body-length rules and hop-by-hop headers.
  *
- * Pure: no I/O, no clock. Strict for the same reason as {@link ./http_head.ts}: the proxy
+ * Pure: no I/O, no clock. Strict for the same reason as `request.ts`, and with
+ * the same scanner (`_scan.ts`): the proxy
  * re-frames every response it forwards, so a response whose framing two parsers could read
  * differently is refused (a protocol error, answered 502) instead of guessed at. Nothing here
  * throws on bad input except {@link responseFraming}, whose input is a head this module parsed.
@@ -11,6 +12,8 @@
  */
 
 import { HttpFramingError } from "./request.ts";
+import { COLON, CR, type FieldLine, fieldLine, HTAB, isDigits, latin1, LF } from "./_scan.ts";
+import { MAX_LENGTH_DIGITS, nextLine, SP, TCHAR, trimOws } from "./_scan.ts";
 
 /** A parsed response head. Header names keep their case; values are OWS-trimmed latin1. */
 export type ResponseHead = {
@@ -43,17 +46,8 @@ export const DEFAULT_MAX_RESPONSE_HEADER_BYTES = 65536;
 /** Default {@link ResponseHeadLimits.maxHeaders}. */
 export const DEFAULT_MAX_RESPONSE_HEADERS = 256;
 
-const CR = 0x0d;
-const LF = 0x0a;
-const SP = 0x20;
-const HTAB = 0x09;
-const COLON = 0x3a;
 const SEMI = 0x3b;
 
-/** RFC 9110 5.6.2 tchar. */
-const TCHAR = byteSet(
-  "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
-);
 /** Hex digit values, -1 for anything else. */
 const HEX = (() => {
   const t = new Int8Array(256).fill(-1);
@@ -61,15 +55,7 @@ const HEX = (() => {
   for (let i = 0; i < 6; i++) t[0x41 + i] = t[0x61 + i] = 10 + i;
   return t;
 })();
-/** Content-Length digits beyond this could not be a safe integer. */
-const MAX_LENGTH_DIGITS = 15;
 const STATUS_PREFIX = [0x48, 0x54, 0x54, 0x50, 0x2f]; // "HTTP/"
-
-function byteSet(chars: string): Uint8Array {
-  const t = new Uint8Array(256);
-  for (let i = 0; i < chars.length; i++) t[chars.charCodeAt(i)] = 1;
-  return t;
-}
 
 type Invalid = { kind: "invalid"; reason: string };
 
@@ -200,20 +186,6 @@ function parse(buf: Uint8Array, limits: ResponseHeadLimits): ResponseHeadResult 
   };
 }
 
-/**
- * Find the line starting at `from`. `end` is the index after its LF, -1 if no LF yet (then
- * `contentEnd` excludes a trailing CR that may be the start of CRLF), or -2 for a bare LF.
- */
-function nextLine(b: Uint8Array, from: number): { end: number; contentEnd: number } {
-  const lf = b.indexOf(LF, from);
-  if (lf < 0) {
-    const n = b.length;
-    return { end: -1, contentEnd: n > from && b[n - 1] === CR ? n - 1 : n };
-  }
-  if (lf === from || b[lf - 1] !== CR) return { end: -2, contentEnd: lf };
-  return { end: lf + 1, contentEnd: lf - 1 };
-}
-
 type StatusLine =
   | { kind: "line"; status: number; reason: string; version: "HTTP/1.1" | "HTTP/1.0" }
   | { kind: "prefix" }
@@ -267,68 +239,15 @@ function statusLine(b: Uint8Array, to: number, complete: boolean): StatusLine {
   };
 }
 
-/** Parse `b[from, to)` as a field line; when `complete` is false only check it can begin one. */
+/** {@link fieldLine}, its refusals as `invalid`. */
 function headerLine(
   b: Uint8Array,
   from: number,
   to: number,
   complete: boolean,
-): { kind: "field"; name: string; value: string } | Invalid | undefined {
-  if (from === to) return undefined;
-  // RFC 9112 5.2: a proxy must not guess how the next hop would unfold obs-fold.
-  if (b[from] === SP || b[from] === HTAB) return bad("obsolete line folding (obs-fold)");
-  let i = from;
-  while (i < to && TCHAR[b[i]] === 1) i++;
-  if (i === to) return complete ? bad("header line without a colon") : undefined;
-  if (b[i] !== COLON) {
-    if (b[i] === SP || b[i] === HTAB) return bad("whitespace between field name and colon");
-    return bad("invalid byte in field name");
-  }
-  if (i === from) return bad("empty field name");
-  for (let k = i + 1; k < to; k++) {
-    const c = b[k];
-    if ((c < SP && c !== HTAB) || c === 0x7f) {
-      if (c === CR) return bad("bare CR in a field value");
-      if (c === 0) return bad("NUL in a field value");
-      return bad("control character in a field value");
-    }
-  }
-  if (!complete) return undefined;
-  let vs = i + 1, ve = to;
-  while (vs < ve && (b[vs] === SP || b[vs] === HTAB)) vs++;
-  while (ve > vs && (b[ve - 1] === SP || b[ve - 1] === HTAB)) ve--;
-  return { kind: "field", name: latin1(b, from, i), value: latin1(b, vs, ve) };
-}
-
-function isDigits(s: string): boolean {
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i);
-    if (c < 0x30 || c > 0x39) return false;
-  }
-  return true;
-}
-
-function trimOws(s: string): string {
-  let a = 0, z = s.length;
-  while (a < z && (s.charCodeAt(a) === SP || s.charCodeAt(a) === HTAB)) a++;
-  while (z > a && (s.charCodeAt(z - 1) === SP || s.charCodeAt(z - 1) === HTAB)) z--;
-  return s.slice(a, z);
-}
-
-/** One char per byte, chunked so a long value cannot overflow the argument limit of apply. */
-function latin1(b: Uint8Array, from: number, to: number): string {
-  const CHUNK = 8192;
-  if (to - from <= CHUNK) {
-    return String.fromCharCode.apply(null, b.subarray(from, to) as unknown as number[]);
-  }
-  let s = "";
-  for (let i = from; i < to; i += CHUNK) {
-    s += String.fromCharCode.apply(
-      null,
-      b.subarray(i, Math.min(to, i + CHUNK)) as unknown as number[],
-    );
-  }
-  return s;
+): FieldLine | Invalid | undefined {
+  const r = fieldLine(b, from, to, complete);
+  return typeof r === "string" ? bad(r) : r;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -22,12 +22,10 @@ import type { Cidr } from "../../policy/address.ts";
 import type { CompiledPolicy } from "../../policy/mod.ts";
 import type { Credential } from "../../policy/types.ts";
 import type { AuditRecord, AuditSink } from "../ops/audit.ts";
-import {
-  cidrAllowsFromPolicy,
-  cidrDeniesFromPolicy,
-  type CidrRule,
-} from "../enforce/nft_render.ts";
+import { cidrAllowsFromPolicy, cidrDeniesFromPolicy, type CidrRule } from "../enforce/spec.ts";
+import { cidrMatch } from "../enforce/nft_render.ts";
 import { applyNft, removeNft } from "../enforce/netfilter.ts";
+import { sh } from "../ops/command.ts";
 
 /** Exit status when sluice itself failed (the command may not have run). */
 export const EXIT_SLUICE_FAILED = 125;
@@ -60,12 +58,6 @@ export function runNet(id: number): RunNet {
 
 /** Listener ports on the host side of the veth. */
 export type RunPorts = { proxy: number; https: number; http: number; dns: number };
-
-function cidrMatch(c: CidrRule): string {
-  const fam = c.cidr.family === 4 ? "ip" : "ip6";
-  const ports = c.ports ? ` meta l4proto { tcp, udp } th dport { ${c.ports.join(", ")} }` : "";
-  return `${fam} daddr ${c.cidr.text}${ports}`;
-}
 
 /**
  * The namespace's ruleset (pure, snapshot-tested): web and DNS traffic DNAT
@@ -269,34 +261,6 @@ export function describeEnding(e: RunEnding): string {
       return `command ended by sluice: credential ${e.credential} violation (exit status ${status})`;
     case "failed":
       return `sluice failed (exit status ${status})`;
-  }
-}
-
-/** Runs a command, throwing with its stderr when it fails. */
-export async function sh(argv: string[]): Promise<string> {
-  const out = await new Deno.Command(argv[0], {
-    args: argv.slice(1),
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  if (!out.success) {
-    throw new Error(`${argv.join(" ")} failed: ${new TextDecoder().decode(out.stderr).trim()}`);
-  }
-  return new TextDecoder().decode(out.stdout);
-}
-
-/** Runs a command; its stdout, or undefined when it is missing or fails (for optional steps). */
-export async function trySh(argv: string[]): Promise<string | undefined> {
-  try {
-    const out = await new Deno.Command(argv[0], {
-      args: argv.slice(1),
-      stdout: "piped",
-      stderr: "null",
-      stdin: "null",
-    }).output();
-    return out.success ? new TextDecoder().decode(out.stdout) : undefined;
-  } catch {
-    return undefined;
   }
 }
 

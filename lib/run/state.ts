@@ -14,7 +14,8 @@
  *
  * @module
  */
-import { type RunNet, runNet, trySh } from "./namespace.ts";
+import { type RunNet, runNet } from "./namespace.ts";
+import { trySh } from "../ops/command.ts";
 
 /** Where markers live. Root-only (0700). */
 export const RUN_STATE_DIR = "/run/sluice/runs";

@@ -7,7 +7,7 @@
  * @module
  */
 import type { TrustFiles } from "./env.ts";
-import { trySh } from "./namespace.ts";
+import { trySh } from "../ops/command.ts";
 import { SYSTEM_BUNDLES } from "../upstream/trust.ts";
 
 /** Where the host keeps its hashed certificate directory and Java's default store (Debian). */

@@ -1,6 +1,7 @@
 import { assert, assertEquals, assertMatch, assertThrows } from "../../_assert.ts";
 import { forwardingWarning, hostSpec, type SysctlReader } from "../../../lib/enforce/host.ts";
-import { EnforceSpecError, renderNft } from "../../../lib/enforce/nft_render.ts";
+import { renderNft } from "../../../lib/enforce/nft_render.ts";
+import { EnforceSpecError } from "../../../lib/enforce/spec.ts";
 import { renderIptables } from "../../../lib/enforce/iptables_render.ts";
 import { loadPolicyText } from "../../../policy/load.ts";
 import type { Policy } from "../../../policy/types.ts";

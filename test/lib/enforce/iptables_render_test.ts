@@ -5,7 +5,7 @@ import {
   renderIptables,
   renderIptablesRemove,
 } from "../../../lib/enforce/iptables_render.ts";
-import { type EnforceSpec, EnforceSpecError } from "../../../lib/enforce/nft_render.ts";
+import { type EnforceSpec, EnforceSpecError } from "../../../lib/enforce/spec.ts";
 import {
   applyIptables,
   detectCgroupPrefix,

@@ -3,9 +3,6 @@ import {
   addHostSetElements,
   applyIptables,
   applyNft,
-  type CommandResult,
-  type CommandRunner,
-  type CommandRunnerSync,
   detectBackend,
   detectCgroupPrefix,
   enforce,
@@ -16,7 +13,14 @@ import {
   removeRulesSync,
   resolveUids,
 } from "../../../lib/enforce/netfilter.ts";
-import { type EnforceSpec, renderNft } from "../../../lib/enforce/nft_render.ts";
+import {
+  type CommandResult,
+  type CommandRunner,
+  type CommandRunnerSync,
+  denoRunner,
+} from "../../../lib/ops/command.ts";
+import { renderNft } from "../../../lib/enforce/nft_render.ts";
+import type { EnforceSpec } from "../../../lib/enforce/spec.ts";
 import { renderIptablesRemove } from "../../../lib/enforce/iptables_render.ts";
 import { parseCidr } from "../../../policy/address.ts";
 
@@ -218,21 +222,8 @@ Deno.test("resolveUids() passes numbers through and resolves names with id -u", 
 // ---------------------------------------------------------------------------------------------
 // As root, each in a namespace the test creates and deletes: the host's ruleset is never touched.
 
-async function sh(argv: string[], stdin?: string): Promise<CommandResult> {
-  const child = new Deno.Command(argv[0], {
-    args: argv.slice(1),
-    stdin: stdin === undefined ? "null" : "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  if (stdin !== undefined) {
-    const w = child.stdin.getWriter();
-    await w.write(new TextEncoder().encode(stdin));
-    await w.close();
-  }
-  const out = await child.output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+function sh(argv: string[], stdin?: string): Promise<CommandResult> {
+  return denoRunner(argv, stdin);
 }
 
 async function must(argv: string[]): Promise<string> {

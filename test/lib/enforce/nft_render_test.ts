@@ -5,15 +5,14 @@ import {
   assertStringIncludes,
   assertThrows,
 } from "../../_assert.ts";
+import { renderAddElements, renderNft } from "../../../lib/enforce/nft_render.ts";
 import {
   cidrAllowsFromPolicy,
   cidrDeniesFromPolicy,
   type EnforceSpec,
   EnforceSpecError,
-  renderAddElements,
-  renderNft,
   specFromPolicy,
-} from "../../../lib/enforce/nft_render.ts";
+} from "../../../lib/enforce/spec.ts";
 import { checkNft, detectCgroupPrefix } from "../../../lib/enforce/netfilter.ts";
 import { loadPolicyText } from "../../../policy/load.ts";
 import { CASES, CGROUP } from "../../fixtures/netfilter/cases.ts";

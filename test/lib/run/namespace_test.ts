@@ -8,7 +8,7 @@ import {
   runNet,
   RunSummary,
 } from "../../../lib/run/namespace.ts";
-import { cidrAllowsFromPolicy, cidrDeniesFromPolicy } from "../../../lib/enforce/nft_render.ts";
+import { cidrAllowsFromPolicy, cidrDeniesFromPolicy } from "../../../lib/enforce/spec.ts";
 import { loadPolicyText } from "../../../policy/mod.ts";
 import { IS_ROOT, run } from "../../e2e/_harness.ts";
 
@@ -44,7 +44,7 @@ Deno.test("renderNamespaceRules() sends web and DNS to sluice, drops denies firs
   assertMatch(text, /policy drop;/);
   const deny = text.indexOf("ip daddr 10.20.9.0/24");
   const allow = text.indexOf(
-    "ip daddr 10.20.0.0/16 meta l4proto { tcp, udp } th dport { 5432 } accept",
+    "ip daddr 10.20.0.0/16 meta l4proto { tcp, udp } th dport 5432 accept",
   );
   assert(deny > 0 && allow > deny, "deny CIDRs come before allows");
   assertMatch(text, /counter name "dropped" drop/);
