@@ -21,6 +21,9 @@
  * address is the IPv4 address it carries, for matching and classification
  * alike: a client cannot reach 10.0.0.1 by writing `::ffff:10.0.0.1`.
  *
+ * Why one file of ~680 lines: the one IP parser, CIDRs and address classes of sluice; the
+ * private guard's classes need the parser's internals (bytes, mapped forms).
+ *
  * @module
  */
 

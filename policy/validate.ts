@@ -5,6 +5,9 @@
  * Unknown keys are errors (with "did you mean"): a misspelt `deny:` silently
  * ignored would be a hole in the policy, so anything unrecognised is refused.
  *
+ * Why one file of ~830 lines: one pass over the located tree that reports every problem at once
+ * with its file:line:col; each section's checks are a function here, in the policy's order.
+ *
  * @module
  */
 import { closest, type Loc, type PolicyIssue } from "./errors.ts";

@@ -32,6 +32,9 @@
  * split across chunks is still found, and a placeholder is always detected
  * before any of its bytes are passed on.
  *
+ * Why one file of ~700 lines: every operation of the broker (scan, substitute, scan bodies,
+ * rewrite streams) shares the per-credential entries built once in its constructor.
+ *
  * @module
  */
 import type { Credential } from "../../policy/types.ts";

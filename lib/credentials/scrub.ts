@@ -2,7 +2,7 @@
  * Response scrubbing: every byte an upstream sends back toward the workload is searched for
  * every loaded secret, in the forms an echo commonly takes, and each one found is replaced by
  * the credential's placeholder before the workload sees it. Pure logic plus the streaming
- * decoders for content codings; the data path wires it in lib/exchange/forward.ts and lib/exchange/websocket.ts.
+ * decoders for content codings; the data path wires it in lib/exchange/forward.ts and lib/exchange/websocket/relay.ts.
  *
  * Forms of a secret S (UTF-8 bytes, n of them) and what replaces each (P is the placeholder):
  *
@@ -40,6 +40,10 @@
  * longest, non-overlapping. A stream holds back only the longest tail that could still start a
  * pattern, plus one base64 character a following match may have to patch, so text that ends
  * in a line break (server-sent events) is passed on at once.
+ *
+ * Why one file of ~1,100 lines: the forms, the matcher and the decoders form one engine whose
+ * invariant (no form of a secret passes whole) is checked in one place; split, each part would
+ * need the others' internals.
  *
  * @module
  */

@@ -48,6 +48,9 @@
  * the `net` unstable feature (deno.json enables it, and `deno compile` keeps
  * it). Without it, `node:dgram` (no flag needed) is used instead.
  *
+ * Why one file of ~630 lines: UDP and TCP transports share one query path (decide, resolve,
+ * audit) and its limits; the codec and the policy are separate modules (wire.ts, policy.ts).
+ *
  * @module
  */
 import type { OutcomeCode } from "../../policy/outcomes.ts";

@@ -18,6 +18,9 @@
  * The defaults are documented in docs/data-path.md ("Limits and deadlines"); `sluice serve
  * --limit NAME=VALUE` sets them (see {@link LIMIT_SETTINGS}).
  *
+ * Why one file of ~800 lines: every limit, its default, the per-connection deadline record and
+ * the one sweep that enforces them live together so a newcomer finds every limit here.
+ *
  * @module
  */
 import { formatHostPort } from "../../policy/address.ts";

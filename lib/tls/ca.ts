@@ -16,6 +16,9 @@
  * - Leaf names come from attacker-influenced SNI and Host values, so they are checked to be a
  *   plain DNS name or IP literal before they go into a certificate.
  *
+ * Why one file of ~660 lines: creating, loading and minting share the key and certificate
+ * handling (and the 0600 rules for keys) that must not diverge.
+ *
  * @module
  */
 // @peculiar/x509's dependency injection (tsyringe) needs the Reflect metadata polyfill loaded
