@@ -8,6 +8,9 @@
  * differently is refused (a protocol error, answered 502) instead of guessed at. Nothing here
  * throws on bad input except {@link responseFraming}, whose input is a head this module parsed.
  *
+ * Why one file of ~600 lines: response heads and the chunked coding in both directions are
+ * the upstream client's framing; the scanning they share with request heads is in _scan.ts.
+ *
  * @module
  */
 

@@ -25,6 +25,10 @@
  *     client itself and ends the connection.
  *   - {@link streamRefusalResponder}: the refusal's audit line, metrics and response.
  *
+ * Why one file of ~680 lines: the checker is one state machine over the byte stream (heads,
+ * body framing, upgrades) whose verdict must not depend on how the input is split; the
+ * responder beside it turns its refusals into responses and audit lines.
+ *
  * @module
  */
 import { parseDestinationHost } from "../../policy/decide.ts";
