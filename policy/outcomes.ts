@@ -72,11 +72,11 @@ export const OUTCOMES: Readonly<Record<OutcomeCode, Outcome>> = {
     meaning: "no rule matched and the default is deny",
   },
   "needs-inspection": {
-    verdict: "deny",
-    status: 403,
-    otherwise: "tls-alert",
+    verdict: "allow",
+    status: 200,
     stage: "policy",
-    meaning: "an HTTP rule needs TLS interception, which is off for this host",
+    meaning: "a connection allowed only by HTTP rules: TLS is intercepted and each request " +
+      "is decided on its own",
   },
   "passthrough-uninspectable": {
     verdict: "deny",

@@ -5,8 +5,7 @@
  *
  * @module
  */
-import { UpstreamError } from "./client.ts";
-import { formatHostPort } from "../../policy/address.ts";
+import { openTcp } from "./connection.ts";
 import type { Ip } from "../../policy/address.ts";
 import {
   decideAddress,
@@ -58,35 +57,7 @@ export async function chooseAddress(
   return { ok: false, denied: firstDenial! };
 }
 
-/**
- * Opens a TCP connection with a deadline and TCP_NODELAY (passthrough; the HTTP client has its
- * own, which also covers the TLS handshake). Fails with the same {@link UpstreamError} kinds.
- */
-export async function connectTcp(ip: Ip, port: number, timeoutMs: number): Promise<Deno.TcpConn> {
-  const where = formatHostPort(ip.text, port);
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const pending = Deno.connect({ hostname: ip.text, port });
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () =>
-        reject(
-          new UpstreamError("timeout", `connecting to ${where} timed out after ${timeoutMs} ms`),
-        ),
-      timeoutMs,
-    );
-  });
-  try {
-    const conn = await Promise.race([pending, timeout]);
-    conn.setNoDelay(true);
-    return conn;
-  } catch (e) {
-    // A connection that completes after the deadline must not leak.
-    pending.then((c) => c.close(), () => {});
-    if (e instanceof UpstreamError) throw e;
-    throw new UpstreamError("connect", `cannot connect to ${where}: ${(e as Error).message}`, {
-      cause: e,
-    });
-  } finally {
-    clearTimeout(timer);
-  }
+/** Opens a TCP connection with a deadline and TCP_NODELAY (passthrough): see {@link openTcp}. */
+export function connectTcp(ip: Ip, port: number, timeoutMs: number): Promise<Deno.TcpConn> {
+  return openTcp(ip.text, port, timeoutMs);
 }

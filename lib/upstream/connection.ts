@@ -15,6 +15,7 @@
  */
 
 import * as nodeTls from "node:tls";
+import { formatHostPort } from "../../policy/address.ts";
 import { errorText, type UpstreamConn, UpstreamError, type UpstreamTarget } from "./types.ts";
 
 const READ_BUFFER = 64 * 1024;
@@ -207,6 +208,45 @@ class NodeTlsIo implements Io {
 }
 
 /**
+ * The one TCP connect with a deadline in sluice: TCP_NODELAY set, a connection that completes
+ * after the deadline closed, failures as {@link UpstreamError} `connect` or `timeout`. The HTTP
+ * client's dial and the passthrough splice both use it.
+ *
+ * @param signal aborts the attempt too (the caller's own deadline, or shutdown)
+ */
+export async function openTcp(
+  hostname: string,
+  port: number,
+  timeoutMs: number,
+  signal?: AbortSignal,
+): Promise<Deno.TcpConn> {
+  const where = formatHostPort(hostname, port);
+  const ac = new AbortController();
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    ac.abort();
+  }, timeoutMs);
+  const onAbort = (): void => ac.abort(signal?.reason);
+  signal?.addEventListener("abort", onAbort, { once: true });
+  try {
+    const conn = await Deno.connect({ hostname, port, signal: ac.signal });
+    conn.setNoDelay(true); // before TLS: every record must leave at once (PLATFORM.md)
+    return conn;
+  } catch (e) {
+    if (timedOut) {
+      throw new UpstreamError("timeout", `connecting to ${where} timed out after ${timeoutMs} ms`);
+    }
+    throw new UpstreamError("connect", `cannot connect to ${where}: ${errorText(e)}`, {
+      cause: e,
+    });
+  } finally {
+    clearTimeout(timer);
+    signal?.removeEventListener("abort", onAbort);
+  }
+}
+
+/**
  * Open a connection to `t.address`: TCP with TCP_NODELAY, then TLS for `t.host` when `t.tls`
  * (through node:tls when `t.verify` is false), all within `connectMs`.
  *
@@ -243,18 +283,17 @@ export async function dial(
     } else {
       let tcp: Deno.TcpConn;
       try {
-        tcp = await Deno.connect({ hostname: t.address, port: t.port, signal: ac.signal });
+        tcp = await openTcp(t.address, t.port, connectMs, ac.signal);
       } catch (e) {
-        if (timedOut) throw timeoutError();
+        if (timedOut || (e as UpstreamError).kind === "timeout") throw timeoutError();
         if (signal?.aborted) throw signal.reason;
         throw new UpstreamError(
           "connect",
-          `Cannot connect to ${where} (${t.address}): ${errorText(e)}`,
+          `Cannot connect to ${where} (${t.address}): ${errorText((e as Error).cause ?? e)}`,
           { cause: e },
         );
       }
       io = tcp;
-      tcp.setNoDelay(true); // before TLS: every record must leave at once (PLATFORM.md)
       if (t.tls) {
         const onAbortTls = (): void => io?.close();
         ac.signal.addEventListener("abort", onAbortTls, { once: true });

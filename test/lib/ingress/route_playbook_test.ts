@@ -5,16 +5,14 @@
  * bytes written to the client, a hand-over to the terminator (with or without a denial), and
  * the audit record's verdict and code. No sockets, no TLS: the decision logic alone.
  */
+import { oneKeyBroker, stageMetrics } from "../../lib/_stage.ts";
 import { assert, assertEquals } from "../../_assert.ts";
 import { loadPolicyText, parseDestinationHost } from "../../../policy/mod.ts";
-import { makeBroker } from "../../../lib/credentials/broker.ts";
-import { SecretValue } from "../../../lib/credentials/secrets.ts";
 import type { ProxyContext } from "../../../lib/gateway/context.ts";
 import { DEFAULT_LIMITS } from "../../../lib/ingress/limits.ts";
 import { routeTls } from "../../../lib/ingress/route.ts";
 import type { HopMeta, Terminator } from "../../../lib/ingress/terminator.ts";
 import { AuditLog } from "../../../lib/ops/audit.ts";
-import { Metrics } from "../../../lib/ops/metrics.ts";
 import {
   TLS_ACCESS_DENIED_ALERT,
   TLS_UNRECOGNIZED_NAME_ALERT,
@@ -62,19 +60,8 @@ async function converse(
     read: () => Promise.resolve(null),
   } as unknown as Deno.Conn;
   const audit = AuditLog.memory();
-  const metrics = new Metrics({
-    activeConnections: () => 0,
-    leafCache: () => ({ size: 0, hits: 0, misses: 0, mints: 0 }) as never,
-    policyGeneration: () => 1,
-    lastReloadOk: () => 1,
-    stages: () => [],
-    clients: () => 0,
-  });
-  const broker = makeBroker(
-    compiled.credentials,
-    new Map([["KEY", PH]]),
-    new Map([["KEY", new SecretValue("KEY", "real-value-for-playbook")]]),
-  );
+  const metrics = stageMetrics();
+  const broker = oneKeyBroker(compiled, PH, "real-value-for-playbook");
   const ctx = {
     policy: () => compiled,
     broker: () => broker,
