@@ -8,9 +8,10 @@
  *      {@link BASE_VARIABLES} plus each `--pass-env NAME`;
  *   2. remove every variable a credential is read from (`from: env:NAME`),
  *      whatever it is called;
- *   3. remove every variable whose value contains a loaded secret value, raw
- *      or in its base64 / base64url / percent-encoded form (a `Bearer …`
- *      header, a URL with the token in it, a Basic `user:secret` pair);
+ *   3. remove every variable whose value contains a loaded secret value, in
+ *      any form the response scrubber looks for (`scrubForms`: raw,
+ *      percent-encoded, JSON-escaped, base64 / base64url at any offset): a
+ *      `Bearer …` header, a URL with the token in it, a Basic `user:secret`;
  *   4. remove variables that belong to sluice, not the command
  *      ({@link SLUICE_OWN_VARIABLES}: the systemd sockets and credential
  *      directory, the trust-store choice sluice made for itself);
@@ -22,6 +23,7 @@
  *
  * @module
  */
+import { scrubForms } from "../credentials/scrub.ts";
 
 /** Variables kept by `--clear-env`: what a shell and common tools need to work at all. */
 export const BASE_VARIABLES: readonly string[] = [
@@ -128,7 +130,9 @@ export type ChildEnv = { env: Record<string, string>; withheld: string[] };
 export function buildChildEnv(inputs: ChildEnvInputs): ChildEnv {
   const keep = inputs.clear ? new Set([...BASE_VARIABLES, ...(inputs.pass ?? [])]) : undefined;
   const sources = new Set(inputs.sourceVariables);
-  const forms = secretForms(inputs.secretValues);
+  // The forms the response scrubber searches for (lib/credentials/scrub.ts), plus the value as
+  // a JS string (scrubForms gives byte strings, which differ for non-ASCII values).
+  const forms = [...inputs.secretValues, ...inputs.secretValues.flatMap(scrubForms)];
   const own = new Set([...SLUICE_OWN_VARIABLES, ...(inputs.ownSettings ?? [])]);
   const env: Record<string, string> = {};
   const withheld: string[] = [];
@@ -151,34 +155,4 @@ export function buildChildEnv(inputs: ChildEnvInputs): ChildEnv {
     delete env.no_proxy;
   }
   return { env, withheld: withheld.sort() };
-}
-
-/**
- * The forms of each secret that mean "this variable holds it": raw,
- * base64 / base64url (with and without padding), percent-encoded, and base64
- * at each of the three byte offsets, so a secret inside a longer base64 text
- * (Basic `user:secret`) is found too.
- */
-export function secretForms(values: readonly string[]): string[] {
-  const out = new Set<string>();
-  for (const v of values) {
-    out.add(v);
-    out.add(encodeURIComponent(v));
-    const bytes = new TextEncoder().encode(v);
-    for (let shift = 0; shift < 3; shift++) {
-      // Prefix `shift` bytes, encode, then drop the characters that depend on the prefix
-      // or on what follows the secret: what is left appears in any base64 text holding it.
-      const padded = new Uint8Array(shift + bytes.length);
-      padded.set(bytes, shift);
-      const b64 = btoa(String.fromCharCode(...padded));
-      const start = shift === 0 ? 0 : shift === 1 ? 2 : 3;
-      const stable = Math.floor((shift + bytes.length) / 3) * 4;
-      const core = b64.slice(start, stable);
-      if (core.length >= 8) {
-        out.add(core);
-        out.add(core.replaceAll("+", "-").replaceAll("/", "_"));
-      }
-    }
-  }
-  return [...out];
 }

@@ -8,7 +8,7 @@
  */
 import type { TrustFiles } from "./env.ts";
 import { trySh } from "../ops/command.ts";
-import { SYSTEM_BUNDLES } from "../upstream/trust.ts";
+import { readSystemBundle } from "../upstream/trust.ts";
 
 /** Where the host keeps its hashed certificate directory and Java's default store (Debian). */
 const SYSTEM_CERT_DIR = "/etc/ssl/certs";
@@ -26,11 +26,7 @@ const JAVA_STORE_PASSWORD = "changeit";
  * @returns the paths, for lib/run/env.ts `caVariables`
  */
 export async function writeTrustFiles(dir: string, caPem: string): Promise<TrustFiles> {
-  let system = "";
-  for (const p of SYSTEM_BUNDLES) {
-    system = await Deno.readTextFile(p).catch(() => "");
-    if (system) break;
-  }
+  const system = (await readSystemBundle()) ?? "";
   const bundle = `${dir}/ca-bundle.pem`;
   const caFile = `${dir}/sluice-ca.pem`;
   await Deno.writeTextFile(bundle, `${system.trimEnd()}\n${caPem}`, { mode: 0o644 });

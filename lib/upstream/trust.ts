@@ -80,6 +80,20 @@ export type LoadTrustOptions = {
 };
 
 /**
+ * The first of the host's CA bundles that can be read (Debian, Fedora, Alpine… paths), or
+ * undefined when there is none.
+ */
+export async function readSystemBundle(
+  paths: readonly string[] = SYSTEM_BUNDLES,
+): Promise<string | undefined> {
+  for (const path of paths) {
+    const text = await Deno.readTextFile(path).catch(() => undefined);
+    if (text) return text;
+  }
+  return undefined;
+}
+
+/**
  * Reads every CA file the policy names and, unless the default store has them, the system
  * bundle.
  *
@@ -90,13 +104,7 @@ export async function loadTrust(
   compiled: CompiledPolicy,
   opts: LoadTrustOptions = {},
 ): Promise<TrustStore> {
-  let system: string | undefined;
-  if (!opts.systemInDefaultStore) {
-    for (const path of opts.systemBundles ?? SYSTEM_BUNDLES) {
-      system = await Deno.readTextFile(path).catch(() => undefined);
-      if (system) break;
-    }
-  }
+  const system = opts.systemInDefaultStore ? undefined : await readSystemBundle(opts.systemBundles);
   const files = new Map<string, string>();
   const up = compiled.policy.tls.upstream;
   const paths = [...up.ca, ...up.hosts.flatMap((h) => h.ca)];

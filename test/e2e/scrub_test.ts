@@ -6,13 +6,13 @@
  * byte the client receives (head and body) is grepped for every form of every real value; the
  * bodies must otherwise arrive intact.
  *
- * The leak oracle is written here, independently of lib/credentials/scrub.ts: run_env.ts's `secretForms`
+ * The leak oracle is written here, independently of lib/credentials/scrub.ts: test/_leak_oracle.ts's `secretForms`
  * (raw, percent-encoded, base64 cores at the three alignments) plus encodings spelled out.
  */
 import * as zlib from "node:zlib";
 import { assert, assertEquals, assertMatch } from "../_assert.ts";
 import { ephemeralCa } from "../../lib/tls/ca.ts";
-import { secretForms } from "../../lib/run/env.ts";
+import { secretForms } from "../_leak_oracle.ts";
 import { curl, placeholders, startSluice, startTlsUpstream } from "./_harness.ts";
 import { websocketThroughProxy } from "./_ws_client.ts";
 

@@ -2,13 +2,13 @@
  * lib/credentials/scrub.ts: every form of a secret is replaced, in whole buffers and in streams however
  * they are chunked; content codings are decoded; responses sluice cannot check are refused.
  *
- * The leak oracle is independent of the code under test: run_env.ts's `secretForms` (raw,
+ * The leak oracle is independent of the code under test: test/_leak_oracle.ts's `secretForms` (raw,
  * percent-encoded, base64 stable cores at the three alignments) plus the encodings written out
  * here with the platform's own encoders.
  */
 import * as zlib from "node:zlib";
 import { assert, assertEquals, assertStringIncludes } from "../../_assert.ts";
-import { secretForms } from "../../../lib/run/env.ts";
+import { secretForms } from "../../_leak_oracle.ts";
 import {
   BodyDecodeError,
   contentCodings,

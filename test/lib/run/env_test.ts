@@ -4,8 +4,8 @@ import {
   buildChildEnv,
   caVariables,
   type ChildEnvInputs,
-  secretForms,
 } from "../../../lib/run/env.ts";
+import { secretForms } from "../../_leak_oracle.ts";
 
 const SECRET = "s3cr3t-value-0123456789";
 const b64 = (s: string) => btoa(s);
@@ -157,7 +157,7 @@ Deno.test("caVariables() covers the common ecosystems and puts Java's options la
   );
 });
 
-Deno.test("secretForms() finds a secret in base64 text at any offset, and only stable parts", () => {
+Deno.test("secretForms() (the tests' leak oracle) finds a secret in base64 text at any offset, and only stable parts", () => {
   const forms = secretForms([SECRET]);
   for (let pre = 0; pre < 6; pre++) {
     const text = b64("x".repeat(pre) + SECRET + "tail");
