@@ -338,8 +338,11 @@ listen:
             }).output();
             return dec.decode(out.stdout);
           };
-          // The control: an allowed name the override answers.
+          // The control: an allowed name the override answers. Its audit line is waited for,
+          // so that it cannot land inside the refusal's window below.
+          const before = (await sluice.audit()).length;
           const api = await dig("api.test");
+          assertEquals((await since(before)).map((l) => l.host), ["api.test"]);
           assertMatch(api, /status: NOERROR/);
           assertMatch(api, /api\.test\.\s+\d+\s+IN\s+A\s+127\.0\.0\.1/);
           const line = one(
