@@ -23,7 +23,7 @@ import type { AuditRecord } from "../ops/audit.ts";
 import { chooseAddress } from "../upstream/connect.ts";
 import type { ProxyContext } from "../gateway/context.ts";
 import { denyResponse, errorResponse } from "./respond.ts";
-import type { HopMeta, Terminator } from "../ingress/terminator.ts";
+import type { Connections, HopMeta } from "../ingress/terminator.ts";
 import { UpstreamError, type UpstreamPool, type UpstreamResponse } from "../upstream/client.ts";
 import { removeHopByHop } from "../http1/response.ts";
 import { isWebSocketUpgrade, proxyWebSocket } from "./websocket/mod.ts";
@@ -33,10 +33,14 @@ import type { Credential } from "../../policy/types.ts";
 /** Request headers a proxy must not pass on (besides hop-by-hop ones). */
 const PROXY_ONLY = new Set(["proxy-authorization", "proxy-connection", "proxy-authenticate"]);
 
-/** Builds the handler the terminator's internal servers call for each request. */
+/**
+ * Builds the handler the HTTP servers call for each request: the terminator's internal servers
+ * (behind a hop) and the direct listener (lib/ingress/direct.ts). `connections` tells who the
+ * client behind a request is.
+ */
 export function makeRequestHandler(
   ctx: ProxyContext,
-  terminator: () => Terminator,
+  connections: () => Connections,
   pool: UpstreamPool,
 ): (req: Request, info: Deno.ServeHandlerInfo<Deno.NetAddr>) => Promise<Response> {
   // Responses whose body is still streaming from upstream: their request is
@@ -48,7 +52,7 @@ export function makeRequestHandler(
     release: () => void,
   ): Promise<Response> => {
     const started = performance.now();
-    const meta = terminator().meta(info.remoteAddr.port);
+    const meta = connections().meta(info.remoteAddr);
     if (!meta) {
       // Only hops reach the internal listeners; anything else is refused.
       return errorResponse(
@@ -447,13 +451,13 @@ export function makeRequestHandler(
     ctx.inflight.count++;
     let released = false;
     let streamingBody = false;
-    const hopPort = info.remoteAddr.port;
+    const peer = info.remoteAddr;
     const release = () => {
       if (!released) {
         released = true;
         ctx.inflight.count--;
         // A streamed body that has ended: the hop's keep-alive clock runs again.
-        if (streamingBody) terminator().bodyEnded(hopPort);
+        if (streamingBody) connections().bodyEnded(peer);
       }
     };
     try {
@@ -463,7 +467,7 @@ export function makeRequestHandler(
         // While a body streams (an SSE stream may be silent for minutes), the connection is
         // not idle: the keep-alive deadline waits for the body's end (lib/ingress/limits.ts).
         streamingBody = true;
-        terminator().bodyStarted(hopPort);
+        connections().bodyStarted(peer);
       }
       return res;
     } catch (e) {

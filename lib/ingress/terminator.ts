@@ -49,6 +49,20 @@ export type HopMeta = {
   denied?: ConnectionDecision;
 };
 
+/**
+ * What the request handler asks of whoever accepted the connection a request came on: who the
+ * client is (by the peer address the HTTP server reports), and when a streamed response body
+ * keeps that connection busy. The {@link Terminator} answers for hops (the peer is the hop's
+ * local end); lib/ingress/direct.ts for connections served without a hop.
+ */
+export interface Connections {
+  meta(peer: Deno.NetAddr): HopMeta | undefined;
+  /** A response body keeps streaming: the connection is busy, not idle between requests. */
+  bodyStarted(peer: Deno.NetAddr): void;
+  /** That body has been sent, or the client abandoned it. */
+  bodyEnded(peer: Deno.NetAddr): void;
+}
+
 /** A hop in progress: who it carries, and the clock its connection's deadlines follow. */
 type Hop = { meta: HopMeta; clock?: HopClock };
 
@@ -85,7 +99,7 @@ export type TerminatorOptions = {
 };
 
 /** The internal listeners and the registry that maps hops to their client connections. */
-export class Terminator {
+export class Terminator implements Connections {
   readonly #opts: TerminatorOptions;
   readonly #hops = new Map<number, Hop>();
   readonly #handler: ConnectionHandler;
@@ -129,17 +143,17 @@ export class Terminator {
   }
 
   /**
-   * The request handler reports that the response it returned on the hop `hopPort` keeps
-   * streaming its body: the connection is busy (the tunnel idle deadline applies), not idle
-   * between requests, until {@link bodyEnded}.
+   * The request handler reports that the response it returned on the hop whose local end is
+   * `peer` keeps streaming its body: the connection is busy (the tunnel idle deadline applies),
+   * not idle between requests, until {@link bodyEnded}.
    */
-  bodyStarted(hopPort: number): void {
-    this.#hops.get(hopPort)?.clock?.bodyStarted();
+  bodyStarted(peer: Deno.NetAddr): void {
+    this.#hops.get(peer.port)?.clock?.bodyStarted();
   }
 
   /** That body has been sent, or the client abandoned it. */
-  bodyEnded(hopPort: number): void {
-    this.#hops.get(hopPort)?.clock?.bodyEnded();
+  bodyEnded(peer: Deno.NetAddr): void {
+    this.#hops.get(peer.port)?.clock?.bodyEnded();
   }
 
   /** Opens the internal listeners on loopback. */
@@ -157,9 +171,9 @@ export class Terminator {
     };
   }
 
-  /** Metadata for the connection whose hop has this local port. */
-  meta(hopPort: number): HopMeta | undefined {
-    return this.#hops.get(hopPort)?.meta;
+  /** Metadata for the connection whose hop's local end is `peer` (internal listeners are loopback-only). */
+  meta(peer: Deno.NetAddr): HopMeta | undefined {
+    return this.#hops.get(peer.port)?.meta;
   }
 
   /** Number of hops currently open. */

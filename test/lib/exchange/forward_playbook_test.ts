@@ -16,7 +16,7 @@ import type { Ip } from "../../../policy/address.ts";
 import type { Credential } from "../../../policy/types.ts";
 import type { ProxyContext } from "../../../lib/gateway/context.ts";
 import { DEFAULT_LIMITS } from "../../../lib/ingress/limits.ts";
-import type { HopMeta, Terminator } from "../../../lib/ingress/terminator.ts";
+import type { Connections, HopMeta } from "../../../lib/ingress/terminator.ts";
 import { AuditLog } from "../../../lib/ops/audit.ts";
 import { makeRequestHandler } from "../../../lib/exchange/forward.ts";
 import {
@@ -138,11 +138,11 @@ async function converse(
     onViolation: (c: Credential, host: string) => t.violations.push({ credential: c.name, host }),
   } as unknown as ProxyContext;
   const HOP_PORT = 40_001;
-  const terminator = {
-    meta: (port: number) => (port === HOP_PORT ? hop : undefined),
+  const terminator: Connections = {
+    meta: (peer) => (peer.port === HOP_PORT ? hop : undefined),
     bodyStarted: () => {},
     bodyEnded: () => {},
-  } as unknown as Terminator;
+  };
   const pool = {
     request: async (target: UpstreamTarget, r: UpstreamRequest, _signal?: AbortSignal) => {
       const head = new TextDecoder().decode(
@@ -431,7 +431,7 @@ Deno.test("forward: a hop the terminator does not know is refused 421", async ()
   const ctx = { inflight: { count: 0 }, audit } as unknown as ProxyContext;
   const handler = makeRequestHandler(
     ctx,
-    () => ({ meta: () => undefined }) as unknown as Terminator,
+    () => ({ meta: () => undefined, bodyStarted() {}, bodyEnded() {} }),
     {} as UpstreamPool,
   );
   const res = await handler(
