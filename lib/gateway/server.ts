@@ -45,6 +45,11 @@ export type ServerOptions = {
   onReloadRequest?: () => Promise<string | undefined>;
   limits?: Partial<Limits>;
   /**
+   * Set SO_REUSEPORT on the data-path listeners, so several workers (or a listener and its
+   * replacement) can share each port and the kernel spreads connections across them.
+   */
+  reusePort?: boolean;
+  /**
    * Where the system CA bundle is looked for, to pass it explicitly (tests). Unset: the host's
    * store becomes Deno's default store (trust.ts).
    */
@@ -147,7 +152,11 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
     respond: boolean,
     handle: (conn: Deno.Conn) => Promise<void>,
   ): Deno.NetAddr => {
-    const listener = Deno.listen({ hostname: addr.hostname, port: addr.port });
+    const listener = Deno.listen({
+      hostname: addr.hostname,
+      port: addr.port,
+      reusePort: opts.reusePort,
+    });
     listeners.push(listener);
     (async () => {
       try {
