@@ -24,6 +24,16 @@ import { exportCaPem } from "../tls/ca.ts";
 import type { Broker } from "../credentials/broker.ts";
 import type { Credential } from "../../policy/types.ts";
 
+/**
+ * How the transparent HTTPS listener serves intercepted connections:
+ * - `hop`: sluice reads the ClientHello itself, decides, and hands the connection to the
+ *   terminator over a loopback hop (needed for passthrough hosts);
+ * - `direct`: the listener is a resolver-backed TLS listener served by Deno's HTTP server with
+ *   no hop; the SNI is decided in the resolver and each request on its authority;
+ * - `auto` (default): `direct` while the policy has no passthrough host, else `hop`.
+ */
+export type DataPath = "auto" | "hop" | "direct";
+
 /** A listen address. */
 export type ListenAddr = { hostname: string; port: number };
 
@@ -49,6 +59,8 @@ export type ServerOptions = {
    * replacement) can share each port and the kernel spreads connections across them.
    */
   reusePort?: boolean;
+  /** How intercepted transparent HTTPS is served (default `auto`). */
+  dataPath?: DataPath;
   /**
    * Where the system CA bundle is looked for, to pass it explicitly (tests). Unset: the host's
    * store becomes Deno's default store (trust.ts).

@@ -21,7 +21,7 @@ import type { Limits } from "../ingress/limits.ts";
 import type { AuditSink } from "../ops/audit.ts";
 import type { CertificateAuthority } from "../tls/ca.ts";
 import { hostResolver } from "../upstream/resolver.ts";
-import { type ListenAddr, type Server, startServer } from "./server.ts";
+import { type DataPath, type ListenAddr, type Server, startServer } from "./server.ts";
 
 /** What a gateway is started from. */
 export type GatewayOptions = {
@@ -40,6 +40,10 @@ export type GatewayOptions = {
     dns?: ListenAddr;
   };
   limits?: Partial<Limits>;
+  /** SO_REUSEPORT on the data-path listeners (workers share them). */
+  reusePort?: boolean;
+  /** How intercepted transparent HTTPS is served (see ServerOptions.dataPath). */
+  dataPath?: DataPath;
   /** Told of every credential violation (requests, names, DNS questions), after it was blocked. */
   onViolation?: (credential: Credential, host: string) => void;
   /** Told of every address set the policy DNS listener resolved for an allowed name. */
@@ -81,6 +85,8 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
     onReloadRequest: opts.onReloadRequest,
     onViolation: opts.onViolation,
     limits: opts.limits,
+    reusePort: opts.reusePort,
+    dataPath: opts.dataPath,
     log: opts.log,
   });
   let dns: DnsServer | undefined;
