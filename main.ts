@@ -145,6 +145,12 @@ function buildProgram(): Command {
     )
     .option("--enforce", "apply the policy's netfilter rules while serving (removed on exit)")
     .option(
+      "--data-path <path>",
+      "how intercepted transparent HTTPS is served: auto (no loopback hop unless the policy " +
+        "passes TLS through), hop, or direct (docs/performance.md)",
+      "auto",
+    )
+    .option(
       "--limit <name=value>",
       "a connection limit or deadline, e.g. per-client=64, head=5s, keep-alive=30s " +
         "(repeatable; names and defaults in docs/data-path.md)",
@@ -245,6 +251,12 @@ function buildProgram(): Command {
       [],
     )
     .option("--state <dir>", "state directory (placeholder key)")
+    .option(
+      "--data-path <path>",
+      "how intercepted transparent HTTPS is served: auto (no loopback hop unless the policy " +
+        "passes TLS through), hop, or direct (docs/performance.md)",
+      "auto",
+    )
     .option(
       "--resolve <name=addr>",
       "resolve NAME to ADDR instead of asking DNS (repeatable)",

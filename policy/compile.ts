@@ -122,6 +122,22 @@ export function hostCandidates(index: RuleIndex, name: string): NetRule[] {
   return out;
 }
 
+/**
+ * Whether some TLS connection could be decided differently by its raw ClientHello than by a
+ * handshake: true when interception is off or any host is passed through (those connections
+ * must be routed before sluice completes a handshake). When false, every TLS connection is
+ * intercepted, so the direct data path (no loopback hop) can serve them all.
+ *
+ * ```ts
+ * import { loadPolicyText, needsClientHello } from "./mod.ts";
+ * const { compiled } = loadPolicyText("version: 1\nnetwork:\n  allow: [a.test]\n", "p.yaml");
+ * needsClientHello(compiled); // false
+ * ```
+ */
+export function needsClientHello(compiled: CompiledPolicy): boolean {
+  return !compiled.policy.tls.intercept || compiled.policy.tls.passthrough.length > 0;
+}
+
 /** Whether TLS to this name is passed through untouched rather than intercepted. */
 export function isPassthrough(compiled: CompiledPolicy, name: string): boolean {
   if (!compiled.policy.tls.intercept) return true;

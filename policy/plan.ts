@@ -51,6 +51,13 @@ export type PlanInput = {
    * like {@link formatDestination}.
    */
   connectionHost?: string;
+  /**
+   * True on the direct data path, where the TLS server name was checked once per name in the
+   * certificate resolver and is not known per connection: the request is then decided on its
+   * authority alone (which is also where it goes, so fronting cannot carry a credential
+   * elsewhere), and `connectionHost` is not compared.
+   */
+  nameUnknown?: boolean;
   /** The port the request goes to. */
   port: number;
   method: string;
@@ -185,7 +192,7 @@ export function planRequest(compiled: CompiledPolicy, input: PlanInput): Plan {
   }
 
   // 4. Over TLS, the connection's host.
-  if (input.secure && input.connectionHost !== host) {
+  if (input.secure && !input.nameUnknown && input.connectionHost !== host) {
     return refuse(
       403,
       "host-mismatch",

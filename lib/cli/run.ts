@@ -35,6 +35,7 @@ import {
 } from "../run/state.ts";
 import { writeTrustFiles } from "../run/trust.ts";
 import { startGateway } from "../gateway/startup.ts";
+import { parseDataPath } from "../gateway/server.ts";
 import { ownTrustSettings } from "../upstream/trust.ts";
 import { stateDirFrom } from "./ca.ts";
 
@@ -49,6 +50,8 @@ export type RunFlags = {
   auditLog?: string;
   clearEnv?: boolean;
   passEnv?: string[];
+  /** `--data-path auto|hop|direct` (lib/gateway/server.ts). */
+  dataPath?: string;
 };
 
 /** Signals sluice passes on to the command (through the sandbox's init). */
@@ -206,6 +209,7 @@ export async function runRun(
         dns: net ? { hostname: host, port: 0 } : undefined,
       },
       onViolation,
+      dataPath: parseDataPath(flags.dataPath),
       log,
     });
     const { placeholders, secrets } = gateway.brokerage();

@@ -7,6 +7,7 @@ import type { Endpoint } from "../../policy/types.ts";
 import { AuditLog } from "../ops/audit.ts";
 import type { ListenAddr } from "../gateway/server.ts";
 import { startGateway } from "../gateway/startup.ts";
+import { parseDataPath } from "../gateway/server.ts";
 import { readPolicyFile } from "../gateway/policy_file.ts";
 import { obtainCa, stateDirFrom } from "./ca.ts";
 import { sdNotify } from "../ops/systemd.ts";
@@ -40,6 +41,8 @@ export type ServeFlags = {
   limit?: string[];
   logFormat?: string;
   enforce?: boolean;
+  /** `--data-path auto|hop|direct` (lib/gateway/server.ts). */
+  dataPath?: string;
 };
 
 /** A listen address as written: `hostname` is absent when only a port was given. */
@@ -97,6 +100,7 @@ export function bindAddr(
 export async function runServe(flags: ServeFlags, log: (s: string) => void): Promise<number> {
   // Bad limits stop the start before anything is read or bound.
   const limits = parseLimitFlags(flags.limit ?? []);
+  const dataPath = parseDataPath(flags.dataPath);
   checkLimits({ ...DEFAULT_LIMITS, ...limits });
   const loaded = await readPolicyFile(flags.policy);
   for (const w of loaded.warnings) log(formatIssue(w));
@@ -184,6 +188,7 @@ export async function runServe(flags: ServeFlags, log: (s: string) => void): Pro
     resolve: flags.resolve,
     listen: addrs,
     limits,
+    dataPath,
     onResolved,
     onReloadRequest: () => reload("POST /reload"),
     log,

@@ -127,12 +127,17 @@ export function makeRequestHandler(
     // port; for plain HTTP the URL's (absolute-form) or Host's port.
     const compiled = ctx.policy();
     const broker = ctx.broker();
-    const port = meta.secure ? (meta.target?.port ?? 443) : (url.port ? Number(url.port) : 80);
+    // The direct path knows no original port: the authority's (default 443) is the one
+    // decided and dialled, so decision and destination agree.
+    const port = meta.secure && !meta.nameUnknown
+      ? (meta.target?.port ?? 443)
+      : (url.port ? Number(url.port) : meta.secure ? 443 : 80);
     base.port = port;
     const fields = [...req.headers];
     const plan = planRequest(compiled, {
       secure: meta.secure,
       connectionHost: meta.sni ?? (meta.target ? formatDestination(meta.target.dest) : undefined),
+      nameUnknown: meta.nameUnknown,
       port,
       method: req.method,
       host: url.hostname,

@@ -15,6 +15,8 @@ import { streamRefusalResponder } from "../ingress/request_stream.ts";
 import { LeafCache } from "../tls/leaf_cache.ts";
 import type { Resolver } from "../upstream/resolver.ts";
 import { Terminator } from "../ingress/terminator.ts";
+import { DirectListener } from "../ingress/direct.ts";
+import { needsClientHello } from "../../policy/mod.ts";
 import { handleTransparentHttp, handleTransparentTls } from "../ingress/transparent.ts";
 import { loadTrust, type TrustStore, useSystemRootsByDefault } from "../upstream/trust.ts";
 import { UpstreamPool } from "../upstream/client.ts";
@@ -33,6 +35,14 @@ import type { Credential } from "../../policy/types.ts";
  * - `auto` (default): `direct` while the policy has no passthrough host, else `hop`.
  */
 export type DataPath = "auto" | "hop" | "direct";
+
+/** Parses `--data-path`: `auto`, `hop` or `direct`. */
+export function parseDataPath(text: string | undefined): DataPath {
+  if (text === undefined || text === "auto" || text === "hop" || text === "direct") {
+    return text ?? "auto";
+  }
+  throw new Error(`--data-path "${text}" is not one of auto, hop, direct`);
+}
 
 /** A listen address. */
 export type ListenAddr = { hostname: string; port: number };
@@ -163,12 +173,9 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
     mode: Mode,
     respond: boolean,
     handle: (conn: Deno.Conn) => Promise<void>,
-  ): Deno.NetAddr => {
-    const listener = Deno.listen({
-      hostname: addr.hostname,
-      port: addr.port,
-      reusePort: opts.reusePort,
-    });
+    reusePort = opts.reusePort,
+  ): Deno.Listener => {
+    const listener = Deno.listen({ hostname: addr.hostname, port: addr.port, reusePort });
     listeners.push(listener);
     (async () => {
       try {
@@ -200,7 +207,62 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
         // listener closed
       }
     })();
-    return listener.addr as Deno.NetAddr;
+    return listener;
+  };
+
+  // The transparent HTTPS listener: direct (no hop) while no decision needs the raw
+  // ClientHello, else sniffed and hopped (direct.ts says why). Either kind binds with
+  // SO_REUSEPORT, so a reload that changes the kind opens the new listener before closing the
+  // old one on the same port.
+  const dataPath = opts.dataPath ?? "auto";
+  const wantsDirect = (c: CompiledPolicy): boolean => {
+    if (dataPath === "hop") return false;
+    if (!needsClientHello(c)) return true;
+    if (dataPath === "direct") {
+      throw new Error(
+        "--data-path direct cannot serve this policy: it passes TLS through " +
+          "(tls.passthrough, or tls.intercept: false), which needs the raw ClientHello; " +
+          "use --data-path auto (the default) or hop",
+      );
+    }
+    return false;
+  };
+  const https = {
+    direct: undefined as DirectListener | undefined,
+    hop: undefined as Deno.Listener | undefined,
+  };
+  const openHttps = (addr: ListenAddr, c: CompiledPolicy): Deno.NetAddr => {
+    if (wantsDirect(c)) {
+      const direct = new DirectListener({ ctx, hostname: addr.hostname, port: addr.port, leaves });
+      const bound = direct.start(makeRequestHandler(ctx, () => direct, pool));
+      https.direct = direct;
+      return bound;
+    }
+    https.hop = serve(
+      addr,
+      "transparent",
+      false,
+      (c) => handleTransparentTls(ctx, terminator, c),
+      true,
+    );
+    return https.hop.addr as Deno.NetAddr;
+  };
+  /** After a reload: the kind the new policy wants, on the same port; a direct one recycled. */
+  const refreshHttps = (c: CompiledPolicy): void => {
+    const bound = addrs.transparentHttps;
+    if (!bound) return;
+    const direct = wantsDirect(c);
+    if (direct && https.direct) return https.direct.recycle();
+    if (!direct && https.hop) return;
+    const old = { ...https };
+    https.direct = undefined;
+    https.hop = undefined;
+    openHttps({ hostname: bound.hostname, port: bound.port }, c);
+    if (old.hop) {
+      listeners.splice(listeners.indexOf(old.hop), 1);
+      old.hop.close();
+    }
+    old.direct?.close();
   };
 
   /** Resolves when no request is in flight, or at `deadline` (ms since the epoch). */
@@ -219,15 +281,10 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
         "explicit",
         true,
         (c) => handleExplicit(ctx, terminator, c),
-      );
+      ).addr as Deno.NetAddr;
     }
     if (opts.transparentHttps) {
-      addrs.transparentHttps = serve(
-        opts.transparentHttps,
-        "transparent",
-        false,
-        (c) => handleTransparentTls(ctx, terminator, c),
-      );
+      addrs.transparentHttps = openHttps(opts.transparentHttps, compiled);
     }
     if (opts.transparentHttp) {
       addrs.transparentHttp = serve(
@@ -235,7 +292,7 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
         "transparent",
         true,
         (c) => handleTransparentHttp(ctx, terminator, c),
-      );
+      ).addr as Deno.NetAddr;
     }
     if (opts.admin) {
       admin = startAdmin(opts.admin, {
@@ -249,6 +306,7 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
   } catch (e) {
     for (const l of listeners) l.close();
     guard.close();
+    await https.direct?.close();
     await terminator.close();
     pool.close();
     throw e;
@@ -263,6 +321,8 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
       let nextTrust: TrustStore;
       try {
         nextTrust = await loadTrust(next, trustOptions);
+        // A policy the forced data path cannot serve is refused here, before the swap.
+        if (addrs.transparentHttps) wantsDirect(next);
       } catch (e) {
         lastReloadOk = 0;
         metrics.reloads.inc({ result: "failed" });
@@ -274,6 +334,12 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
       generation++;
       lastReloadOk = 1;
       metrics.reloads.inc({ result: "ok" });
+      try {
+        refreshHttps(next);
+      } catch (e) {
+        // The old listener is still open: the port keeps being served.
+        opts.log?.(`the transparent HTTPS listener was not refreshed: ${(e as Error).message}`);
+      }
     },
     reloadFailed() {
       lastReloadOk = 0;
@@ -285,6 +351,8 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
           l.close();
         } catch { /* closed */ }
       }
+      // Stops accepting at once; requests in flight on it finish.
+      const directClosed = https.direct?.close();
       // Drain: requests in flight finish (their bodies included) before the
       // HTTP servers are told to shut down, which closes idle keep-alive
       // connections at once; then tunnels get what is left of the deadline.
@@ -303,6 +371,7 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
         } catch { /* closed */ }
       }
       await terminator.close();
+      await directClosed;
       await Promise.allSettled([...tasks]);
       // A WebSocket session ends, and writes its audit record, only once its connection is
       // closed above: give those records a moment before the audit log closes.

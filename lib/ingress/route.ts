@@ -48,7 +48,8 @@ export type ConnInfo = {
   started: number;
 };
 
-function settingDecision(
+/** A denial by one of sluice's own settings (not a policy rule): no SNI, not TLS, a deadline. */
+export function settingDecision(
   ctx: ProxyContext,
   code: ConnectionDecision["code"],
   reason: string,

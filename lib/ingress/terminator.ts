@@ -36,7 +36,8 @@ import { HopClock, type Limits, watchOf } from "./limits.ts";
 
 /** What the request handler knows about the client connection behind a hop. */
 export type HopMeta = {
-  conn: number;
+  /** The connection's id in the audit trail (none on the direct path: no JS sees its accept). */
+  conn?: number;
   client: string;
   mode: "explicit" | "transparent";
   /** True when the hop goes to the TLS terminator. */
@@ -45,6 +46,12 @@ export type HopMeta = {
   sni?: string;
   /** Where the client meant to go: the CONNECT target, or the transparent original destination. */
   target?: { dest: Destination; port: number };
+  /**
+   * The direct path (direct.ts): the TLS server name was checked in the certificate resolver and
+   * is not known per connection, nor is the original port; each request is decided on its
+   * authority (host and port) alone.
+   */
+  nameUnknown?: boolean;
   /** Set when the connection was denied before the hop: every request gets this 403. */
   denied?: ConnectionDecision;
 };

@@ -64,6 +64,8 @@ export interface ListenTlsWithResolverOptions {
   resolver: SniResolver;
   /** ALPN protocols to offer, in preference order; `["h2", "http/1.1"]` enables HTTP/2. */
   alpnProtocols?: string[];
+  /** SO_REUSEPORT: a replacement listener can bind the port before this one closes. */
+  reusePort?: boolean;
 }
 
 /** The handler of {@link serveHttpOnListener}; `info.remoteAddr` is the connection's peer. */
@@ -170,6 +172,7 @@ export function listenTlsWithResolver(opts: ListenTlsWithResolverOptions): Deno.
     [SNI_RESOLVER]: opts.resolver,
   };
   if (opts.alpnProtocols !== undefined) options.alpnProtocols = opts.alpnProtocols;
+  if (opts.reusePort) (options as { reusePort?: boolean }).reusePort = true;
   // The public type demands cert and key; with a resolver Deno 2.9.6 needs neither.
   return Deno.listenTls(options as unknown as Deno.ListenTlsOptions & Deno.TlsCertifiedKeyPem);
 }

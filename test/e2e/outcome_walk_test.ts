@@ -228,6 +228,10 @@ credentials:
       "priv.test=127.0.0.2",
       "--transparent-https",
       "127.0.0.1:0",
+      // The hop path reads the raw ClientHello, where `not-tls` and `timeout` are decided; the
+      // direct path ends such handshakes in Deno's TLS server (test/e2e/transparent_test.ts).
+      "--data-path",
+      "hop",
       "--limit",
       "first-bytes=1s",
       "--limit",

@@ -89,6 +89,24 @@ const cases: [string, Partial<PlanInput>, "allow" | "deny", string][] = [
     "deny",
     "host-mismatch",
   ],
+  [
+    "direct path (name unknown): decided on the authority, which is where it goes",
+    { host: "other.test", connectionHost: undefined, nameUnknown: true, headers: [] },
+    "allow",
+    "/",
+  ],
+  [
+    "direct path: a Host header that is not the authority is still fronting",
+    { connectionHost: undefined, nameUnknown: true, headers: [["Host", "other.test"]] },
+    "deny",
+    "host-mismatch",
+  ],
+  [
+    "direct path: a denied authority is denied",
+    { host: "denied.test", connectionHost: undefined, nameUnknown: true, headers: [] },
+    "deny",
+    "default",
+  ],
   ["an unparseable host", { host: "a%00b", connectionHost: "a%00b" }, "deny", "invalid-host"],
   [
     "a placeholder in the host name",

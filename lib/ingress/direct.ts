@@ -1,0 +1,251 @@
+/**
+ * The direct data path: the transparent HTTPS listener as a resolver-backed TLS listener served
+ * by Deno's own HTTP server (HTTP/1.1 and HTTP/2), with no loopback hop.
+ *
+ * The hop (terminator.ts) exists because sluice must read the raw ClientHello to decide before
+ * any handshake, and Deno cannot hand an accepted socket to its TLS server. When the policy
+ * intercepts every TLS connection (no passthrough host, interception on:
+ * `needsClientHello()` in policy/compile.ts), no decision needs the raw ClientHello, so the
+ * hop is pure cost: measured ~31 µs of ~135 µs per keep-alive request and a third of the
+ * new-connection cost (docs/performance.md).
+ *
+ * What is decided where, then:
+ * - the server name, in the certificate resolver: no SNI, or one that is not a host name, ends
+ *   the handshake with an alert; a name that carries a placeholder is a credential violation
+ *   (audited, counted, `onViolation`) and still gets a leaf, so that each request on it is
+ *   refused with a 403 that names the rule, as on the hop path;
+ * - every request, on its authority (host and port: there is no original destination), by the
+ *   one request plan (policy/plan.ts, `nameUnknown`), which is also where it is sent; so a
+ *   request whose authority is not its SNI cannot carry a credential anywhere but to the host
+ *   it names and the policy allows.
+ *
+ * Deno runs the resolver once per distinct name for the listener's life and replays its answer,
+ * failures included (deno_internal.ts). So a refused name is audited the first time a listener
+ * sees it, and the listener is replaced, new one first on the same port (SO_REUSEPORT), old one
+ * drained: after `maxNames` names or `maxAgeMs`, and on every reload (placeholders change with
+ * credentials).
+ *
+ * Connections are accepted in native code: sluice's JS never holds them. Their deadlines and
+ * per-client caps are enforced from the kernel's view of the sockets (socket_watch.ts) when
+ * that is available.
+ *
+ * @module
+ */
+import { formatDestination, parseDestinationHost } from "../../policy/mod.ts";
+import { refuseNameWithPlaceholder } from "../../policy/plan.ts";
+import { formatAddr, type ProxyContext } from "../gateway/context.ts";
+import {
+  type ConnectionHandler,
+  listenTlsWithResolver,
+  type ServedListener,
+  serveHttpOnListener,
+} from "../tls/deno_internal.ts";
+import type { LeafCache } from "../tls/leaf_cache.ts";
+import { setListenerNoDelay } from "../tls/sockopt.ts";
+import { settingDecision } from "./route.ts";
+import type { Connections, HopMeta } from "./terminator.ts";
+
+/** Options of a {@link DirectListener}. */
+export type DirectOptions = {
+  ctx: ProxyContext;
+  hostname: string;
+  port: number;
+  leaves: LeafCache;
+  /** Replace the listener after this many distinct server names (default 4096). */
+  maxNames?: number;
+  /** Replace the listener after this long (default 12 h; leaves live 7 days). */
+  maxAgeMs?: number;
+  now?: () => number;
+};
+
+type Live = {
+  served: ServedListener;
+  listener: Deno.TlsListener;
+  names: Set<string>;
+  born: number;
+};
+
+/** The transparent HTTPS listener of the direct path, and the {@link Connections} it serves. */
+export class DirectListener implements Connections {
+  readonly #opts: DirectOptions;
+  #handler?: ConnectionHandler;
+  #live?: Live;
+  #port = 0;
+  #recycling = false;
+  #closed = false;
+  readonly #draining = new Set<Promise<void>>();
+  #ageTimer?: ReturnType<typeof setInterval>;
+
+  constructor(opts: DirectOptions) {
+    this.#opts = opts;
+  }
+
+  /**
+   * Binds the listener and starts serving with `handler` (built by makeRequestHandler with
+   * this object as its `Connections`).
+   *
+   * @returns the bound address
+   */
+  start(handler: ConnectionHandler): Deno.NetAddr {
+    this.#handler = handler;
+    this.#live = this.#open(this.#opts.port);
+    const addr = this.#live.listener.addr as Deno.NetAddr;
+    this.#port = addr.port;
+    // Age is checked on a slow timer: the resolver only runs for names not seen yet.
+    this.#ageTimer = setInterval(() => this.#maybeRecycle(), 60_000);
+    Deno.unrefTimer(this.#ageTimer);
+    return addr;
+  }
+
+  /** What the request handler knows of a direct connection: its peer, and nothing of its name. */
+  meta(peer: Deno.NetAddr): HopMeta {
+    return {
+      client: formatAddr(peer),
+      mode: "transparent",
+      secure: true,
+      nameUnknown: true,
+    };
+  }
+
+  bodyStarted(_peer: Deno.NetAddr): void {}
+
+  bodyEnded(_peer: Deno.NetAddr): void {}
+
+  /** The listener's port (for the socket watch). */
+  get port(): number {
+    return this.#port;
+  }
+
+  /**
+   * Replaces the listener: a new one on the same port first, then the old one stops accepting
+   * and drains (its idle keep-alive connections close, requests in flight finish).
+   */
+  recycle(): void {
+    if (this.#closed || !this.#live || this.#recycling) return;
+    this.#recycling = true;
+    try {
+      const old = this.#live;
+      this.#live = this.#open(this.#port);
+      this.#retire(old);
+    } finally {
+      this.#recycling = false;
+    }
+  }
+
+  /** Stops accepting and waits for served connections to finish. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    clearInterval(this.#ageTimer);
+    if (this.#live) this.#retire(this.#live);
+    await Promise.allSettled([...this.#draining]);
+  }
+
+  #maybeRecycle(): void {
+    const live = this.#live;
+    if (!live) return;
+    const now = this.#opts.now?.() ?? Date.now();
+    if (
+      live.names.size >= (this.#opts.maxNames ?? 4096) ||
+      now - live.born >= (this.#opts.maxAgeMs ?? 12 * 3600_000)
+    ) {
+      this.recycle();
+    }
+  }
+
+  #open(port: number): Live {
+    const names = new Set<string>();
+    const listener = listenTlsWithResolver({
+      hostname: this.#opts.hostname,
+      port,
+      reusePort: true,
+      alpnProtocols: ["h2", "http/1.1"],
+      resolver: (serverName) => {
+        names.add(serverName);
+        if (names.size >= (this.#opts.maxNames ?? 4096)) queueMicrotask(() => this.recycle());
+        return this.#resolve(serverName);
+      },
+    });
+    // Without this, every streamed response stalls ~40 ms on Nagle + delayed ACK.
+    setListenerNoDelay(listener);
+    const served = serveHttpOnListener(
+      listener,
+      this.#handler!,
+      (e) =>
+        new Response(`sluice: internal error: ${(e as Error)?.message ?? e}\n`, { status: 500 }),
+    );
+    return { served, listener, names, born: this.#opts.now?.() ?? Date.now() };
+  }
+
+  #retire(live: Live): void {
+    const done = live.served.shutdown();
+    this.#draining.add(done);
+    done.finally(() => this.#draining.delete(done));
+  }
+
+  // The SNI decision of the direct path. Throwing ends the handshake with an alert.
+  #resolve(serverName: string) {
+    const ctx = this.#opts.ctx;
+    const refuse = (code: "missing-sni", reason: string, sni?: string): never => {
+      const d = settingDecision(ctx, code, reason);
+      ctx.metrics.connections.inc({ verdict: "deny", mode: "transparent", tls: "intercept" });
+      ctx.audit.write({
+        event: "connection",
+        mode: "transparent",
+        sni,
+        port: 443,
+        verdict: "deny",
+        code: d.code,
+        reason: d.reason,
+        rule: d.rule.source,
+        rule_at: d.rule.at,
+        tls: "intercept",
+      });
+      // Deno replays this failure to later handshakes for the name on this listener, unaudited.
+      throw new Error(`sluice: ${code}`);
+    };
+    if (serverName === "") {
+      return refuse(
+        "missing-sni",
+        "the TLS ClientHello has no server name (SNI), so the destination is unknown",
+      );
+    }
+    const named = refuseNameWithPlaceholder(
+      ctx.policy(),
+      ctx.broker().scanner,
+      serverName,
+      443,
+      "SNI",
+    );
+    const p = parseDestinationHost(serverName);
+    if (named?.violation) {
+      const c = named.violation;
+      const sni = p.kind === "invalid" ? serverName.toLowerCase() : formatDestination(p);
+      ctx.metrics.violations.inc({ credential: c.name });
+      ctx.onViolation?.(c, sni);
+      ctx.audit.write({
+        event: "connection",
+        mode: "transparent",
+        sni,
+        host: sni,
+        port: 443,
+        verdict: "deny",
+        code: named.decision.code,
+        reason: named.decision.reason,
+        rule: named.decision.rule.source,
+        rule_at: named.decision.rule.at,
+        violation: c.name,
+        tls: "intercept",
+      });
+      // A leaf all the same (when the name is one): each request is refused with a 403.
+      if (p.kind === "invalid") throw new Error("sluice: credential-violation");
+      return this.#opts.leaves.get(serverName);
+    }
+    if (p.kind === "invalid") {
+      return refuse("missing-sni", `invalid SNI "${serverName}": ${p.reason}`, serverName);
+    }
+    // sluice_tls_handshakes_total is not counted here: the resolver runs once per name, not
+    // per handshake (docs/observability.md says so).
+    return this.#opts.leaves.get(serverName);
+  }
+}
