@@ -147,8 +147,13 @@ function buildProgram(): Command {
     .option(
       "--data-path <path>",
       "how intercepted transparent HTTPS is served: auto (no loopback hop unless the policy " +
-        "passes TLS through), hop, or direct (docs/performance.md)",
-      "auto",
+        "passes TLS through), hop, or direct (default: $SLUICE_DATA_PATH, else auto; " +
+        "docs/performance.md)",
+    )
+    .option(
+      "--workers <n>",
+      "data-path threads sharing each port (SO_REUSEPORT); 1 = a single thread " +
+        "(default: the number of cores, at most 4; docs/performance.md)",
     )
     .option(
       "--limit <name=value>",
@@ -172,6 +177,7 @@ function buildProgram(): Command {
       example(
         "sluice serve --policy examples/ai-agent.yaml",
         'HTTPS_PROXY=http://127.0.0.1:3128 curl --cacert "$(sluice ca export --out ca.crt; echo ca.crt)" https://api.openai.com/',
+        "sluice serve --policy examples/ai-agent.yaml --workers 2   # two data-path threads",
       ),
     )
     .action(async (opts) => {
@@ -254,8 +260,8 @@ function buildProgram(): Command {
     .option(
       "--data-path <path>",
       "how intercepted transparent HTTPS is served: auto (no loopback hop unless the policy " +
-        "passes TLS through), hop, or direct (docs/performance.md)",
-      "auto",
+        "passes TLS through), hop, or direct (default: $SLUICE_DATA_PATH, else auto; " +
+        "docs/performance.md)",
     )
     .option(
       "--resolve <name=addr>",

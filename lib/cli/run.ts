@@ -209,7 +209,7 @@ export async function runRun(
         dns: net ? { hostname: host, port: 0 } : undefined,
       },
       onViolation,
-      dataPath: parseDataPath(flags.dataPath),
+      dataPath: parseDataPath(flags.dataPath ?? Deno.env.get("SLUICE_DATA_PATH")),
       log,
     });
     const { placeholders, secrets } = gateway.brokerage();

@@ -36,12 +36,13 @@ import type { Credential } from "../../policy/types.ts";
  */
 export type DataPath = "auto" | "hop" | "direct";
 
-/** Parses `--data-path`: `auto`, `hop` or `direct`. */
+/** Parses `--data-path` (or `SLUICE_DATA_PATH`): `auto`, `hop` or `direct`; unset is `auto`. */
 export function parseDataPath(text: string | undefined): DataPath {
-  if (text === undefined || text === "auto" || text === "hop" || text === "direct") {
-    return text ?? "auto";
-  }
-  throw new Error(`--data-path "${text}" is not one of auto, hop, direct`);
+  if (text === undefined || text === "") return "auto";
+  if (text === "auto" || text === "hop" || text === "direct") return text;
+  throw new Error(
+    `--data-path (or SLUICE_DATA_PATH) "${text}" is not one of auto, hop, direct`,
+  );
 }
 
 /** A listen address. */

@@ -39,6 +39,9 @@ Deno.test({
     const policy = `${dir}/policy.yaml`;
     await Deno.writeTextFile(policy, policyText(dir, false, up.port));
     const sluice = await startSluice(policy, dir, [
+      // Named, so that the suite's hop run (SLUICE_DATA_PATH=hop) does not change it.
+      "--data-path",
+      "auto",
       "--transparent-https",
       "127.0.0.1:0",
       "--admin",
