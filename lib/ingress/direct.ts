@@ -44,6 +44,8 @@ import type { LeafCache } from "../tls/leaf_cache.ts";
 import { setListenerNoDelay } from "../tls/sockopt.ts";
 import { settingDecision } from "./route.ts";
 import type { Connections, HopMeta } from "./terminator.ts";
+import type { DirectWatch } from "./direct_watch.ts";
+import { refusalHttpResponse } from "./limits.ts";
 
 /** Options of a {@link DirectListener}. */
 export type DirectOptions = {
@@ -51,6 +53,11 @@ export type DirectOptions = {
   hostname: string;
   port: number;
   leaves: LeafCache;
+  /**
+   * Deadlines and caps from the kernel's view of the sockets (direct_watch.ts). Without it
+   * (no /proc or FFI), the direct path has neither: `auto` then chooses the hop.
+   */
+  watch?: DirectWatch;
   /** Replace the listener after this many distinct server names (default 4096). */
   maxNames?: number;
   /** Replace the listener after this long (default 12 h; leaves live 7 days). */
@@ -87,7 +94,7 @@ export class DirectListener implements Connections {
    * @returns the bound address
    */
   start(handler: ConnectionHandler): Deno.NetAddr {
-    this.#handler = handler;
+    this.#handler = this.#watched(handler);
     this.#live = this.#open(this.#opts.port);
     const addr = this.#live.listener.addr as Deno.NetAddr;
     this.#port = addr.port;
@@ -107,9 +114,43 @@ export class DirectListener implements Connections {
     };
   }
 
-  bodyStarted(_peer: Deno.NetAddr): void {}
+  bodyStarted(peer: Deno.NetAddr): void {
+    this.#opts.watch?.bodyStarted(peer.hostname, peer.port);
+  }
 
-  bodyEnded(_peer: Deno.NetAddr): void {}
+  bodyEnded(peer: Deno.NetAddr): void {
+    this.#opts.watch?.bodyEnded(peer.hostname, peer.port);
+  }
+
+  // The request handler, telling the watch when each request starts and ends (and whether it
+  // upgraded its connection); a connection over a cap is answered 503 at its first request.
+  #watched(handler: ConnectionHandler): ConnectionHandler {
+    const watch = this.#opts.watch;
+    if (!watch) return handler;
+    return (req, info) => {
+      const { hostname, port } = info.remoteAddr;
+      const refusal = watch.begin(hostname, port);
+      if (refusal) return refusalHttpResponse(refusal);
+      let r: Response | Promise<Response>;
+      try {
+        r = handler(req, info);
+      } catch (e) {
+        watch.end(hostname, port);
+        throw e;
+      }
+      if (!(r instanceof Promise)) {
+        watch.end(hostname, port, r.status);
+        return r;
+      }
+      return r.then((res) => {
+        watch.end(hostname, port, res.status);
+        return res;
+      }, (e) => {
+        watch.end(hostname, port);
+        throw e;
+      });
+    };
+  }
 
   /** The listener's port (for the socket watch). */
   get port(): number {

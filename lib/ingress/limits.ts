@@ -616,9 +616,22 @@ export class ConnectionGuard {
    * {@link refuse}.
    */
   admit(conn: Deno.Conn, mode: Mode): Watch | Refusal {
-    const l = this.#l;
     const addr = conn.remoteAddr as Deno.NetAddr;
-    const hostname = addr.hostname ?? "unknown";
+    const w = this.admitPeer(addr.hostname ?? "unknown", addr.port, mode, () => {
+      try {
+        conn.close();
+      } catch { /* closed */ }
+    });
+    if (w.kind === "admitted") watches.set(conn, w);
+    return w;
+  }
+
+  /**
+   * {@link admit} for a connection sluice's JS does not hold (the direct path, direct.ts): known
+   * by its peer address, closed through `close`.
+   */
+  admitPeer(hostname: string, port: number, mode: Mode, close: () => void): Watch | Refusal {
+    const l = this.#l;
     const key = clientKey(hostname);
     const held = this.#perClient.get(key) ?? 0;
     const total = this.#all.size;
@@ -655,16 +668,11 @@ export class ConnectionGuard {
         };
       }
     }
-    const client = formatHostPort(hostname, addr.port);
-    const w = new Watch(key, client, mode, () => {
-      try {
-        conn.close();
-      } catch { /* closed */ }
-    }, this.#now);
+    const client = formatHostPort(hostname, port);
+    const w = new Watch(key, client, mode, close, this.#now);
     w.arm("first-bytes", l.handshakeTimeoutMs);
     this.#all.add(w);
     this.#perClient.set(key, held + 1);
-    watches.set(conn, w);
     this.#schedule();
     return w;
   }
@@ -682,9 +690,23 @@ export class ConnectionGuard {
    * listener), answered with a 503 naming the limit before it is closed.
    */
   refuse(conn: Deno.Conn, r: Refusal, mode: Mode, respond: boolean): void {
-    const now = this.#now();
     const addr = conn.remoteAddr as Deno.NetAddr;
-    const key = clientKey(addr.hostname ?? "unknown");
+    this.noteRefusal(addr.hostname ?? "unknown", r, mode, respond);
+    if (!respond || this.#lingering.size >= MAX_LINGERING || this.#closed) {
+      closeQuietly(conn);
+      this.#schedule();
+      return;
+    }
+    this.#linger(conn, refusalResponse(r), this.#now());
+  }
+
+  /**
+   * Counts and audits (rate-limited) a refusal; the caller closes the connection (and, when
+   * `respond`, has answered it with a 503).
+   */
+  noteRefusal(hostname: string, r: Refusal, mode: Mode, respond: boolean): void {
+    const now = this.#now();
+    const key = clientKey(hostname);
     this.#metrics?.refused.inc({ code: r.code, mode });
     this.#log.note(`${r.code}|${key}`, now, {
       event: "connection",
@@ -695,12 +717,7 @@ export class ConnectionGuard {
       reason: r.reason,
       status: respond ? 503 : undefined,
     }, respond ? "connection(s) refused with 503" : "connection(s) refused (closed)");
-    if (!respond || this.#lingering.size >= MAX_LINGERING || this.#closed) {
-      closeQuietly(conn);
-      this.#schedule();
-      return;
-    }
-    this.#linger(conn, refusalResponse(r), now);
+    this.#schedule();
   }
 
   // Writes the 503, half-closes, and drains what the client sends until it closes or the next
@@ -795,4 +812,17 @@ export function refusalResponse(r: Refusal): Uint8Array {
       `${DECISION_HEADER}: deny; code=${r.code}\r\nretry-after: 1\r\n` +
       `content-length: ${len}\r\nconnection: close\r\n\r\n${body}`,
   );
+}
+
+/** {@link refusalResponse} as a Response, for a refusal made inside an HTTP server's handler. */
+export function refusalHttpResponse(r: Refusal): Response {
+  return new Response(`sluice refused this connection: ${r.reason}\n`, {
+    status: 503,
+    headers: {
+      "content-type": "text/plain; charset=utf-8",
+      [DECISION_HEADER]: `deny; code=${r.code}`,
+      "retry-after": "1",
+      connection: "close",
+    },
+  });
 }

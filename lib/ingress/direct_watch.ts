@@ -1,0 +1,218 @@
+/**
+ * Deadlines and caps for the direct data path (direct.ts), whose connections are accepted and
+ * served in Deno's native code: sluice's JS holds no object, no fd and no `close()` for them,
+ * and Deno's HTTP server has no timeout of its own. A client that opens a TLS connection and
+ * goes silent, drips a request head, or idles in keep-alive would hold it for ever.
+ *
+ * So the kernel is asked instead. Every sweep lists the sockets accepted on the listener's port
+ * (fd, peer, bytes received and acknowledged: socket_watch.ts reads /proc and TCP_INFO), and
+ * the request handler reports each request's start and end by the peer address. Together they
+ * drive the same {@link HopClock} the hop path uses, under the same {@link ConnectionGuard}
+ * (same caps, same rate-limited audit, same metrics). A connection past its deadline, or over a
+ * cap when first seen, is ended with `shutdown(2)` on its fd (never `close`: the fd is Deno's,
+ * which then sees the end and releases it).
+ *
+ * Differences from the hop, because the bytes are seen only at each sweep and never decrypted:
+ * - deadlines are enforced up to a sweep late, and a byte's direction is known but not whether
+ *   it began a request head; so the head deadline applies to the first request only, and a later
+ *   head (HTTP/1.1 or HTTP/2 alike) must begin and complete within `keep-alive` of the last
+ *   response, as the hop does for HTTP/2;
+ * - a connection over a cap is refused at its first request (a 503 naming the limit) or at the
+ *   first sweep that sees it, whichever comes first, rather than at accept.
+ *
+ * @module
+ */
+import { parseIp } from "../../policy/address.ts";
+import { ConnectionGuard, HopClock, type Limits, type Refusal, type Watch } from "./limits.ts";
+
+/** One accepted socket, as the kernel reports it. */
+export type KernelSocket = {
+  fd: number;
+  /** The peer's address, as the kernel formats it. */
+  hostname: string;
+  port: number;
+  /** Bytes received from the peer (TCP_INFO `tcpi_bytes_received`). */
+  bytesReceived: number;
+  /** Bytes sent and acknowledged by the peer (TCP_INFO `tcpi_bytes_acked`). */
+  bytesAcked: number;
+};
+
+/** Where the sockets come from: socket_watch.ts in production, a script in tests. */
+export interface SocketSource {
+  /** The connections accepted on this local port and held by this process, now. */
+  list(port: number): KernelSocket[];
+  /** Ends one connection: `shutdown(fd, SHUT_RDWR)`. */
+  shutdown(fd: number): void;
+}
+
+type Peer = {
+  watch?: Watch;
+  clock?: HopClock;
+  fd?: number;
+  recv: number;
+  acked: number;
+  /** The sweep generation that last saw it in the kernel's list. */
+  seen: number;
+  /** The generation it was first known in. */
+  born: number;
+  /** Its deadline passed (or it was refused) before its fd was known: end it once it is. */
+  ending: boolean;
+  /** Why it was refused, when it was over a cap at first sight. */
+  refusal?: Refusal;
+};
+
+/** The key of a peer, the same whether Deno's server or the kernel formatted the address. */
+export function peerKey(hostname: string, port: number): string {
+  let host = hostname;
+  const ip = parseIp(hostname.startsWith("[") ? hostname.slice(1, -1) : hostname);
+  if (ip) {
+    // An IPv4 client of a dual-stack listener is ::ffff:a.b.c.d in the kernel's table.
+    const b = ip.bytes;
+    const mapped = ip.family === 6 && b.subarray(0, 10).every((x) => x === 0) &&
+      b[10] === 0xff && b[11] === 0xff;
+    host = mapped ? `${b[12]}.${b[13]}.${b[14]}.${b[15]}` : ip.text;
+  }
+  return `${host}|${port}`;
+}
+
+/** Options of a {@link DirectWatch}. */
+export type DirectWatchOptions = {
+  guard: ConnectionGuard;
+  limits: Limits;
+  source: SocketSource;
+  /** The local port whose accepted connections are watched. */
+  port: () => number;
+  now?: () => number;
+};
+
+/** The connections of one direct listener, kept under the guard's deadlines and caps. */
+export class DirectWatch {
+  readonly #o: DirectWatchOptions;
+  readonly #now: () => number;
+  readonly #peers = new Map<string, Peer>();
+  #gen = 0;
+  #timer?: ReturnType<typeof setInterval>;
+
+  constructor(opts: DirectWatchOptions) {
+    this.#o = opts;
+    this.#now = opts.now ?? Date.now;
+  }
+
+  /** Starts the sweep, every `sweepMs` (the guard's period). */
+  start(): void {
+    this.#timer = setInterval(() => this.sweep(), this.#o.guard.sweepMs);
+  }
+
+  /** Stops the sweep and releases every connection's place. */
+  close(): void {
+    clearInterval(this.#timer);
+    for (const p of this.#peers.values()) if (p.watch) this.#o.guard.release(p.watch);
+    this.#peers.clear();
+  }
+
+  /** Connections known now. */
+  get size(): number {
+    return this.#peers.size;
+  }
+
+  /**
+   * A request head is complete on `peer`'s connection.
+   *
+   * @returns the refusal when the connection is over a cap: answer it with a 503 and close
+   */
+  begin(hostname: string, port: number): Refusal | undefined {
+    const p = this.#peer(hostname, port);
+    if (p.refusal) return p.refusal;
+    p.clock?.begin();
+    return undefined;
+  }
+
+  /** The handler for that request returned `status` (undefined: it threw). */
+  end(hostname: string, port: number, status?: number): void {
+    this.#peers.get(peerKey(hostname, port))?.clock?.end(status);
+  }
+
+  /** A response body on `peer`'s connection keeps streaming after its handler returned. */
+  bodyStarted(hostname: string, port: number): void {
+    this.#peers.get(peerKey(hostname, port))?.clock?.bodyStarted();
+  }
+
+  /** That body has ended. */
+  bodyEnded(hostname: string, port: number): void {
+    this.#peers.get(peerKey(hostname, port))?.clock?.bodyEnded();
+  }
+
+  /**
+   * Reads the kernel's list: admits connections not known yet (ending those over a cap),
+   * reports their bytes to their clocks, and releases those that are gone. The guard's own
+   * sweep then ends the ones whose deadline passed.
+   */
+  sweep(): void {
+    const gen = ++this.#gen;
+    let sockets: KernelSocket[];
+    try {
+      sockets = this.#o.source.list(this.#o.port());
+    } catch {
+      return; // /proc unreadable for a moment: next sweep
+    }
+    for (const s of sockets) {
+      const p = this.#peer(s.hostname, s.port);
+      p.seen = gen;
+      if (p.fd !== s.fd) p.fd = s.fd;
+      if (p.ending) {
+        this.#shutdown(p);
+        continue;
+      }
+      if (s.bytesAcked > p.acked) p.clock?.down();
+      // Bytes from the client after the server had sent something: past the ClientHello.
+      if (s.bytesReceived > p.recv && p.acked > 0) p.clock?.up();
+      p.recv = s.bytesReceived;
+      p.acked = s.bytesAcked;
+    }
+    for (const [key, p] of this.#peers) {
+      // Gone from the kernel's list; or known only from a request, and not listed for two
+      // sweeps since (its connection ended in between).
+      const gone = p.fd !== undefined ? p.seen !== gen : gen - p.born > 2;
+      if (!gone) continue;
+      if (p.watch) this.#o.guard.release(p.watch);
+      this.#peers.delete(key);
+    }
+  }
+
+  #peer(hostname: string, port: number): Peer {
+    const key = peerKey(hostname, port);
+    let p = this.#peers.get(key);
+    if (p) return p;
+    p = { recv: 0, acked: 0, seen: 0, born: this.#gen, ending: false };
+    const peer = p;
+    this.#peers.set(key, p);
+    const l = this.#o.limits;
+    const w = this.#o.guard.admitPeer(hostname, port, "transparent", () => {
+      peer.ending = true;
+      this.#shutdown(peer);
+    });
+    if (w.kind === "refused") {
+      this.#o.guard.noteRefusal(hostname, w, "transparent", false);
+      p.ending = true;
+      p.refusal = w;
+      return p;
+    }
+    p.watch = w;
+    // The first head is bounded as on the hop; later ones as HTTP/2's there (module header).
+    p.clock = new HopClock(l, {
+      secure: true,
+      h2: true,
+      firstHeadMs: l.headTimeoutMs,
+      now: this.#now,
+    });
+    w.follow(p.clock);
+    return p;
+  }
+
+  #shutdown(p: Peer): void {
+    if (p.fd === undefined) return;
+    try {
+      this.#o.source.shutdown(p.fd);
+    } catch { /* gone already */ }
+  }
+}
