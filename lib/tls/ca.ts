@@ -10,13 +10,19 @@
  *   that mode, then renamed into place), never written first and restricted after.
  * - The CA may sign only leaves (pathLen 0) and its keyUsage is limited to certificate and CRL
  *   signing, so a leaked leaf key is worth one host for a few days, not a new CA.
- * - All leaves of one CA object share ONE key pair (generated in memory at first use, never
- *   stored). A leaf is only as trustworthy as the CA that signed it anyway; sharing the key makes
- *   minting ~4 ms instead of a key generation per host, and it never touches disk.
+ * - All leaves of one CA object share ONE key pair (generated in memory when the CA object is
+ *   made, never stored). A leaf is only as trustworthy as the CA that signed it anyway; sharing
+ *   the key spares a key generation per host, and it never touches disk.
+ * - Leaves are minted from a DER template built once per CA object (./leaf_template.ts): only
+ *   serial, validity, CN and SAN are encoded per host, then ONE WebCrypto signature. Measured
+ *   with bench/leaf_cache_bench.ts (P-256 CA): median ~3 ms per leaf through @peculiar/x509,
+ *   ~0.6 ms through the template, which is the one signature's cost. It covers every CA key
+ *   this module accepts (P-256, P-384, RSA), so there is no fallback; the @peculiar/x509 path
+ *   stays as {@link mintLeafReference}, the oracle the tests compare the template's bytes with.
  * - Leaf names come from attacker-influenced SNI and Host values, so they are checked to be a
  *   plain DNS name or IP literal before they go into a certificate.
  *
- * Why one file of ~660 lines: creating, loading and minting share the key and certificate
+ * Why one file of ~770 lines: creating, loading and minting share the key and certificate
  * handling (and the 0600 rules for keys) that must not diverge.
  *
  * @module
@@ -28,6 +34,14 @@ import "reflect-metadata";
 import * as x509 from "@peculiar/x509";
 import { Buffer } from "node:buffer";
 import { createPrivateKey, createPublicKey, type KeyObject } from "node:crypto";
+import {
+  buildLeafTemplate,
+  certificatePem,
+  encodeCertificate,
+  encodeLeafTbs,
+  type LeafSignatureAlgorithm,
+  type LeafTemplate,
+} from "./leaf_template.ts";
 
 x509.cryptoProvider.set(crypto);
 
@@ -113,8 +127,16 @@ interface Internals {
   signingAlgorithm: Algorithm | EcdsaParams;
   /** authorityKeyIdentifier for its leaves, matching the CA's own subjectKeyIdentifier. */
   aki: x509.AuthorityKeyIdentifierExtension;
-  /** The shared leaf key pair, created at the first mint. */
-  leafKey?: Promise<{ pair: CryptoKeyPair; pem: string; ski: x509.Extension }>;
+  /** The shared leaf key pair and the leaf template, made with the CA object. */
+  leafKey: LeafKey;
+}
+
+/** The shared leaf key of one CA object, and what is fixed in every leaf it signs. */
+interface LeafKey {
+  pair: CryptoKeyPair;
+  pem: string;
+  ski: x509.SubjectKeyIdentifierExtension;
+  template: LeafTemplate;
 }
 
 const internals = new WeakMap<CertificateAuthority, Internals>();
@@ -271,7 +293,9 @@ export async function ephemeralCa(): Promise<CertificateAuthority> {
  * Mint a leaf certificate for one host name or IP literal, signed by `ca`. ECDSA P-256 with the
  * CA object's shared leaf key; SAN = the name (DNS or IP), CN = the name when it fits the 64
  * characters X.520 allows; serverAuth only; a random positive 128-bit serial; valid from one
- * hour before `now` for `validityHours`, never beyond the CA's own end.
+ * hour before `now` for `validityHours`, never beyond the CA's own end. Encoded from the CA
+ * object's DER template (./leaf_template.ts) and signed once: no key generation, no ASN.1
+ * object model, so it costs about one WebCrypto signature.
  *
  * @param ca the signing CA
  * @param name a DNS name (case and one trailing dot ignored) or an IPv4/IPv6 literal
@@ -286,33 +310,54 @@ export async function mintLeaf(
   name: string,
   opts: MintLeafOptions = {},
 ): Promise<MintedLeaf> {
-  const inner = internalsOf(ca);
-  const leafName = normalizeLeafName(name);
-  const now = opts.now ?? new Date();
-  const hours = opts.validityHours ?? DEFAULT_LEAF_VALIDITY_HOURS;
-  if (!(hours > 0) || !Number.isFinite(hours)) {
-    throw new CaError(`Leaf validity must be a positive number of hours, got ${hours}`);
-  }
-  if (now.getTime() >= ca.notAfter.getTime()) {
-    throw new CaError(
-      `The CA "${ca.subject}" expired on ${ca.notAfter.toISOString()}; create a new one with ` +
-        `"sluice ca init --force" (or replace tls.ca) and have clients trust it`,
-    );
-  }
-  inner.leafKey ??= newLeafKey();
-  const leafKey = await inner.leafKey;
-  const notBefore = new Date(now.getTime() - LEAF_BACKDATE_MS);
-  const notAfter = new Date(
-    Math.min(now.getTime() + hours * 3_600_000, ca.notAfter.getTime()),
+  const plan = leafPlan(ca, name, opts);
+  const { leafKey } = plan.inner;
+  const { template } = leafKey;
+  const tbs = encodeLeafTbs(template, {
+    serial: randomSerialBytes(),
+    notBefore: plan.notBefore,
+    notAfter: plan.notAfter,
+    name: plan.name,
+  });
+  const signature = new Uint8Array(
+    await crypto.subtle.sign(plan.inner.signingAlgorithm, plan.inner.signingKey, tbs),
   );
+  return {
+    certPem: certificatePem(encodeCertificate(template, tbs, signature)) + ca.certPem,
+    keyPem: leafKey.pem,
+    notBefore: plan.notBefore,
+    notAfter: plan.notAfter,
+  };
+}
+
+/**
+ * {@link mintLeaf} as it was before the DER template: the same leaf, built through
+ * `@peculiar/x509` (~5 times slower). Not used on the data path; kept as the independent
+ * reference the template's output is compared with, byte for byte apart from the serial and
+ * signature (test/lib/tls/leaf_template_test.ts), and for bench/leaf_cache_bench.ts.
+ *
+ * @param ca the signing CA
+ * @param name as for {@link mintLeaf}
+ * @param opts as for {@link mintLeaf}
+ * @returns as {@link mintLeaf} does
+ * @throws {CaError} as {@link mintLeaf} does
+ */
+export async function mintLeafReference(
+  ca: CertificateAuthority,
+  name: string,
+  opts: MintLeafOptions = {},
+): Promise<MintedLeaf> {
+  const plan = leafPlan(ca, name, opts);
+  const { inner, name: leafName } = plan;
+  const { leafKey } = inner;
   const fitsCn = leafName.value.length <= 64;
   const cert = await x509.X509CertificateGenerator.create({
-    serialNumber: randomSerial(),
+    serialNumber: hex(randomSerialBytes()),
     // RFC 5280 4.2.1.6: with an empty subject the SAN extension must be critical.
     subject: fitsCn ? [{ CN: [leafName.value] }] : [],
     issuer: inner.cert.subjectName,
-    notBefore,
-    notAfter,
+    notBefore: plan.notBefore,
+    notAfter: plan.notAfter,
     publicKey: leafKey.pair.publicKey,
     signingKey: inner.signingKey,
     signingAlgorithm: inner.signingAlgorithm,
@@ -328,13 +373,46 @@ export async function mintLeaf(
       leafKey.ski,
     ],
   });
-  // The certificate's own dates: X.509 time has whole seconds, so they may differ from ours.
   return {
     certPem: pem(cert) + ca.certPem,
     keyPem: leafKey.pem,
     notBefore: cert.notBefore,
     notAfter: cert.notAfter,
   };
+}
+
+/** What both minting paths check and compute before encoding. */
+function leafPlan(
+  ca: CertificateAuthority,
+  name: string,
+  opts: MintLeafOptions,
+): {
+  inner: Internals;
+  name: LeafName;
+  notBefore: Date;
+  notAfter: Date;
+} {
+  const inner = internalsOf(ca);
+  const leafName = normalizeLeafName(name);
+  const now = opts.now ?? new Date();
+  const hours = opts.validityHours ?? DEFAULT_LEAF_VALIDITY_HOURS;
+  if (!(hours > 0) || !Number.isFinite(hours)) {
+    throw new CaError(`Leaf validity must be a positive number of hours, got ${hours}`);
+  }
+  if (now.getTime() >= ca.notAfter.getTime()) {
+    throw new CaError(
+      `The CA "${ca.subject}" expired on ${ca.notAfter.toISOString()}; create a new one with ` +
+        `"sluice ca init --force" (or replace tls.ca) and have clients trust it`,
+    );
+  }
+  // X.509 time has whole seconds: return the dates the certificate will actually carry.
+  const notBefore = wholeSeconds(now.getTime() - LEAF_BACKDATE_MS);
+  const notAfter = wholeSeconds(Math.min(now.getTime() + hours * 3_600_000, ca.notAfter.getTime()));
+  return { inner, name: leafName, notBefore, notAfter };
+}
+
+function wholeSeconds(ms: number): Date {
+  return new Date(Math.floor(ms / 1000) * 1000);
 }
 
 /**
@@ -475,7 +553,10 @@ async function makeCa(
     notAfter: cert.notAfter,
     ...(certPath === undefined ? {} : { certPath }),
   });
-  internals.set(ca, { cert, signingKey, signingAlgorithm, aki });
+  // Made now (~1 ms, once per CA object) rather than at the first mint: the first handshake for
+  // a new name then pays one signature like every other, and nothing runs in the background.
+  const leafKey = await newLeafKey(cert, signingAlgorithm, aki);
+  internals.set(ca, { cert, signingKey, signingAlgorithm, aki, leafKey });
   return ca;
 }
 
@@ -496,13 +577,30 @@ function internalsOf(ca: CertificateAuthority): Internals {
   return inner;
 }
 
-async function newLeafKey(): Promise<{ pair: CryptoKeyPair; pem: string; ski: x509.Extension }> {
+async function newLeafKey(
+  caCert: x509.X509Certificate,
+  signingAlgorithm: Algorithm | EcdsaParams,
+  aki: x509.AuthorityKeyIdentifierExtension,
+): Promise<LeafKey> {
   const pair = await crypto.subtle.generateKey(P256, true, ["sign", "verify"]);
-  return {
-    pair,
-    pem: await pkcs8Pem(pair.privateKey),
-    ski: await x509.SubjectKeyIdentifierExtension.create(pair.publicKey),
-  };
+  const ski = await x509.SubjectKeyIdentifierExtension.create(pair.publicKey);
+  const template = buildLeafTemplate({
+    caCertDer: new Uint8Array(caCert.rawData),
+    leafSpkiDer: new Uint8Array(await crypto.subtle.exportKey("spki", pair.publicKey)),
+    authorityKeyId: Buffer.from(aki.keyId ?? "", "hex"),
+    subjectKeyId: Buffer.from(ski.keyId, "hex"),
+    signature: templateSignature(signingAlgorithm),
+  });
+  return { pair, pem: await pkcs8Pem(pair.privateKey), ski, template };
+}
+
+/** The template's name for how the CA signs (see signingParams for what can occur). */
+function templateSignature(alg: Algorithm | EcdsaParams): LeafSignatureAlgorithm {
+  const hash = "hash" in alg ? alg.hash : undefined;
+  if (alg.name === "ECDSA" && hash === "SHA-256") return "ecdsa-sha256";
+  if (alg.name === "ECDSA" && hash === "SHA-384") return "ecdsa-sha384";
+  if (alg.name === "RSASSA-PKCS1-v1_5" && hash === "SHA-256") return "rsa-sha256";
+  throw new CaError(`No leaf template for CA signature algorithm ${JSON.stringify(alg)}`);
 }
 
 /** Write the pair so that `ca.key` is 0600 from creation and both appear only when complete. */
@@ -630,10 +728,14 @@ async function pkcs8Pem(key: CryptoKey): Promise<string> {
 }
 
 /** 16 random bytes, top bit clear so the INTEGER is positive without a pad byte, never 0-led. */
-function randomSerial(): string {
+function randomSerialBytes(): Uint8Array {
   const b = crypto.getRandomValues(new Uint8Array(16));
   b[0] = (b[0] & 0x7f) | 0x01;
-  return hex(b);
+  return b;
+}
+
+function randomSerial(): string {
+  return hex(randomSerialBytes());
 }
 
 async function exists(path: string): Promise<boolean> {
