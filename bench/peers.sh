@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# sluice against its peers, in ONE run on this machine: direct (no proxy), sluice, squid
-# (ssl-bump) and mitmproxy (mitmdump), one after another, same harness, one table at the end.
+# sluice against its peers, in ONE run on this machine: direct (no proxy), sluice (default data
+# path and forced through the loopback hop), sluice --workers N, squid (ssl-bump, 1 and N workers)
+# and mitmproxy (mitmdump), same harness, ROUNDS rounds, one table of medians at the end.
 #
 # Harness: the client (wrk, or a small Deno client) runs in a network namespace this script
 # creates, as a dedicated uid; nft in that namespace (type nat hook output) REDIRECTs that
@@ -9,35 +10,71 @@
 # from that CA and trusts it upstream. 192.0.2.10 (documentation range) lives on the
 # namespace's loopback, so squid and mitmproxy, which connect to the original destination,
 # reach nginx; their own connections are not redirected (another uid). Nothing leaves the
-# namespace: it has no interface but lo. Everything is removed on every exit path.
+# namespace: it has no interface but lo. Everything (processes, namespace and its nft table,
+# /etc/netns/<ns>, the temp dir) is removed on every exit path, Ctrl-C included.
 # sluice resolves the names itself through the namespace's hosts file.
 #
-#   sudo bench/peers.sh
+#   sudo bench/peers.sh                                       # the full run (ROUNDS=5)
+#   sudo ROUNDS=2 SECS=3 SYSTEMS="sluice squid" bench/peers.sh   # a quick check
 #
-# Environment:
-#   SECS=10        seconds per wrk cell          SOAK=0   sluice keep-alive soak (s), RSS every 10 s
-#   SYSTEMS="direct sluice squid mitmproxy"      NAMES=1000 distinct SNI names  IDLE=1000 idle conns
-#   PROFILE=0      1: one more sluice run under `deno run --cpu-prof`, summarized
-#   PROFILE_SCENARIO=keep-alive                  or new-conn: what the profiled run does
-#   PROFILE_OUT=   copy the .cpuprofile there    KEEP=0   1: keep the temp dir (logs) for debugging
-#   CELLS="keep-alive new-conn 1MB sni latency"  the scenarios to run (memory is always measured)
-#   RATE=1000      requests/s of the fixed-rate latency scenario
-#   SLUICE_DENO_FLAGS=  extra `deno run` flags for sluice   SLUICE_ENV=  extra VAR=value for sluice
-#   DENO=deno
+# Rounds: every round runs every system once (fresh process, sanity check, 2 s warm-up, the
+# scenarios), the systems' order rotating from round to round. The table gives per system and
+# scenario the MEDIAN over the rounds; "x squid" is the system's req/s over squid's IN THE SAME
+# ROUND, then the median of those per-round ratios (drift between rounds does not bias it);
+# "p99 added" is the system's p99 minus direct's p99 at the fixed rate, in the same round, then
+# the median. The --workers rows are compared with squid running the same number of workers.
+# The raw per-round rows go to $OUT.raw.tsv, the table (made by bench/peers/summarize.ts from
+# them; it can be re-run on a kept raw file) to $OUT.md (see OUT).
+#
+# Environment (defaults in brackets):
+#   ROUNDS [5]     rounds; the issue asks for at least 5 (fewer is fine for a quick check)
+#   SECS [10]      seconds per wrk cell and of the fixed-rate latency cell
+#   SYSTEMS ["direct sluice sluice-hop squid mitmproxy sluice-workers squid-workers"]
+#                  direct: nginx itself through the same redirect; sluice: its default data path
+#                  (and --workers $BASE_WORKERS); sluice-hop: `serve --data-path hop` (row
+#                  "sluice (hop)", --workers $BASE_WORKERS too); sluice-workers:
+#                  `serve --workers $WORKERS`; squid-workers: squid.conf `workers $WORKERS`
+#                  (squid --foreground, SMP). A sluice without --data-path / --workers gets an
+#                  "n/a" row instead. squid and mitmproxy are apt-get installed if missing.
+#   WORKERS [2]    N of the --workers rows (sluice --workers N, squid workers N)
+#   BASE_WORKERS [1]  --workers given to the "sluice" and "sluice (hop)" rows when sluice has the
+#                  flag, so that they compare like for like with one squid process; empty: sluice's
+#                  own default (the number of cores, at most 4)
+#   CELLS ["keep-alive new-conn 1MB sni latency"]  the scenarios (idle memory is always measured,
+#                  once per system, in the last round; CELLS=none: idle memory only)
+#   RATE [1000]    requests/s of the fixed-rate latency scenario. If "latency" is in CELLS and
+#                  "direct" is not in SYSTEMS, direct's latency cell still runs in every round
+#                  (the baseline of "p99 added")
+#   NAMES [1000]   distinct SNI names of the sni scenario
+#   IDLE [1000]    idle intercepted connections of the memory measurement
+#   OUT [/tmp/sluice-peers-<UTC time>]  prefix of the files kept after the run: OUT.raw.tsv (every
+#                  round's numbers), OUT.memory.tsv, OUT.md (the table as printed)
+#   SOAK [0]       seconds of keep-alive soak on sluice after its last round, RSS every 10 s
+#   PROFILE [0]    1: one more sluice run under `deno run --cpu-prof`, summarized
+#   PROFILE_SCENARIO [keep-alive]  or new-conn: what the profiled run does
+#   PROFILE_OUT [] copy the .cpuprofile there
+#   KEEP [0]       1: keep the temp dir (every log) for debugging
+#   SLUICE_DENO_FLAGS [--v8-flags=--max-semi-space-size=2]  `deno run` flags for sluice
+#   SLUICE_ENV []  extra VAR=value for sluice
+#   DENO [deno]    the deno that runs sluice and the clients
 #
 # Scenarios (wrk -t2 -c16, HTTP/1.1):
 #   keep-alive   GET /ok (2-byte body) on persistent connections
 #   new-conn     the same with "Connection: close": one full TLS handshake per request (wrk does
 #                not resume sessions); wrk's latency starts after the handshake, so read req/s
-#   1MB          GET /1m (1 MiB random body), MiB/s
+#   1MB          GET /1m (1 MiB random body): req/s = MiB/s
 #   sni-1000     bench/lib/sni_client.ts: n0..n999.bench.test once each, a fresh connection and
 #                client per name, 16 in flight: the first pass, so every name is a new leaf
 #   latency      bench/lib/rate_client.ts: GET /ok at a fixed RATE over 16 keep-alive connections,
 #                latency from each request's scheduled time (no coordinated omission): the
-#                system's own added latency, not its queue at full load
-# Memory: RSS (VmRSS, whole process tree) at start and after the scenarios; then the system is
-# restarted and measured fresh, and with IDLE idle intercepted connections open
-# (bench/lib/idle_client.ts).
+#                system's own added latency, not its queue at full load. (Not h2load --rps:
+#                it paces per client and times from the send, so a stall hides its backlog.)
+# CPU µs/req: user+system clock ticks (/proc/PID/stat utime+stime) of the whole process tree of
+# the system under test (all processes, all threads) over the measured window, divided by the
+# requests completed in it.
+# Memory: RSS (VmRSS, whole process tree) at start and after the scenarios of the last round;
+# then the system is restarted and measured fresh, and with IDLE idle intercepted connections
+# open (bench/lib/idle_client.ts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -52,7 +89,11 @@ SOAK=${SOAK:-0}
 PROFILE=${PROFILE:-0}
 PROFILE_OUT=${PROFILE_OUT:-}
 PROFILE_SCENARIO=${PROFILE_SCENARIO:-keep-alive}
-SYSTEMS=${SYSTEMS:-direct sluice squid mitmproxy}
+SYSTEMS=${SYSTEMS:-direct sluice sluice-hop squid mitmproxy sluice-workers squid-workers}
+ROUNDS=${ROUNDS:-5}
+WORKERS=${WORKERS:-2}
+BASE_WORKERS=${BASE_WORKERS-1}
+OUT=${OUT:-/tmp/sluice-peers-$(date -u +%Y%m%dT%H%M%SZ)}
 NAMES=${NAMES:-1000}
 IDLE=${IDLE:-1000}
 KEEP=${KEEP:-0}
@@ -62,13 +103,28 @@ RATE=${RATE:-1000}
 SLUICE_DENO_FLAGS=${SLUICE_DENO_FLAGS---v8-flags=--max-semi-space-size=2}
 SLUICE_ENV=${SLUICE_ENV-}
 DENO=${DENO:-deno}
-DENO=$(command -v "$DENO")
+deno_path=$(command -v "$DENO") || { echo "bench/peers.sh needs deno (DENO=$DENO is not on PATH; Deno 2.9.6)" >&2; exit 1; }
+DENO=$deno_path
+for knob in ROUNDS SECS WORKERS RATE NAMES IDLE SOAK; do
+  [[ ${!knob} =~ ^[0-9]+$ ]] || { echo "bench/peers.sh: $knob must be a whole number, got '${!knob}'" >&2; exit 1; }
+done
+[[ $BASE_WORKERS =~ ^[0-9]*$ ]] || { echo "bench/peers.sh: BASE_WORKERS must be a whole number or empty, got '$BASE_WORKERS'" >&2; exit 1; }
+[ "$ROUNDS" -ge 1 ] && [ "$WORKERS" -ge 1 ] && [ "$SECS" -ge 1 ] ||
+  { echo "bench/peers.sh: ROUNDS, WORKERS and SECS must be at least 1" >&2; exit 1; }
+for sys in $SYSTEMS; do
+  case $sys in
+    direct | sluice | sluice-hop | sluice-workers | squid | squid-workers | mitmproxy) ;;
+    *) echo "bench/peers.sh: unknown system '$sys' in SYSTEMS (direct sluice sluice-hop sluice-workers squid squid-workers mitmproxy)" >&2; exit 1 ;;
+  esac
+done
+mkdir -p "$(dirname "$OUT")"
+: >"$OUT.raw.tsv" || { echo "bench/peers.sh: cannot write $OUT.raw.tsv (OUT=$OUT)" >&2; exit 1; }
 THREADS=2
 CONNS=16
 WARM=2
 CLIENT_UID=64123 # the client's uid: the only traffic the REDIRECT rule matches
 FRONT=192.0.2.10
-declare -A PORT=([direct]=443 [sluice]=15443 [squid]=3129 [mitmproxy]=8080)
+declare -A PORT=([direct]=443 [sluice]=15443 [sluice-hop]=15443 [sluice-workers]=15443 [squid]=3129 [squid-workers]=3129 [mitmproxy]=8080)
 
 ns="sluice-peers-$$"
 dir=$(mktemp -d /tmp/sluice-peers.XXXXXX)
@@ -103,12 +159,13 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-for tool in wrk nft ip openssl nginx setpriv curl; do
-  command -v "$tool" >/dev/null || { echo "bench/peers.sh needs $tool (apt-get install wrk nftables iproute2 openssl nginx-light util-linux curl)" >&2; exit 1; }
+for tool in wrk nft ip ss openssl nginx setpriv curl awk getconf timeout; do
+  command -v "$tool" >/dev/null || { echo "bench/peers.sh needs $tool (apt-get install wrk nftables iproute2 openssl nginx-light util-linux curl mawk coreutils)" >&2; exit 1; }
 done
 
 # ---------------------------------------------------------------- peers: install what is missing
 declare -A AVAILABLE=([direct]=1 [sluice]=1)
+declare -A UNAVAILABLE=() # system -> why its row is n/a
 apt_updated=0
 ensure_pkg() { # command package
   command -v "$1" >/dev/null && return 0
@@ -116,10 +173,22 @@ ensure_pkg() { # command package
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$2" >>"$dir/apt.log" 2>&1 || true
   command -v "$1" >/dev/null
 }
+# sluice's --workers and --data-path are newer than this script: without them, the rows say so.
+sluice_help=$("$DENO" run -A "$repo/main.ts" serve --help 2>&1) ||
+  { echo "$sluice_help" >&2; echo "bench/peers.sh: \`deno run -A main.ts serve --help\` failed" >&2; exit 1; }
+# The single-process rows pin --workers (sluice's default is one thread per core), when it exists.
+base_workers=""
+if [ -n "$BASE_WORKERS" ] && grep -q -- "--workers" <<<"$sluice_help"; then base_workers="--workers $BASE_WORKERS"; fi
 for sys in $SYSTEMS; do
   case $sys in
-    squid) ensure_pkg squid squid-openssl && AVAILABLE[squid]=1 || AVAILABLE[squid]=0 ;;
-    mitmproxy) ensure_pkg mitmdump mitmproxy && AVAILABLE[mitmproxy]=1 || AVAILABLE[mitmproxy]=0 ;;
+    squid | squid-workers)
+      if ensure_pkg squid squid-openssl; then AVAILABLE[$sys]=1; else AVAILABLE[$sys]=0 UNAVAILABLE[$sys]="n/a (squid-openssl could not be installed)"; fi ;;
+    mitmproxy)
+      if ensure_pkg mitmdump mitmproxy; then AVAILABLE[$sys]=1; else AVAILABLE[$sys]=0 UNAVAILABLE[$sys]="n/a (mitmproxy could not be installed)"; fi ;;
+    sluice-hop)
+      if grep -q -- "--data-path" <<<"$sluice_help"; then AVAILABLE[$sys]=1; else AVAILABLE[$sys]=0 UNAVAILABLE[$sys]="n/a (sluice has no --data-path)"; fi ;;
+    sluice-workers)
+      if grep -q -- "--workers" <<<"$sluice_help"; then AVAILABLE[$sys]=1; else AVAILABLE[$sys]=0 UNAVAILABLE[$sys]="n/a (sluice has no --workers)"; fi ;;
   esac
 done
 
@@ -199,7 +268,9 @@ wait_listen 443 10 "$nginx_pid" || { cat "$dir/nginx.log" "$dir/nginx-error.log"
 
 # ---------------------------------------------------------------- systems under test
 sys_pid=""
-start_sluice() { # extra deno flags...
+start_sluice() { # "serve flags of the variant" [extra deno flags...]
+  local serve_extra=$1
+  shift
   # Names resolve through the namespace's hosts file (getaddrinfo, then sluice's 30 s cache),
   # as they would in production; FRONT is a documentation address, which the private guard
   # lets through, and sluice's own connections to it are not redirected (another uid).
@@ -216,23 +287,32 @@ YAML
   # guard) would refuse the idle-connection cell's 1,000 connections, so it is raised here. Older
   # sluice builds without --limit get nothing.
   SLUICE_LIMITS=""
-  if "$DENO" run -A "$repo/main.ts" serve --help 2>/dev/null | grep -q -- "--limit"; then
+  if grep -q -- "--limit" <<<"$sluice_help"; then
     SLUICE_LIMITS="--limit per-client=4096"
   fi
-  # shellcheck disable=SC2086 # SLUICE_DENO_FLAGS and SLUICE_LIMITS are lists of flags
+  log "sluice serve ${serve_extra:-(default data path)}"
+  # shellcheck disable=SC2086 # SLUICE_DENO_FLAGS, SLUICE_LIMITS and serve_extra are lists of flags
   bg_inns env $SLUICE_ENV "$DENO" run -A $SLUICE_DENO_FLAGS "$@" "$repo/main.ts" serve --policy "$dir/sluice.yaml" --proxy 127.0.0.1:0 \
     --transparent-https "127.0.0.1:${PORT[sluice]}" --admin 127.0.0.1:19090 --state "$dir/sluice-state" --drain-timeout 1 \
-    --log-format json $SLUICE_LIMITS >"$dir/sluice.log" 2>&1 &
+    --log-format json $SLUICE_LIMITS $serve_extra >>"$dir/sluice.log" 2>&1 &
   sys_pid=$!
   pids+=("$sys_pid")
   wait_listen "${PORT[sluice]}" 60 "$sys_pid"
 }
-start_squid() {
+start_squid() { # [workers]: without, one process (squid -N); with N, SMP: a master, N workers
   mkdir -p "$dir/squid"
+  rm -rf "$dir/squid/ssldb"
   sed "s#@DIR@#$dir#g; s#@PORT@#${PORT[squid]}#g; s#@PORT2@#3130#g" bench/lib/squid.conf >"$dir/squid.conf"
   /usr/lib/squid/security_file_certgen -c -s "$dir/squid/ssldb" -M 64MB >/dev/null 2>&1
   chown -R proxy:proxy "$dir/squid"
-  bg_inns squid -N -f "$dir/squid.conf" >"$dir/squid.log" 2>&1 &
+  if [ -n "${1:-}" ]; then
+    # SMP mode needs the master in the foreground, not -N (no-daemon mode is never SMP).
+    echo "workers $1" >>"$dir/squid.conf"
+    log "squid workers $1"
+    bg_inns squid --foreground -f "$dir/squid.conf" >>"$dir/squid.log" 2>&1 &
+  else
+    bg_inns squid -N -f "$dir/squid.conf" >>"$dir/squid.log" 2>&1 &
+  fi
   sys_pid=$!
   pids+=("$sys_pid")
   # Wait for the listener without ever connecting to it (squid's intercept port must not be
@@ -251,22 +331,29 @@ start_mitmproxy() {
 start_system() { # name
   case $1 in
     direct) sys_pid=$nginx_pid ;;
-    sluice) start_sluice ;;
+    sluice) start_sluice "$base_workers" ;;
+    sluice-hop) start_sluice "--data-path hop${base_workers:+ $base_workers}" ;;
+    sluice-workers) start_sluice "--workers $WORKERS" ;;
     squid) start_squid ;;
+    squid-workers) start_squid "$WORKERS" ;;
     mitmproxy) start_mitmproxy ;;
   esac
 }
 stop_system() { # name [seconds to exit]
   [ "$1" = direct ] && return 0
+  local tree keep=() p
+  # The whole tree (squid's kids and helpers, sluice's workers), so nothing outlives its row and
+  # holds the port or the cores for the next system.
+  tree=$(tree_pids "$sys_pid")
   stop_pid "$sys_pid" "${2:-10}"
-  local keep=() p
+  for p in $tree; do kill -KILL "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do [ "$p" != "$sys_pid" ] && keep+=("$p"); done
   pids=("${keep[@]}")
 }
 system_log() {
   case $1 in
-    sluice) tail -n 20 "$dir/sluice.log" ;;
-    squid) tail -n 20 "$dir/squid.log" "$dir/squid/cache.log" 2>/dev/null ;;
+    sluice*) tail -n 20 "$dir/sluice.log" ;;
+    squid*) tail -n 20 "$dir/squid.log" "$dir/squid/cache.log" 2>/dev/null ;;
     mitmproxy) tail -n 20 "$dir/mitm.log" ;;
     *) tail -n 20 "$dir/nginx-error.log" ;;
   esac
@@ -300,10 +387,19 @@ us_per_req() { # ticks requests -> CPU microseconds per request
 }
 
 # ---------------------------------------------------------------- measurement
-results="$dir/results.tsv" # system scenario rps p50ms p99ms MiB/s errors note rss cpu_us_per_req
-memory="$dir/memory.tsv"   # system start after idle idle_note
-: >"$results"
+# One row per round, system and scenario (the raw numbers, kept after the run):
+raw="$OUT.raw.tsv"
+memory="$OUT.memory.tsv" # system start after fresh idle idle_note (last round)
+printf 'round\tsystem\tscenario\trps\tp50_ms\tp99_ms\tmib_s\terrors\tcpu_us_req\trss_mib\tnote\n' >"$raw"
 : >"$memory"
+rows="$raw" # where row() writes (the profiled run writes elsewhere)
+round=0
+row() { # system scenario rps p50 p99 MiB/s errors cpu_us_req rss note
+  local note
+  note=$(printf '%s' "${10:-}" | tr '\t\n|' '  /') # one TSV field, one markdown cell
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "${@:1:9}" "$note" >>"$rows"
+  log "round $round: $(tail -n 1 "$rows" | cut -f2- | tr '\t' ' ')"
+}
 
 to_ms() { # "311.00us" / "1.20ms" / "2.01s" -> ms
   awk -v v="$1" 'BEGIN {
@@ -320,21 +416,21 @@ to_mib() { # "1.23MB" -> MiB
     printf "%.2f", n }'
 }
 wrk_cell() { # system scenario secs url [wrk args...]
-  local sys=$1 scen=$2 secs=$3 url=$4 out errs t0 t1 n
+  local sys=$1 scen=$2 secs=$3 url=$4 out errs t0 t1 n note=""
   shift 4
   t0=$(cpu_ticks "$sys_pid")
   out=$(as_client wrk -t"$THREADS" -c"$CONNS" -d"${secs}s" --latency "$@" "$url" 2>&1) || true
   t1=$(cpu_ticks "$sys_pid")
-  echo "$out" >>"$dir/wrk-$sys.log"
+  printf '== round %s %s\n%s\n' "$round" "$scen" "$out" >>"$dir/wrk-$sys.log"
   n=$(awk '/requests in/ { print $1 }' <<<"$out")
   errs=$(awk '/Socket errors:/ { gsub(/,/, ""); s += $4 + $6 + $8 + $10 } /Non-2xx/ { s += $NF } END { print s + 0 }' <<<"$out")
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$sys" "$scen" \
+  [ -z "$n" ] && note="wrk failed: $(tail -n 1 <<<"$out")"
+  row "$sys" "$scen" \
     "$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")" \
     "$(to_ms "$(awk '$1=="50%" {print $2}' <<<"$out")")" \
     "$(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")")" \
-    "$(to_mib "$(awk '/Transfer\/sec/ {print $2}' <<<"$out")")" "$errs" "" "$(rss_mb "$sys_pid")" \
-    "$(us_per_req $((t1 - t0)) "${n:-0}")" >>"$results"
-  tail -n 1 "$results" | tr '\t' ' ' >&2
+    "$(to_mib "$(awk '/Transfer\/sec/ {print $2}' <<<"$out")")" "$errs" \
+    "$(us_per_req $((t1 - t0)) "${n:-0}")" "$(rss_mb "$sys_pid")" "$note"
 }
 sni_cell() { # system
   local out t0 t1
@@ -342,16 +438,15 @@ sni_cell() { # system
   out=$(as_client timeout 300 "$dir/client/deno" run --allow-net --allow-read "$dir/client/sni_client.ts" \
     "$NAMES" "$CONNS" "$dir/ca.pem" bench.test /ok 2>&1 | tail -n 1) || true
   t1=$(cpu_ticks "$sys_pid")
-  echo "$out" >>"$dir/sni-$1.log"
+  printf 'round %s %s\n' "$round" "$out" >>"$dir/sni-$1.log"
   # {"requests":..,"errors":..,"seconds":..,"rps":..,"p50_ms":..,"p99_ms":..,"bytes":..}
 
   get() { grep -o "\"$1\":[^,}]*" <<<"$out" | head -n 1 | cut -d: -f2 | tr -d '"'; }
   local note=""
   [ -n "$(get first_error)" ] && note="first error: $(grep -o '"first_error":"[^"]*' <<<"$out" | cut -d'"' -f4)"
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "sni-$NAMES" "$(get rps | cut -d. -f1)" \
-    "$(get p50_ms)" "$(get p99_ms)" "-" "$(get errors)" "$note" "$(rss_mb "$sys_pid")" \
-    "$(us_per_req $((t1 - t0)) "$(get requests)")" >>"$results"
-  tail -n 1 "$results" | tr '\t' ' ' >&2
+  [ -z "$(get requests)" ] && note="client failed: $out"
+  row "$1" "sni-$NAMES" "$(get rps | cut -d. -f1)" "$(get p50_ms)" "$(get p99_ms)" "-" "$(get errors)" \
+    "$(us_per_req $((t1 - t0)) "$(get requests)")" "$(rss_mb "$sys_pid")" "$note"
 }
 latency_cell() { # system: fixed-rate latency
   local out t0 t1
@@ -359,15 +454,16 @@ latency_cell() { # system: fixed-rate latency
   out=$(as_client timeout 120 "$dir/client/deno" run --allow-net --allow-read "$dir/client/rate_client.ts" \
     "$FRONT" 443 ka.bench.test "$dir/ca.pem" /ok "$RATE" "$CONNS" "$SECS" 2>&1 | tail -n 1) || true
   t1=$(cpu_ticks "$sys_pid")
-  echo "$out" >>"$dir/latency-$1.log"
+  printf 'round %s %s\n' "$round" "$out" >>"$dir/latency-$1.log"
   get() { grep -o "\"$1\":[^,}]*" <<<"$out" | head -n 1 | cut -d: -f2 | tr -d '"'; }
-  local note="p90 $(get p90_ms) ms, max $(get max_ms) ms"
-  [ -n "$(get first_error)" ] && note+="; first error: $(grep -o '"first_error":"[^"]*' <<<"$out" | cut -d'"' -f4)"
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "latency@$RATE/s" \
+  # The per-request p90/max stay in the raw file's log (latency-<system>.log), not the table.
+  local note=""
+  [ -n "$(get first_error)" ] && note="first error: $(grep -o '"first_error":"[^"]*' <<<"$out" | cut -d'"' -f4)"
+  [ -z "$(get requests)" ] && note="client failed: $out"
+  row "$1" "latency@$RATE/s" \
     "$(awk -v n="$(get requests)" -v s="$SECS" 'BEGIN { if (n != "") printf "%.0f", n / s }')" \
-    "$(get p50_ms)" "$(get p99_ms)" "-" "$(get errors)" "$note" "$(rss_mb "$sys_pid")" \
-    "$(us_per_req $((t1 - t0)) "$(get requests)")" >>"$results"
-  tail -n 1 "$results" | tr '\t' ' ' >&2
+    "$(get p50_ms)" "$(get p99_ms)" "-" "$(get errors)" \
+    "$(us_per_req $((t1 - t0)) "$(get requests)")" "$(rss_mb "$sys_pid")" "$note"
 }
 
 idle_cell() { # system -> RSS with IDLE idle intercepted connections
@@ -384,7 +480,7 @@ idle_cell() { # system -> RSS with IDLE idle intercepted connections
   sleep 2 # let the proxy settle (GC, pools) with the connections idle
   line=$(grep '^holding' "$dir/idle-$1.log" || echo "holding ? ? (client failed: $(tail -n 1 "$dir/idle-$1.log"))")
   idle_rss=$(rss_mb "$sys_pid")
-  if [ "$1" = sluice ]; then # where the memory is, from sluice's own /metrics
+  if [[ $1 == sluice* ]]; then # where the memory is, from sluice's own /metrics
     log "sluice with idle connections: $(inns curl -s --max-time 5 http://127.0.0.1:19090/metrics |
       awk '/^(process_resident_memory_bytes|sluice_js_memory_bytes)/ { printf "%s %.1f MiB; ", $1, $2 / 1048576 }')"
   fi
@@ -395,16 +491,16 @@ idle_cell() { # system -> RSS with IDLE idle intercepted connections
 
 cell() { [[ " $CELLS " == *" $1 "* ]]; } # is this scenario selected?
 
-run_system() { # name
-  local sys=$1 start_rss after_rss fp
+run_system() { # name [cells]: one round of one system; the last round also measures idle memory
+  local sys=$1 cells=${2:-$CELLS} start_rss after_rss fp
   if [ "${AVAILABLE[$sys]:-0}" != 1 ]; then
-    printf '%s\tall\t-\t-\t-\t-\t-\tnot available (package could not be installed)\t-\n' "$sys" >>"$results"
+    row "$sys" all - - - - - - - "${UNAVAILABLE[$sys]:-n/a (not available)}"
     return 0
   fi
-  log "== $sys"
+  log "== round $round/$ROUNDS: $sys"
   if ! start_system "$sys"; then
     system_log "$sys" >&2
-    printf '%s\tall\t-\t-\t-\t-\t-\tdid not start (see log above)\t-\n' "$sys" >>"$results"
+    row "$sys" all - - - - - - - "did not start (see the log above)"
     stop_system "$sys"
     return 0
   fi
@@ -418,20 +514,21 @@ run_system() { # name
     { [ "$sys" != direct ] && [ "$fp" = "$origin_fp" ]; }; then
     log "$sys: sanity check failed (body '$body', leaf $fp)"
     system_log "$sys" >&2
-    printf '%s\tall\t-\t-\t-\t-\t-\tsanity check failed: %s\t-\n' "$sys" "$body" >>"$results"
+    row "$sys" all - - - - - - - "sanity check failed: $body"
     stop_system "$sys"
     return 0
   fi
   start_rss=$(rss_mb "$sys_pid")
   as_client wrk -t"$THREADS" -c"$CONNS" -d"${WARM}s" https://ka.bench.test/ok >/dev/null 2>&1 || true
+  local CELLS=$cells # cell() reads it
   cell keep-alive && wrk_cell "$sys" keep-alive "$SECS" https://ka.bench.test/ok
   cell new-conn && wrk_cell "$sys" new-conn "$SECS" https://ka.bench.test/ok -H "Connection: close"
   cell 1MB && wrk_cell "$sys" 1MB "$SECS" https://ka.bench.test/1m
   cell sni && sni_cell "$sys"
   cell latency && latency_cell "$sys"
   after_rss=$(rss_mb "$sys_pid")
-  if [ "$sys" = sluice ] && [ "$SOAK" -gt 0 ]; then soak; fi
-  if [ "$sys" != direct ]; then
+  if [ "$round" = "$ROUNDS" ] && [ "$sys" = sluice ] && [ "$SOAK" -gt 0 ]; then soak; fi
+  if [ "$round" = "$ROUNDS" ] && [ "$sys" != direct ] && [ "$cells" = "$CELLS_ALL" ]; then
     # Idle memory on a fresh process, so the figure is the cost of the idle connections
     # themselves, not of what the scenarios left behind (caches, pools, heap growth).
     stop_system "$sys"
@@ -468,16 +565,29 @@ soak() { # keep-alive load on sluice for SOAK seconds, RSS every 10 s
   log "$soak_summary"
 }
 
+CELLS_ALL=$CELLS
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+# "p99 added" needs direct's latency in the same round: measured even when direct is not asked for.
+baseline=""
+if cell latency && [[ " $SYSTEMS " != *" direct "* ]]; then baseline=direct; fi
+read -r -a order <<<"$SYSTEMS"
 soak_summary=""
-for sys in $SYSTEMS; do run_system "$sys"; done
+for ((round = 1; round <= ROUNDS; round++)); do
+  # Each round starts one system later, so no system always runs first (or after the same one).
+  for ((i = 0; i < ${#order[@]}; i++)); do
+    run_system "${order[$(((i + round - 1) % ${#order[@]}))]}"
+  done
+  if [ -n "$baseline" ]; then run_system direct latency; fi
+done
 
 profile_summary=""
 if [ "$PROFILE" = 1 ]; then
   log "== sluice under --cpu-prof (${SECS}s $PROFILE_SCENARIO)"
   mkdir -p "$dir/prof"
-  if start_sluice --cpu-prof --cpu-prof-dir="$dir/prof"; then
+  if start_sluice "$base_workers" --cpu-prof --cpu-prof-dir="$dir/prof"; then
     redirect_to "${PORT[sluice]}"
     as_client wrk -t"$THREADS" -c"$CONNS" -d"${WARM}s" https://ka.bench.test/ok >/dev/null 2>&1 || true
+    rows="$dir/profile.tsv" round=profile # not one of the rounds
     if [ "$PROFILE_SCENARIO" = new-conn ]; then
       wrk_cell sluice-profiled new-conn "$SECS" https://ka.bench.test/ok -H "Connection: close"
     else
@@ -498,46 +608,21 @@ if [ "$PROFILE" = 1 ]; then
 fi
 
 # ---------------------------------------------------------------- the table
-echo
-echo "sluice peers benchmark: $(nproc) cores shared by client, proxy and upstream; wrk -t$THREADS -c$CONNS, ${SECS}s per cell; $(date -u +%FT%TZ)"
-echo
-echo "| system | scenario | req/s | p50 ms | p99 ms | MiB/s | errors | CPU µs/req | RSS after MiB | note |"
-echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"
-awk -F'\t' '{ printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, ($10 == "" ? "-" : $10), $9, $8 }' "$results"
-if [ -s "$memory" ]; then
+{
+  echo "sluice peers benchmark: $(nproc) cores shared by client, proxy and upstream; wrk -t$THREADS -c$CONNS," \
+    "${SECS}s per cell, $ROUNDS round(s), medians; $(date -u +%FT%TZ); sluice $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo '?')$(git --no-optional-locks -C "$repo" diff --quiet HEAD 2>/dev/null || echo ' + uncommitted changes')"
+  echo "Load average (1/5/15 min) before the first round (no load yet): $load_start; at the end: $(cut -d' ' -f1-3 /proc/loadavg). Anything else running on the machine shows up in the figures."
+  [ -n "$base_workers" ] && echo "sluice and sluice (hop) run with $base_workers."
+  [ "$ROUNDS" -lt 5 ] && echo "(fewer than 5 rounds: a quick check, not a figure to publish)"
   echo
-  echo "| system | RSS at start MiB | after scenarios MiB | fresh process MiB | fresh + $IDLE idle conns MiB | idle conns |"
-  echo "|---|---:|---:|---:|---:|---|"
-  awk -F'\t' '{ printf "| %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6 }' "$memory"
-fi
-[ -n "$soak_summary" ] && { echo; echo "$soak_summary"; }
-
+  "$DENO" run --allow-read "$repo/bench/peers/summarize.ts" "$raw" "$memory" "$SYSTEMS${baseline:+ $baseline}" "$RATE" "$IDLE" "$WORKERS"
+  [ -n "$soak_summary" ] && { echo; echo "$soak_summary"; }
+  if [ -n "$profile_summary" ]; then
+    echo
+    echo "$profile_summary"
+  fi
+} >"$OUT.md"
 echo
-echo "Targets (sluice):"
-awk -F'\t' -v idle="$IDLE" -v rate="$RATE" '
-  FNR == NR { v[$1 "," $2 ",rps"] = $3; v[$1 "," $2 ",p99"] = $5; v[$1 "," $2 ",mib"] = $6; v[$1 "," $2 ",cpu"] = $10; next }
-  $1 == "sluice" { rss = $5 }
-  function num(x) { return x != "" && x != "-" }
-  function ratio(name, a, b, want,   r) {
-    if (!num(a) || !num(b) || b == 0) { printf "  %-42s n/a\n", name; return }
-    r = a / b; printf "  %-42s %6.2fx  (target >= %sx) %s\n", name, r, want, (r >= want ? "met" : "NOT met")
-  }
-  END {
-    ratio("keep-alive req/s vs squid", v["sluice,keep-alive,rps"], v["squid,keep-alive,rps"], 2)
-    ratio("keep-alive req/s vs direct", v["sluice,keep-alive,rps"], v["direct,keep-alive,rps"], 0.25)
-    ratio("new-connection req/s vs squid", v["sluice,new-conn,rps"], v["squid,new-conn,rps"], 5)
-    ratio("1 MB MiB/s vs squid", v["sluice,1MB,mib"], v["squid,1MB,mib"], 3)
-    a = v["sluice,keep-alive,p99"]; b = v["direct,keep-alive,p99"]
-    if (num(a) && num(b)) printf "  %-42s %6.2f ms (target < 2 ms) %s\n", "keep-alive p99 added over direct, full load", a - b, (a - b < 2 ? "met" : "NOT met")
-    a = v["sluice,latency@" rate "/s,p99"]; b = v["direct,latency@" rate "/s,p99"]
-    if (num(a) && num(b)) printf "  %-42s %6.2f ms (target < 2 ms) %s\n", "p99 added over direct at " rate " req/s", a - b, (a - b < 2 ? "met" : "NOT met")
-    for (i = split("keep-alive new-conn 1MB", sc, " "); i > 0; i--) {
-      a = v["sluice," sc[i] ",cpu"]; b = v["squid," sc[i] ",cpu"]
-      if (num(a) && num(b)) printf "  %-42s %6s us vs squid %s us (information)\n", "proxy CPU per request, " sc[i], a, b
-    }
-    if (num(rss)) printf "  %-42s %6.1f MiB (target < 150 MB) %s\n", "RSS with " idle " idle connections", rss, (rss * 1.048576 < 150 ? "met" : "NOT met")
-  }' "$results" "$memory"
-if [ -n "$profile_summary" ]; then
-  echo
-  echo "$profile_summary"
-fi
+cat "$OUT.md"
+echo
+echo "raw per-round numbers: $raw; memory: $memory; this table: $OUT.md"
