@@ -71,7 +71,7 @@ const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
  * compare equal: IPv4 dotted quad, IPv6 as the WHATWG URL serializer writes it (compressed,
  * lowercase, embedded IPv4 in hex). Returns the input unchanged if it is not an address.
  */
-function canonicalAddress(hostname: string): string {
+export function canonicalAddress(hostname: string): string {
   try {
     if (hostname.includes(":")) {
       const h = new URL(`http://[${hostname.replace(/^\[|\]$/g, "").replace(/%.*$/, "")}]/`)
@@ -84,8 +84,11 @@ function canonicalAddress(hostname: string): string {
   }
 }
 
-/** Decode a /proc/net/tcp{,6} address ("0100007F" or 32 hex digits) to canonical text. */
-function decodeProcAddress(hex: string): string {
+/**
+ * Decode a /proc/net/tcp{,6} address ("0100007F" or 32 hex digits) to canonical text (see
+ * {@link canonicalAddress}). Exported for socket_watch.ts.
+ */
+export function decodeProcAddress(hex: string): string {
   const bytes: number[] = [];
   for (let w = 0; w < hex.length; w += 8) {
     const word = hex.slice(w, w + 8);
