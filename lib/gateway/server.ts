@@ -16,6 +16,8 @@ import { LeafCache } from "../tls/leaf_cache.ts";
 import type { Resolver } from "../upstream/resolver.ts";
 import { Terminator } from "../ingress/terminator.ts";
 import { DirectListener } from "../ingress/direct.ts";
+import { DirectWatch } from "../ingress/direct_watch.ts";
+import { SocketWatch } from "../tls/socket_watch.ts";
 import { needsClientHello } from "../../policy/mod.ts";
 import { handleTransparentHttp, handleTransparentTls } from "../ingress/transparent.ts";
 import { loadTrust, type TrustStore, useSystemRootsByDefault } from "../upstream/trust.ts";
@@ -124,7 +126,7 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
   // The leaf cache exists before the metrics that read it.
   const leaves = new LeafCache(opts.ca);
   const metrics: Metrics = new Metrics({
-    activeConnections: () => active.count,
+    activeConnections: () => active.count + (https.watch?.size ?? 0),
     leafCache: () => leaves.stats(),
     policyGeneration: () => generation,
     lastReloadOk: () => lastReloadOk,
@@ -216,9 +218,17 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
   // SO_REUSEPORT, so a reload that changes the kind opens the new listener before closing the
   // old one on the same port.
   const dataPath = opts.dataPath ?? "auto";
+  // The direct path's deadlines and caps need the kernel's view of its sockets.
+  const kernel = SocketWatch.available() ? new SocketWatch() : undefined;
   const wantsDirect = (c: CompiledPolicy): boolean => {
     if (dataPath === "hop") return false;
-    if (!needsClientHello(c)) return true;
+    if (!needsClientHello(c)) {
+      if (kernel || dataPath === "direct") return true;
+      opts.log?.(
+        "sluice: the direct data path needs /proc and FFI to bound its connections; using the hop",
+      );
+      return false;
+    }
     if (dataPath === "direct") {
       throw new Error(
         "--data-path direct cannot serve this policy: it passes TLS through " +
@@ -230,13 +240,42 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
   };
   const https = {
     direct: undefined as DirectListener | undefined,
+    watch: undefined as DirectWatch | undefined,
     hop: undefined as Deno.Listener | undefined,
   };
-  const openHttps = (addr: ListenAddr, c: CompiledPolicy): Deno.NetAddr => {
+  const openHttps = (addr: ListenAddr, c: CompiledPolicy, afterHop = false): Deno.NetAddr => {
     if (wantsDirect(c)) {
-      const direct = new DirectListener({ ctx, hostname: addr.hostname, port: addr.port, leaves });
+      let port = addr.port;
+      const watch = kernel
+        ? new DirectWatch({
+          guard,
+          limits,
+          source: {
+            list: (p) => kernel.list(p, addr.hostname),
+            // With a RST: a stuck client's socket is freed at once, not left in FIN_WAIT2.
+            shutdown: (fd) => void kernel.shutdown(fd, { reset: true }),
+          },
+          port: () => port,
+          onAdmit: () => {
+            metrics.connections.inc({ verdict: "allow", mode: "transparent", tls: "intercept" });
+            metrics.handshakes.inc();
+          },
+        })
+        : undefined;
+      const direct = new DirectListener({
+        ctx,
+        hostname: addr.hostname,
+        port: addr.port,
+        leaves,
+        watch,
+      });
       const bound = direct.start(makeRequestHandler(ctx, () => direct, pool));
+      port = bound.port;
+      // A reload from the hop: its connections on this port are the hop guard's, not ours.
+      if (afterHop) watch?.leaveExisting();
+      watch?.start();
       https.direct = direct;
+      https.watch = watch;
       return bound;
     }
     https.hop = serve(
@@ -256,9 +295,12 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
     if (direct && https.direct) return https.direct.recycle();
     if (!direct && https.hop) return;
     const old = { ...https };
+    // The old watch stops at once: the port's new connections are the new listener's.
+    old.watch?.close();
     https.direct = undefined;
+    https.watch = undefined;
     https.hop = undefined;
-    openHttps({ hostname: bound.hostname, port: bound.port }, c);
+    openHttps({ hostname: bound.hostname, port: bound.port }, c, old.hop !== undefined);
     if (old.hop) {
       listeners.splice(listeners.indexOf(old.hop), 1);
       old.hop.close();
@@ -373,6 +415,8 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
       }
       await terminator.close();
       await directClosed;
+      https.watch?.close();
+      kernel?.close();
       await Promise.allSettled([...tasks]);
       // A WebSocket session ends, and writes its audit record, only once its connection is
       // closed above: give those records a moment before the audit log closes.

@@ -82,6 +82,20 @@ export type DirectWatchOptions = {
   source: SocketSource;
   /** The local port whose accepted connections are watched. */
   port: () => number;
+  /** Told once per connection admitted (for the connection and handshake counters). */
+  onAdmit?: () => void;
+  /**
+   * Which connections this watch keeps (`all` by default). With Web Workers every thread's
+   * kernel view holds every worker's connections (fds are per process), so the work is split:
+   * - `claimed` (each worker): only the connections it served a request on, from that request
+   *   on; it reports each new one to `onClaim`;
+   * - `unclaimed` (the main thread): only connections no worker has claimed (the workers' claims
+   *   reach it through {@link DirectWatch.claim}), which are in their first stages (handshake,
+   *   first head) and under the caps.
+   */
+  scope?: "all" | "claimed" | "unclaimed";
+  /** `claimed` scope: a connection was first served here (its {@link peerKey}). */
+  onClaim?: (key: string) => void;
   now?: () => number;
 };
 
@@ -90,6 +104,8 @@ export class DirectWatch {
   readonly #o: DirectWatchOptions;
   readonly #now: () => number;
   readonly #peers = new Map<string, Peer>();
+  /** `unclaimed` scope: connections some worker serves, and the sweep that last listed them. */
+  readonly #claims = new Map<string, number>();
   #gen = 0;
   #timer?: ReturnType<typeof setInterval>;
 
@@ -108,6 +124,26 @@ export class DirectWatch {
     clearInterval(this.#timer);
     for (const p of this.#peers.values()) if (p.watch) this.#o.guard.release(p.watch);
     this.#peers.clear();
+  }
+
+  /** `unclaimed` scope: a worker serves the connection of this {@link peerKey}; leave it be. */
+  claim(key: string): void {
+    this.#claims.set(key, this.#gen);
+    const p = this.#peers.get(key);
+    if (p?.watch) this.#o.guard.release(p.watch);
+    this.#peers.delete(key);
+  }
+
+  /**
+   * Leaves be every connection on the port now (the hop's, when a reload moves the port to the
+   * direct path: they are held and bounded by the hop's own guard) until it ends.
+   */
+  leaveExisting(): void {
+    let sockets: KernelSocket[] = [];
+    try {
+      sockets = this.#o.source.list(this.#o.port());
+    } catch { /* nothing to leave */ }
+    for (const s of sockets) this.#claims.set(peerKey(s.hostname, s.port), this.#gen);
   }
 
   /** Connections known now. */
@@ -155,7 +191,16 @@ export class DirectWatch {
     } catch {
       return; // /proc unreadable for a moment: next sweep
     }
+    const scope = this.#o.scope ?? "all";
     for (const s of sockets) {
+      {
+        const key = peerKey(s.hostname, s.port);
+        if (scope === "claimed" && !this.#peers.has(key)) continue;
+        if (scope !== "claimed" && this.#claims.has(key)) {
+          this.#claims.set(key, gen);
+          continue;
+        }
+      }
       const p = this.#peer(s.hostname, s.port);
       p.seen = gen;
       if (p.fd !== s.fd) p.fd = s.fd;
@@ -169,6 +214,8 @@ export class DirectWatch {
       p.recv = s.bytesReceived;
       p.acked = s.bytesAcked;
     }
+    // A claim outlives its connection by two sweeps (it may arrive before the kernel lists it).
+    for (const [key, at] of this.#claims) if (gen - at > 2) this.#claims.delete(key);
     for (const [key, p] of this.#peers) {
       // Gone from the kernel's list; or known only from a request, and not listed for two
       // sweeps since (its connection ended in between).
@@ -187,6 +234,7 @@ export class DirectWatch {
     const peer = p;
     this.#peers.set(key, p);
     const l = this.#o.limits;
+
     const w = this.#o.guard.admitPeer(hostname, port, "transparent", () => {
       peer.ending = true;
       this.#shutdown(peer);
@@ -198,6 +246,8 @@ export class DirectWatch {
       return p;
     }
     p.watch = w;
+    this.#o.onAdmit?.();
+    if (this.#o.scope === "claimed") this.#o.onClaim?.(key);
     // The first head is bounded as on the hop; later ones as HTTP/2's there (module header).
     p.clock = new HopClock(l, {
       secure: true,

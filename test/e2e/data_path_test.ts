@@ -72,16 +72,25 @@ Deno.test({
       conn.close();
       return text;
     };
-    const lastRequest = async () =>
-      (await sluice.audit()).filter((r) => r.event === "request").at(-1);
+    const count = async () => (await sluice.audit()).length;
+    const isRequest = (r: Record<string, unknown>) => r.event === "request";
+    /** The first audit record that `pred` accepts, waiting up to 5 s for sluice to write it. */
+    const awaitRecord = async (pred: (r: Record<string, unknown>) => boolean, from = 0) => {
+      const end = Date.now() + 5000;
+      while (true) {
+        const found = (await sluice.audit()).slice(from).find(pred);
+        if (found || Date.now() > end) return found;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    };
     try {
       await t.step(
         "no passthrough host: served directly (no SNI on the request's record)",
         async () => {
+          const from = await count();
           const text = await request("allowed.test");
           assertMatch(text, /^HTTP\/1\.1 200/, text);
-          await new Promise((r) => setTimeout(r, 100));
-          const rec = await lastRequest();
+          const rec = await awaitRecord(isRequest, from);
           assertEquals([rec?.host, rec?.verdict, rec?.sni], ["allowed.test", "allow", undefined]);
         },
       );
@@ -91,28 +100,34 @@ Deno.test({
         async () => {
           await Deno.writeTextFile(policy, policyText(dir, true, up.port));
           assertMatch(await reload(sluice.adminPort!), /^200/);
+          const from = await count();
           // Passed through: decided on the raw ClientHello and spliced to through.test:443 (no
           // original destination here: nothing was redirected), where nothing listens.
           await request("through.test").catch(() => "");
           // Intercepted behind the hop, which knows the SNI (and, lacking an original
           // destination, takes port 443, so the Host's port is refused as fronting).
           await request("allowed.test").catch(() => "");
-          await new Promise((r) => setTimeout(r, 100));
-          const audit = await sluice.audit();
-          const through = audit.find((r) => r.event === "connection" && r.host === "through.test");
+          const through = await awaitRecord(
+            (r) => r.event === "connection" && r.host === "through.test",
+            from,
+          );
           assertEquals(through?.tls, "passthrough");
-          const rec = await lastRequest();
-          assertEquals([rec?.host, rec?.sni], ["allowed.test", "allowed.test"]);
+          const rec = await awaitRecord(
+            (r) => r.event === "request" && r.sni === "allowed.test",
+            from,
+          );
+          assertEquals(rec?.host, "allowed.test");
         },
       );
 
       await t.step("a reload that removes it goes back to direct", async () => {
         await Deno.writeTextFile(policy, policyText(dir, false, up.port));
         assertMatch(await reload(sluice.adminPort!), /^200/);
+        const from = await count();
         const text = await request("allowed.test");
         assertMatch(text, /^HTTP\/1\.1 200/, text);
-        await new Promise((r) => setTimeout(r, 100));
-        assertEquals((await lastRequest())?.sni, undefined);
+        const rec = await awaitRecord(isRequest, from);
+        assertEquals([rec?.host, rec?.sni], ["allowed.test", undefined]);
         // through.test is intercepted now: sluice's CA, not the upstream's.
         const through = await request("through.test");
         assertMatch(through, /^HTTP\/1\.1 200/, through);
@@ -127,8 +142,7 @@ Deno.test({
           stderr: "piped",
         }).output();
         assert(!dec.decode(out.stdout).includes("BEGIN CERTIFICATE"), "a certificate was served");
-        await new Promise((r) => setTimeout(r, 100));
-        const rec = (await sluice.audit()).find((r) => r.code === "missing-sni");
+        const rec = await awaitRecord((r) => r.code === "missing-sni");
         assertEquals([rec?.event, rec?.verdict, rec?.mode], ["connection", "deny", "transparent"]);
       });
     } finally {
