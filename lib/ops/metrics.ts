@@ -45,6 +45,16 @@ export class Counter extends Metric {
     const k = labelKey(labels);
     this.#values.set(k, (this.#values.get(k) ?? 0) + by);
   }
+  /**
+   * One label set of this counter, its key built once: for a hot path with a few fixed label
+   * sets (building the key sorts, escapes and joins: ~0.5 µs per `inc`, measured in
+   * bench/request_path_bench.ts). The series shows in the exposition from its first `inc`.
+   */
+  series(labels: Labels = {}): { inc(by?: number): void } {
+    const k = labelKey(labels);
+    const values = this.#values;
+    return { inc: (by = 1) => void values.set(k, (values.get(k) ?? 0) + by) };
+  }
   get(labels: Labels = {}): number {
     return this.#values.get(labelKey(labels)) ?? 0;
   }
@@ -84,7 +94,17 @@ export class Histogram extends Metric {
     this.#buckets = [...buckets].sort((a, b) => a - b);
   }
   observe(value: number, labels: Labels = {}): void {
+    this.#record(labelKey(labels), labels, value);
+  }
+  /**
+   * One label set of this histogram, its key built once (see {@link Counter.series}). The
+   * series shows in the exposition from its first `observe`.
+   */
+  series(labels: Labels = {}): { observe(value: number): void } {
     const k = labelKey(labels);
+    return { observe: (value) => this.#record(k, labels, value) };
+  }
+  #record(k: string, labels: Labels, value: number): void {
     let s = this.#series.get(k);
     if (!s) {
       s = { labels, counts: this.#buckets.map(() => 0), sum: 0, count: 0 };

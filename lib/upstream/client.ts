@@ -27,7 +27,8 @@ import {
   type ResponseHead,
 } from "../http1/response.ts";
 import { bodyReader, sendRequest, type SendState } from "./body.ts";
-import { type Connection, dial, type Timer } from "./connection.ts";
+import { type Connection, dial } from "./connection.ts";
+import { Deadlines } from "./deadlines.ts";
 import { buildHead, type BuiltHead, readHead } from "./head.ts";
 import { ConnectionPool, poolKey, type UpstreamPoolStats } from "./pool.ts";
 import {
@@ -129,16 +130,27 @@ export class UpstreamPool {
   readonly #connectMs: number;
   readonly #headerMs: number;
   readonly #pool: ConnectionPool;
+  /** The idle and header deadlines of every connection, one coarse timer (deadlines.ts). */
+  readonly #deadlines: Deadlines;
+  /**
+   * Exchanges in flight by the signal that aborts them: one "abort" listener per signal (the
+   * server's shutdown signal, in practice one for the pool's life) instead of an
+   * add/removeEventListener pair per request (~1 µs each in Deno 2.9's EventTarget).
+   */
+  readonly #aborting = new WeakMap<AbortSignal, Set<(reason: unknown) => void>>();
 
   /** @param opts pool sizes and timeouts; see {@link UpstreamPoolOptions} for defaults */
   constructor(opts?: UpstreamPoolOptions) {
+    const idleTimeoutMs = opts?.idleTimeoutMs ?? 30_000;
+    this.#connectMs = opts?.connectTimeoutMs ?? 10_000;
+    this.#headerMs = opts?.headerTimeoutMs ?? 30_000;
+    this.#deadlines = new Deadlines(Math.min(idleTimeoutMs, this.#headerMs));
     this.#pool = new ConnectionPool({
       maxIdlePerHost: opts?.maxIdlePerHost ?? 32,
       maxIdleTotal: opts?.maxIdleTotal ?? 256,
-      idleTimeoutMs: opts?.idleTimeoutMs ?? 30_000,
+      idleTimeoutMs,
+      deadlines: this.#deadlines,
     });
-    this.#connectMs = opts?.connectTimeoutMs ?? 10_000;
-    this.#headerMs = opts?.headerTimeoutMs ?? 30_000;
   }
 
   /**
@@ -197,6 +209,25 @@ export class UpstreamPool {
     return this.#pool.stats();
   }
 
+  /** Call `onAbort` with the reason when `signal` aborts, until {@link #unwatchAbort}. */
+  #watchAbort(signal: AbortSignal | undefined, onAbort: (reason: unknown) => void): void {
+    if (signal === undefined) return;
+    let set = this.#aborting.get(signal);
+    if (set === undefined) {
+      const exchanges = set = new Set();
+      this.#aborting.set(signal, exchanges);
+      signal.addEventListener("abort", () => {
+        for (const abort of [...exchanges]) abort(signal.reason);
+        exchanges.clear();
+      }, { once: true });
+    }
+    set.add(onAbort);
+  }
+
+  #unwatchAbort(signal: AbortSignal | undefined, onAbort: (reason: unknown) => void): void {
+    if (signal !== undefined) this.#aborting.get(signal)?.delete(onAbort);
+  }
+
   /** Open a connection for `key`, counted by the pool and in use. */
   async #connect(
     t: UpstreamTarget,
@@ -224,27 +255,27 @@ export class UpstreamPool {
     signal?: AbortSignal,
   ): Promise<UpstreamResponse> {
     const readAtStart = conn.bytesRead;
-    let headerTimer: Timer | undefined;
     let failure: unknown;
-    /** Set once the head arrived or the exchange failed: no header timer after that. */
+    /** Set once the head arrived or the exchange failed: no header deadline after that. */
     let headPhaseOver = false;
     const fail = (e: unknown): void => {
       failure ??= e;
       conn.destroy();
     };
+    // The header deadline, on the pool's sweep (deadlines.ts) rather than a timer per request.
+    const headerTimeout = (): void =>
+      fail(
+        new UpstreamError(
+          "timeout",
+          `Upstream ${where} sent no response head within ${this.#headerMs} ms`,
+        ),
+      );
     const startHeaderTimer = (): void => {
-      if (headPhaseOver || headerTimer !== undefined) return;
-      headerTimer = setTimeout(() => {
-        fail(
-          new UpstreamError(
-            "timeout",
-            `Upstream ${where} sent no response head within ${this.#headerMs} ms`,
-          ),
-        );
-      }, this.#headerMs);
+      if (headPhaseOver || conn.closed) return;
+      this.#deadlines.arm(conn, this.#headerMs, headerTimeout);
     };
-    const onAbort = (): void => fail(signal?.reason);
-    signal?.addEventListener("abort", onAbort, { once: true });
+    const onAbort = fail;
+    this.#watchAbort(signal, onAbort);
 
     // Send in the background: the response may start (or the server may refuse) before the
     // body is through, and a large upload must not block reading the answer.
@@ -264,8 +295,8 @@ export class UpstreamPool {
       headPhaseOver = true;
     } catch (e) {
       headPhaseOver = true;
-      clearTimeout(headerTimer);
-      signal?.removeEventListener("abort", onAbort);
+      this.#deadlines.disarm(conn);
+      this.#unwatchAbort(signal, onAbort);
       conn.destroy();
       send.stop?.(e);
       this.#pool.forget(conn);
@@ -276,11 +307,11 @@ export class UpstreamPool {
         error.kind === "reset";
       throw new ExchangeFailure(error, lost, send.wroteAny);
     }
-    clearTimeout(headerTimer);
+    this.#deadlines.disarm(conn);
     const bytesIn = (): number => conn.bytesRead - readAtStart - (conn.end - conn.start);
 
     if (head.status === 101) {
-      signal?.removeEventListener("abort", onAbort);
+      this.#unwatchAbort(signal, onAbort);
       this.#pool.forget(conn);
       const rest = conn.buf.slice(conn.start, conn.end);
       conn.start = conn.end;
@@ -299,7 +330,7 @@ export class UpstreamPool {
     try {
       framing = responseFraming(req.method, head.status, head.headers);
     } catch (e) {
-      signal?.removeEventListener("abort", onAbort);
+      this.#unwatchAbort(signal, onAbort);
       fail(e);
       this.#pool.forget(conn);
       throw new UpstreamError("protocol", `Invalid response from ${where}: ${errorText(e)}`);
@@ -312,7 +343,7 @@ export class UpstreamPool {
       if (finished) return;
       finished = true;
       frozenBytes = bytesIn();
-      signal?.removeEventListener("abort", onAbort);
+      this.#unwatchAbort(signal, onAbort);
       // The request body must have gone out entirely, or the server is still reading it.
       const settle = (): void =>
         this.#pool.release(conn, ok && keepAlive && send.done && failure === undefined);

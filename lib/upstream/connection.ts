@@ -16,6 +16,7 @@
 
 import * as nodeTls from "node:tls";
 import { formatHostPort } from "../../policy/address.ts";
+import type { Deadlines, Expiring } from "./deadlines.ts";
 import { errorText, type UpstreamConn, UpstreamError, type UpstreamTarget } from "./types.ts";
 
 const READ_BUFFER = 64 * 1024;
@@ -27,7 +28,7 @@ export type Timer = ReturnType<typeof setTimeout>;
 export type Io = UpstreamConn & { ref?(): void; unref?(): void };
 
 /** One upstream connection and its read buffer. */
-export class Connection {
+export class Connection implements Expiring {
   readonly io: Io;
   readonly key: string;
   /** Buffered unread bytes are buf[start, end). */
@@ -38,9 +39,22 @@ export class Connection {
   bytesRead = 0;
   /** A read left pending while idle, so a close by the server is noticed at once. */
   pending: Promise<number | null> | null = null;
-  idleTimer: Timer | undefined;
+  /**
+   * The connection's one deadline at a time (idle in the pool, or waiting for a response head),
+   * checked by the pool's sweep (deadlines.ts); destroying the connection disarms it.
+   */
+  deadline = Infinity;
+  expire: (() => void) | undefined = undefined;
+  deadlines: Deadlines | undefined = undefined;
+  /** Set by the pool: take this connection out of the pool and close it. */
+  evict: (() => void) | undefined = undefined;
   closed = false;
   state: "active" | "idle" = "active";
+  /** What {@link watch} calls; its handlers are made once per connection, not per idle spell. */
+  #onIdleEvent: (() => void) | undefined = undefined;
+  readonly #watched = (): void => {
+    if (this.state === "idle") this.#onIdleEvent?.();
+  };
 
   constructor(io: Io, key: string) {
     this.io = io;
@@ -79,18 +93,15 @@ export class Connection {
     this.start = this.end = 0;
     const p = this.io.read(this.buf);
     this.pending = p;
+    this.#onIdleEvent = onEvent;
     // While idle, any outcome (EOF, reset, unsolicited bytes) means the connection is unusable.
-    p.then(() => {
-      if (this.state === "idle") onEvent();
-    }, () => {
-      if (this.state === "idle") onEvent();
-    });
+    p.then(this.#watched, this.#watched);
   }
 
   destroy(): void {
     if (this.closed) return;
     this.closed = true;
-    clearTimeout(this.idleTimer);
+    this.deadlines?.disarm(this);
     try {
       this.io.close();
     } catch { /* already closed */ }

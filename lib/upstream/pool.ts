@@ -12,6 +12,7 @@
  */
 
 import { Connection, type Io } from "./connection.ts";
+import type { Deadlines } from "./deadlines.ts";
 import type { UpstreamTarget } from "./types.ts";
 
 /** Pool counters. */
@@ -71,6 +72,8 @@ export type ConnectionPoolLimits = {
   maxIdleTotal: number;
   /** Idle connections are closed after this long. */
   idleTimeoutMs: number;
+  /** The sweep that enforces the idle timeout (shared with the client's header deadlines). */
+  deadlines: Deadlines;
 };
 
 /** The connections of one client.ts `UpstreamPool`: idle ones by key, and those in use. */
@@ -82,6 +85,7 @@ export class ConnectionPool {
   readonly #idleMs: number;
   readonly #idle = new Map<string, Connection[]>();
   readonly #active = new Set<Connection>();
+  readonly #deadlines: Deadlines;
   #created = 0;
   #reused = 0;
   #closed = false;
@@ -91,6 +95,7 @@ export class ConnectionPool {
     this.#maxIdle = limits.maxIdlePerHost;
     this.#maxIdleTotal = limits.maxIdleTotal;
     this.#idleMs = limits.idleTimeoutMs;
+    this.#deadlines = limits.deadlines;
   }
 
   /** Whether {@link close} was called. */
@@ -112,7 +117,7 @@ export class ConnectionPool {
     if (list.length === 0) this.#idle.delete(key);
     if (conn === undefined) return undefined;
     this.#idleOrder.delete(conn);
-    clearTimeout(conn.idleTimer);
+    this.#deadlines.disarm(conn);
     conn.state = "active";
     conn.io.ref?.();
     this.#reused++;
@@ -130,6 +135,9 @@ export class ConnectionPool {
   adopt(io: Io, key: string): Connection {
     this.#created++;
     const conn = new Connection(io, key);
+    conn.deadlines = this.#deadlines;
+    // Its way out of the pool (idle timeout, or the server closed it), made once, not per idle spell.
+    conn.evict = () => this.#evict(conn);
     if (this.#closed) {
       conn.destroy();
       return conn;
@@ -169,11 +177,8 @@ export class ConnectionPool {
       if (this.#idleOrder.size <= this.#maxIdleTotal) break;
       this.#evict(oldest);
     }
-    const drop = (): void => this.#evict(conn);
-    const timer = setTimeout(drop, this.#idleMs);
-    Deno.unrefTimer(timer);
-    conn.idleTimer = timer;
-    conn.watch(drop);
+    this.#deadlines.arm(conn, this.#idleMs, conn.evict!);
+    conn.watch(conn.evict!);
     // An idle connection must not keep the process alive.
     conn.io.unref?.();
   }

@@ -1,4 +1,4 @@
-import { assertEquals, assertMatch } from "../../_assert.ts";
+import { assert, assertEquals, assertMatch } from "../../_assert.ts";
 import { AuditLog } from "../../../lib/ops/audit.ts";
 
 Deno.test("AuditLog writes one JSON line per record, time first, to a file it appends to", async () => {
@@ -84,6 +84,73 @@ Deno.test("AuditLog.close() twice is fine: the server and sluice run both close 
     await log.close();
     await log.close();
     assertEquals((await Deno.readTextFile(`${dir}/audit.jsonl`)).split("\n").length, 2);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("AuditLog writes the line JSON.stringify({ time, ...record }) gives, field order included", async () => {
+  const log = AuditLog.memory();
+  const lines: string[] = [];
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/audit.jsonl`;
+    const file = await AuditLog.open(path, () => new Date("2026-01-02T03:04:05.006Z"));
+    const record = {
+      event: "request" as const,
+      conn: 3,
+      client: "10.0.0.2:5000",
+      sni: undefined,
+      host: 'a"b\n.test',
+      verdict: "deny" as const,
+      code: "default" as const,
+      reason: "no rule",
+      credentials: ["KEY"],
+    };
+    file.write(record);
+    log.write(record);
+    await file.close();
+    await log.close();
+    lines.push(...(await Deno.readTextFile(path)).split("\n"));
+    assertEquals(lines, [
+      JSON.stringify({ time: "2026-01-02T03:04:05.006Z", ...record }),
+      "",
+    ]);
+    assertEquals(log.records.length, 1);
+    assertEquals(log.records[0].host, 'a"b\n.test');
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("AuditLog under load batches lines for at most a few ms, and close() loses none", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/audit.jsonl`;
+    const log = await AuditLog.open(path);
+    // A first record on a quiet log goes out on the next macrotask.
+    log.write({ event: "request", conn: 0, verdict: "allow", code: "allow-rule", reason: "" });
+    await new Promise((r) => setTimeout(r, 0));
+    assertEquals((await Deno.readTextFile(path)).split("\n").length, 2);
+    // Busy: records written right after a flush wait for the window, then go out together.
+    for (let i = 1; i <= 50; i++) {
+      log.write({ event: "request", conn: i, verdict: "allow", code: "allow-rule", reason: "" });
+      if (i % 10 === 0) await new Promise((r) => setTimeout(r, 0));
+    }
+    await new Promise((r) => setTimeout(r, 20));
+    let lines = (await Deno.readTextFile(path)).trimEnd().split("\n");
+    assertEquals(lines.map((l) => JSON.parse(l).conn), Array.from({ length: 51 }, (_, i) => i));
+    // Whatever is pending at close is written, as whole lines.
+    for (let i = 51; i < 60; i++) {
+      log.write({ event: "request", conn: i, verdict: "allow", code: "allow-rule", reason: "" });
+    }
+    await log.close();
+    const text = await Deno.readTextFile(path);
+    assert(text.endsWith("\n"));
+    lines = text.trimEnd().split("\n");
+    assertEquals(lines.map((l) => JSON.parse(l).conn), Array.from({ length: 60 }, (_, i) => i));
+    // The default clock: a valid ISO time on every line.
+    assertMatch(lines[59], /^\{"time":"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z","event":"request",/);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
