@@ -204,10 +204,24 @@ export function setListenerNoDelay(listener: Deno.Listener | Deno.TlsListener): 
   const addr = listener.addr;
   if (addr.transport !== "tcp") return false;
   const c = getLibc();
-  if (c === null) return false;
-  const fd = findSocketFd(addr);
-  if (fd === undefined) return false;
-  return c.setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, new Int32Array([1]), 4) === 0;
+  if (c === null || !procReadable()) return false;
+  // Every listening socket of this process on the address: with SO_REUSEPORT (workers, or a
+  // listener and its replacement) several share it, and /proc does not say which is which.
+  // Setting it again on one that has it is harmless.
+  let set = false;
+  try {
+    const local = canonicalAddress(addr.hostname);
+    for (const s of readProcTcp()) {
+      if (s.localPort !== addr.port || s.localAddress !== local || s.state !== TCP_LISTEN) continue;
+      if (s.inode === "0") continue;
+      const fd = fdOfInode(s.inode);
+      if (fd === undefined) continue;
+      if (c.setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, new Int32Array([1]), 4) === 0) set = true;
+    }
+  } catch {
+    // /proc vanished or changed format: report "not set" as the contract says.
+  }
+  return set;
 }
 
 /**

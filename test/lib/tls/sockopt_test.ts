@@ -131,6 +131,43 @@ Deno.test("setListenerNoDelay() makes accepted TLS connections have TCP_NODELAY"
   }
 });
 
+Deno.test("setListenerNoDelay() reaches every listener sharing the port (SO_REUSEPORT)", async () => {
+  // Two listeners on one port, as workers (or a listener and its replacement) have: the kernel
+  // spreads connections over both, and every accepted one must have TCP_NODELAY.
+  const first = Deno.listen({ hostname: "127.0.0.1", port: 0, reusePort: true });
+  const port = (first.addr as Deno.NetAddr).port;
+  const second = Deno.listen({ hostname: "127.0.0.1", port, reusePort: true });
+  try {
+    assert.equal(setListenerNoDelay(second), true);
+    const accepted: Deno.Conn[] = [];
+    const from = new Set<Deno.Listener>();
+    const take = (l: Deno.Listener) =>
+      (async () => {
+        for await (const c of l) {
+          accepted.push(c);
+          from.add(l);
+        }
+      })().catch(() => {});
+    take(first);
+    take(second);
+    const clients: Deno.Conn[] = [];
+    for (let i = 0; i < 24 && from.size < 2; i++) {
+      clients.push(await Deno.connect({ hostname: "127.0.0.1", port }));
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    assert.equal(from.size, 2, "the kernel never picked one of the listeners");
+    for (const c of accepted) {
+      const fd = findSocketFd(c.localAddr as Deno.NetAddr, c.remoteAddr as Deno.NetAddr);
+      assert(fd !== undefined);
+      assert.equal(tcpNoDelay(fd), 1, `accepted from ${JSON.stringify(c.remoteAddr)}`);
+    }
+    for (const c of [...accepted, ...clients]) c.close();
+  } finally {
+    first.close();
+    second.close();
+  }
+});
+
 Deno.test("setListenerNoDelay() finds IPv4 and IPv6 listeners, and reports a closed one", () => {
   const cases: { name: string; hostname: string; close: boolean; want: boolean }[] = [
     { name: "127.0.0.1", hostname: "127.0.0.1", close: false, want: true },
