@@ -30,7 +30,10 @@ perms=(
 v8=(--v8-flags=--max-semi-space-size=2)
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-if ! "${DENO[@]}" compile "${perms[@]}" "${v8[@]}" --output "$out" main.ts 2>&1 | tee "$log"; then
+# deno compile does not follow `new Worker(...)`: the worker's module is named here
+# (lib/gateway/workers.ts; without it, serve runs one thread and says why).
+include=(--include lib/gateway/worker_main.ts)
+if ! "${DENO[@]}" compile "${perms[@]}" "${v8[@]}" "${include[@]}" --output "$out" main.ts 2>&1 | tee "$log"; then
   if grep -qiE "download|denort|dl\.deno\.land|error sending request|dns error" "$log"; then
     echo "compile.sh: no Deno runtime (denort) could be obtained for deno compile." >&2
     echo "  Set DENORT_BIN=/path/to/denort (from the denort-<target>.zip release asset of Deno $("${DENO[@]}" --version | head -1 | cut -d' ' -f2))," >&2

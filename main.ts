@@ -153,7 +153,7 @@ function buildProgram(): Command {
     .option(
       "--workers <n>",
       "data-path threads sharing each port (SO_REUSEPORT); 1 = a single thread " +
-        "(default: the number of cores, at most 4; docs/performance.md)",
+        "(default: $SLUICE_WORKERS, else the number of cores, at most 4; docs/data-path.md)",
     )
     .option(
       "--limit <name=value>",

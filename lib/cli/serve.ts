@@ -7,8 +7,17 @@ import type { Endpoint } from "../../policy/types.ts";
 import { AuditLog } from "../ops/audit.ts";
 import type { ListenAddr } from "../gateway/server.ts";
 import { startGateway } from "../gateway/startup.ts";
-import { parseDataPath } from "../gateway/server.ts";
-import { readPolicyFile } from "../gateway/policy_file.ts";
+import { parseDataPath, type Server } from "../gateway/server.ts";
+import {
+  parseWorkers,
+  type PolicySource,
+  readPolicySource,
+  startWorkers,
+  WorkerLoadError,
+} from "../gateway/workers.ts";
+import { caPaths } from "../tls/ca.ts";
+import type { DnsServer } from "../dns/server.ts";
+import type { CompiledPolicy } from "../../policy/mod.ts";
 import { obtainCa, stateDirFrom } from "./ca.ts";
 import { sdNotify } from "../ops/systemd.ts";
 import {
@@ -43,6 +52,24 @@ export type ServeFlags = {
   enforce?: boolean;
   /** `--data-path auto|hop|direct` (lib/gateway/server.ts). */
   dataPath?: string;
+  /** `--workers N` (lib/gateway/workers.ts); default $SLUICE_WORKERS, else cores (at most 4). */
+  workers?: string;
+};
+
+/** The limits that count connections: each worker keeps its own count. */
+const COUNT_LIMITS = [
+  ["maxConnections", "connections"],
+  ["maxConnectionsPerClient", "per-client"],
+  ["reservedConnections", "reserve"],
+] as const;
+
+/** What serve runs: one gateway in this thread, or the data path in workers. */
+type Running = {
+  server: { addrs: Server["addrs"]; policy(): CompiledPolicy; reloadFailed(): void };
+  dns?: DnsServer;
+  reload(next: PolicySource): Promise<() => Promise<void>>;
+  close(drainMs: number): Promise<void>;
+  crashForTest?(id: number): void;
 };
 
 /** A listen address as written: `hostname` is absent when only a port was given. */
@@ -100,9 +127,12 @@ export function bindAddr(
 export async function runServe(flags: ServeFlags, log: (s: string) => void): Promise<number> {
   // Bad limits stop the start before anything is read or bound.
   const limits = parseLimitFlags(flags.limit ?? []);
-  const dataPath = parseDataPath(flags.dataPath);
+  const dataPath = parseDataPath(flags.dataPath ?? Deno.env.get("SLUICE_DATA_PATH"));
   checkLimits({ ...DEFAULT_LIMITS, ...limits });
-  const loaded = await readPolicyFile(flags.policy);
+  // SLUICE_WORKERS is a default (e.g. a test suite run with one worker), not a choice.
+  let workers = parseWorkers(flags.workers ?? Deno.env.get("SLUICE_WORKERS"));
+  const source = await readPolicySource(flags.policy);
+  const loaded = source.loaded;
   for (const w of loaded.warnings) log(formatIssue(w));
   const policy = loaded.compiled.policy;
   // With --enforce, redirected traffic needs the transparent listeners (and
@@ -166,6 +196,29 @@ export async function runServe(flags: ServeFlags, log: (s: string) => void): Pro
     ephemeral: flags.ephemeralCa,
   });
   const stateDir = stateDirFrom(flags.state);
+  // Workers load the CA from its files (the key never travels in a message); an ephemeral CA
+  // has none, and its key cannot leave this thread.
+  const caFiles = policy.tls.ca
+    ? { cert: policy.tls.ca.cert, key: policy.tls.ca.key }
+    : ca.certPath
+    ? caPaths(stateDir)
+    : undefined;
+  if (workers > 1 && !caFiles) {
+    log(`sluice: an ephemeral CA cannot be shared with workers: serving with 1 worker`);
+    workers = 1;
+  }
+  // Connection caps are counted per worker. A cap the user set keeps its meaning unless they
+  // also chose the number of workers.
+  const counted = COUNT_LIMITS.filter(([key]) => limits[key] !== undefined).map(([, n]) => n);
+  if (workers > 1 && counted.length) {
+    const which = counted.map((n) => `--limit ${n}`).join(", ");
+    if (flags.workers === undefined) {
+      log(`sluice: ${which} counts per worker: serving with 1 worker (--workers N: N times it)`);
+      workers = 1;
+    } else {
+      log(`sluice: ${which} applies to each of the ${workers} workers`);
+    }
+  }
   const audit = await AuditLog.open(flags.auditLog ?? policy.audit.log);
   let enforcement: Enforcement | undefined;
   let backend: Backend = "none";
@@ -180,19 +233,46 @@ export async function runServe(flags: ServeFlags, log: (s: string) => void): Pro
       );
     }
   };
-  const gateway = await startGateway({
-    loaded,
-    stateDir,
-    ca,
-    audit,
-    resolve: flags.resolve,
-    listen: addrs,
-    limits,
-    dataPath,
-    onResolved,
-    onReloadRequest: () => reload("POST /reload"),
-    log,
-  });
+  const single = async (): Promise<Running> => {
+    // One worker is the single-process server, unchanged.
+    const g = await startGateway({
+      loaded,
+      stateDir,
+      ca,
+      audit,
+      resolve: flags.resolve,
+      listen: addrs,
+      limits,
+      dataPath,
+      onResolved,
+      onReloadRequest: () => reload("POST /reload"),
+      log,
+    });
+    return { ...g, reload: (next: PolicySource) => g.reload(next.loaded) };
+  };
+  const gateway: Running = workers > 1
+    ? await startWorkers({
+      count: workers,
+      source,
+      stateDir,
+      ca,
+      caFiles: caFiles!,
+      audit,
+      resolve: flags.resolve,
+      listen: addrs,
+      limits,
+      dataPath,
+      onResolved,
+      onReloadRequest: () => reload("POST /reload"),
+      log,
+    }).catch((e) => {
+      if (!(e instanceof WorkerLoadError)) throw e;
+      // A build without the worker module still serves, in one thread, and says why.
+      log(`sluice: ${e.message}; serving with 1 worker`);
+      workers = 1;
+      return single();
+    })
+    : await single();
   const { server, dns } = gateway;
 
   // Enforcement goes on only once every listener it redirects to is up, and
@@ -248,9 +328,9 @@ export async function runServe(flags: ServeFlags, log: (s: string) => void): Pro
     return await run;
 
     async function reloadOnce(): Promise<string | undefined> {
-      let next;
+      let next: PolicySource;
       try {
-        next = await readPolicyFile(flags.policy);
+        next = await readPolicySource(flags.policy);
       } catch (e) {
         server.reloadFailed();
         log(
@@ -280,7 +360,7 @@ export async function runServe(flags: ServeFlags, log: (s: string) => void): Pro
         );
         return (e as Error).message;
       }
-      for (const w of next.warnings) log(formatIssue(w));
+      for (const w of next.loaded.warnings) log(formatIssue(w));
       log(`sluice: reloaded ${flags.policy} (${why})`);
       return undefined;
     }
@@ -294,9 +374,14 @@ export async function runServe(flags: ServeFlags, log: (s: string) => void): Pro
     ["SIGTERM", onSignal("SIGTERM")],
     ["SIGHUP", () => void reload("SIGHUP")],
   ];
+  // Test only: SIGUSR2 makes worker 1 throw an uncaught error (test/e2e/workers_test.ts).
+  if (gateway.crashForTest && Deno.env.get("SLUICE_TEST_WORKER_CRASH") === "1") {
+    handlers.push(["SIGUSR2", () => gateway.crashForTest?.(1)]);
+  }
   for (const [sig, h] of handlers) Deno.addSignalListener(sig, h);
   const a = server.addrs;
   const show = (x?: Deno.NetAddr) => (x ? `${x.hostname}:${x.port}` : "off");
+  if (workers > 1) log(`sluice: ${workers} workers share the data-path ports (SO_REUSEPORT)`);
   log(
     `sluice: serving ${flags.policy}; proxy ${show(a.proxy)}; transparent https ${
       show(a.transparentHttps)

@@ -75,6 +75,12 @@ export type ServerOptions = {
   /** How intercepted transparent HTTPS is served (default `auto`). */
   dataPath?: DataPath;
   /**
+   * `claimed` in a Web Worker (workers.ts): its direct path keeps only the connections it
+   * served, reported to `onClaim`; the main thread keeps the rest (direct_watch.ts says why).
+   */
+  directScope?: "all" | "claimed";
+  onClaim?: (key: string) => void;
+  /**
    * Where the system CA bundle is looked for, to pass it explicitly (tests). Unset: the host's
    * store becomes Deno's default store (trust.ts).
    */
@@ -256,6 +262,8 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
             shutdown: (fd) => void kernel.shutdown(fd, { reset: true }),
           },
           port: () => port,
+          scope: opts.directScope,
+          onClaim: opts.onClaim,
           onAdmit: () => {
             metrics.connections.inc({ verdict: "allow", mode: "transparent", tls: "intercept" });
             metrics.handshakes.inc();

@@ -44,6 +44,9 @@ export type GatewayOptions = {
   reusePort?: boolean;
   /** How intercepted transparent HTTPS is served (see ServerOptions.dataPath). */
   dataPath?: DataPath;
+  /** In a worker: the direct path keeps the connections it served (ServerOptions.directScope). */
+  directScope?: "all" | "claimed";
+  onClaim?: (key: string) => void;
   /** Told of every credential violation (requests, names, DNS questions), after it was blocked. */
   onViolation?: (credential: Credential, host: string) => void;
   /** Told of every address set the policy DNS listener resolved for an allowed name. */
@@ -87,6 +90,8 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
     limits: opts.limits,
     reusePort: opts.reusePort,
     dataPath: opts.dataPath,
+    directScope: opts.directScope,
+    onClaim: opts.onClaim,
     log: opts.log,
   });
   let dns: DnsServer | undefined;

@@ -13,7 +13,8 @@
 /** What the admin endpoints read and do. */
 export type AdminHooks = {
   healthy: () => boolean;
-  metrics: () => string;
+  /** The exposition text; a promise when it must be gathered (`serve --workers N`). */
+  metrics: () => string | Promise<string>;
   caPem: () => string;
   /** Re-reads the policy; resolves to an error message when the new policy was refused. */
   reload: () => Promise<string | undefined>;
@@ -31,7 +32,7 @@ export function startAdmin(addr: { hostname: string; port: number }, hooks: Admi
           : new Response("not ready\n", { status: 503 });
       }
       if (path === "/metrics" && req.method === "GET") {
-        return new Response(hooks.metrics(), {
+        return new Response(await hooks.metrics(), {
           headers: { "content-type": "text/plain; version=0.0.4; charset=utf-8" },
         });
       }
