@@ -105,11 +105,12 @@ export function makeRequestHandler(
   let series: RequestSeries | undefined;
   const handle = async (
     req: Request,
-    info: Deno.ServeHandlerInfo<Deno.NetAddr>,
+    // The client's address, read once: `info.remoteAddr` is an op that builds a new object.
+    peer: Deno.NetAddr,
     release: () => void,
   ): Promise<Response> => {
     const started = performance.now();
-    const meta = connections().meta(info.remoteAddr);
+    const meta = connections().meta(peer);
     if (!meta) {
       // Only hops reach the internal listeners; anything else is refused.
       return errorResponse(
@@ -548,7 +549,7 @@ export function makeRequestHandler(
       }
     };
     try {
-      const res = await handle(req, info, release);
+      const res = await handle(req, peer, release);
       if (!streaming.has(res)) release();
       else if (!released) {
         // While a body streams (an SSE stream may be silent for minutes), the connection is

@@ -14,7 +14,7 @@
  */
 /// <reference lib="deno.worker" />
 import { loadPolicyText } from "../../policy/mod.ts";
-import type { AuditRecord, AuditSink } from "../ops/audit.ts";
+import { auditLine, type AuditRecord, type AuditSink } from "../ops/audit.ts";
 import { loadCa } from "../tls/ca.ts";
 import { type Gateway, startGateway } from "./startup.ts";
 import type { FromWorker, ToWorker, WorkerStart } from "./workers.ts";
@@ -25,17 +25,33 @@ const AUDIT_BATCH = 256;
 const post = (m: FromWorker) => self.postMessage(m);
 
 /**
- * The worker's audit sink: records are batched and posted to the main thread, which writes them
- * through its one AuditLog, so lines from different workers never interleave. Records written
- * after `close()` are still posted: the main thread closes the real log only after every worker
- * said it was done.
+ * The worker's audit sink: each record gets its global connection id and is serialised here
+ * ({@link auditLine}, with the time it was written), and the lines are posted to the main
+ * thread in batches, which writes them through its one AuditLog as they are: lines from
+ * different workers never interleave, and the main thread pays one string per batch, not a
+ * structured clone and a stringify per record. Records written after `close()` are still
+ * posted: the main thread closes the real log only after every worker said it was done.
  */
 class PostedAudit implements AuditSink {
-  #batch: AuditRecord[] = [];
+  #batch: string[] = [];
   #scheduled = false;
+  #maxConn = 0;
+  #iso = "";
+  #isoMs = NaN;
+  /** Local connection id n is `base + (n - 1) * step + id` in the audit trail. */
+  conn = { base: 0, step: 1, id: 1 };
 
   write(record: AuditRecord): void {
-    this.#batch.push(record);
+    if (record.conn !== undefined) {
+      record.conn = this.conn.base + (record.conn - 1) * this.conn.step + this.conn.id;
+      if (record.conn > this.#maxConn) this.#maxConn = record.conn;
+    }
+    const ms = Date.now();
+    if (ms !== this.#isoMs) {
+      this.#isoMs = ms;
+      this.#iso = new Date(ms).toISOString();
+    }
+    this.#batch.push(auditLine(record, this.#iso));
     if (this.#batch.length >= AUDIT_BATCH) return this.flush();
     if (!this.#scheduled) {
       this.#scheduled = true;
@@ -46,7 +62,7 @@ class PostedAudit implements AuditSink {
   flush(): void {
     this.#scheduled = false;
     if (this.#batch.length === 0) return;
-    post({ type: "audit", records: this.#batch });
+    post({ type: "audit", lines: this.#batch.join("\n"), maxConn: this.#maxConn });
     this.#batch = [];
   }
 
@@ -94,6 +110,7 @@ self.addEventListener("unhandledrejection", (e) => {
 
 async function start(m: WorkerStart): Promise<void> {
   id = m.id;
+  audit.conn = { base: m.conn.base, step: m.conn.step, id: m.id };
   const loaded = loadPolicyText(m.source.text, m.source.path);
   const ca = await loadCa(m.ca.cert, m.ca.key);
   if (ca.fingerprintSha256 !== m.ca.fingerprint) {

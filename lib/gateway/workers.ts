@@ -33,7 +33,7 @@ import { type Brokerage, buildBrokerage } from "../credentials/brokerage.ts";
 import { type DnsServer, startDnsServer } from "../dns/server.ts";
 import type { Limits } from "../ingress/limits.ts";
 import { startAdmin } from "../ops/admin.ts";
-import type { AuditRecord, AuditSink } from "../ops/audit.ts";
+import type { AuditLog, AuditSink } from "../ops/audit.ts";
 import { Metrics } from "../ops/metrics.ts";
 import { type CertificateAuthority, exportCaPem } from "../tls/ca.ts";
 import { hostResolver } from "../upstream/resolver.ts";
@@ -124,6 +124,8 @@ export type WorkerStart = {
   listen: { proxy?: ListenAddr; transparentHttps?: ListenAddr; transparentHttp?: ListenAddr };
   limits: Partial<Limits>;
   dataPath?: DataPath;
+  /** Its audit connection ids: local id n is `base + (n - 1) * step + id` (see `globalConn`). */
+  conn: { base: number; step: number };
 };
 
 /** Main thread to worker. */
@@ -139,7 +141,7 @@ export type ToWorker =
 export type FromWorker =
   | { type: "reply"; seq: number; ok: true; addrs?: Server["addrs"]; text?: string }
   | { type: "reply"; seq: number; ok: false; error: string }
-  | { type: "audit"; records: AuditRecord[] }
+  | { type: "audit"; lines: string; maxConn: number }
   | { type: "log"; message: string }
   | { type: "claims"; keys: string[] }
   | { type: "fatal"; reason: string };
@@ -186,7 +188,8 @@ export type WorkersOptions = {
   ca: CertificateAuthority;
   /** The files the CA was loaded from (workers load them too). */
   caFiles: { cert: string; key: string };
-  audit: AuditSink;
+  /** The one audit log: workers' lines arrive serialised (`writeLines`). */
+  audit: AuditSink & Pick<AuditLog, "writeLines">;
   resolve: readonly string[];
   listen: {
     proxy?: ListenAddr;
@@ -294,9 +297,8 @@ export async function startWorkers(opts: WorkersOptions): Promise<Workers> {
   // Every worker numbers its connections from 1. In the audit trail a connection id must name
   // one connection: worker k of N gets k, k+N, k+2N... above a base, and a restarted worker's
   // base lies above every id written so far, so no id is ever given twice.
+  // The worker maps its ids (worker_main.ts, `globalConn` there) and reports the highest.
   let maxConn = 0;
-  const globalConn = (slot: Slot, local: number) =>
-    slot.connBase + (local - 1) * opts.count + slot.id;
   // Restarts and reloads take turns, so a worker never starts with a policy a reload is
   // about to replace or undo behind its back.
   let turn: Promise<unknown> = Promise.resolve();
@@ -381,13 +383,9 @@ export async function startWorkers(opts: WorkersOptions): Promise<Workers> {
       const m = e.data;
       slot.spoke = true;
       if (m.type === "audit") {
-        for (const r of m.records) {
-          if (r.conn !== undefined) {
-            r.conn = globalConn(slot, r.conn);
-            if (r.conn > maxConn) maxConn = r.conn;
-          }
-          opts.audit.write(r);
-        }
+        // Serialised in the worker, ids already global: one string to write here.
+        if (m.maxConn > maxConn) maxConn = m.maxConn;
+        opts.audit.writeLines(m.lines);
       } else if (m.type === "claims") {
         for (const key of m.keys) direct.watch?.claim(key);
       } else if (m.type === "reply") slot.pending.get(m.seq)?.(m);
@@ -410,6 +408,7 @@ export async function startWorkers(opts: WorkersOptions): Promise<Workers> {
       listen: bound,
       limits: opts.limits ?? {},
       dataPath: opts.dataPath,
+      conn: { base: slot.connBase, step: opts.count },
     }, START_TIMEOUT_MS);
     if (!reply.ok) {
       slot.dead = true;

@@ -128,12 +128,15 @@ export class DirectListener implements Connections {
     const watch = this.#opts.watch;
     if (!watch) return handler;
     return (req, info) => {
-      const { hostname, port } = info.remoteAddr;
+      // Read once (an op that builds a new object) and handed on: the request handler
+      // (exchange/forward.ts) reads only `remoteAddr`.
+      const peer = info.remoteAddr;
+      const { hostname, port } = peer;
       const refusal = watch.begin(hostname, port);
       if (refusal) return refusalHttpResponse(refusal);
       let r: Response | Promise<Response>;
       try {
-        r = handler(req, info);
+        r = handler(req, { remoteAddr: peer } as Deno.ServeHandlerInfo<Deno.NetAddr>);
       } catch (e) {
         watch.end(hostname, port);
         throw e;

@@ -46,8 +46,9 @@ export interface SocketSource {
 }
 
 type Peer = {
+  /** Its place under the caps, once the kernel listed it. */
   watch?: Watch;
-  clock?: HopClock;
+  clock: HopClock;
   fd?: number;
   recv: number;
   acked: number;
@@ -63,6 +64,8 @@ type Peer = {
 
 /** The key of a peer, the same whether Deno's server or the kernel formatted the address. */
 export function peerKey(hostname: string, port: number): string {
+  // Dotted IPv4, as both Deno and the kernel write it: the per-request case, kept cheap.
+  if (!hostname.includes(":") && !hostname.startsWith("[")) return `${hostname}|${port}`;
   let host = hostname;
   const ip = parseIp(hostname.startsWith("[") ? hostname.slice(1, -1) : hostname);
   if (ip) {
@@ -157,25 +160,40 @@ export class DirectWatch {
    * @returns the refusal when the connection is over a cap: answer it with a 503 and close
    */
   begin(hostname: string, port: number): Refusal | undefined {
-    const p = this.#peer(hostname, port);
+    const key = peerKey(hostname, port);
+    let p = this.#peers.get(key);
+    if (!p) {
+      // First seen by its request, before any sweep listed it: it takes a place under the caps
+      // only once the kernel lists it (a connection that ends before that would otherwise hold
+      // one for two sweeps), but a client already at its cap is refused now.
+      const refusal = this.#o.guard.check(hostname);
+      p = this.#newPeer(key);
+      if (refusal) {
+        this.#o.guard.noteRefusal(hostname, refusal, "transparent", false);
+        p.ending = true;
+        p.refusal = refusal;
+      } else if (this.#o.scope === "claimed") {
+        this.#o.onClaim?.(key);
+      }
+    }
     if (p.refusal) return p.refusal;
-    p.clock?.begin();
+    p.clock.begin();
     return undefined;
   }
 
   /** The handler for that request returned `status` (undefined: it threw). */
   end(hostname: string, port: number, status?: number): void {
-    this.#peers.get(peerKey(hostname, port))?.clock?.end(status);
+    this.#peers.get(peerKey(hostname, port))?.clock.end(status);
   }
 
   /** A response body on `peer`'s connection keeps streaming after its handler returned. */
   bodyStarted(hostname: string, port: number): void {
-    this.#peers.get(peerKey(hostname, port))?.clock?.bodyStarted();
+    this.#peers.get(peerKey(hostname, port))?.clock.bodyStarted();
   }
 
   /** That body has ended. */
   bodyEnded(hostname: string, port: number): void {
-    this.#peers.get(peerKey(hostname, port))?.clock?.bodyEnded();
+    this.#peers.get(peerKey(hostname, port))?.clock.bodyEnded();
   }
 
   /**
@@ -193,24 +211,24 @@ export class DirectWatch {
     }
     const scope = this.#o.scope ?? "all";
     for (const s of sockets) {
-      {
-        const key = peerKey(s.hostname, s.port);
-        if (scope === "claimed" && !this.#peers.has(key)) continue;
-        if (scope !== "claimed" && this.#claims.has(key)) {
-          this.#claims.set(key, gen);
-          continue;
-        }
+      const key = peerKey(s.hostname, s.port);
+      // A worker keeps only what it served; a connection of another worker is not its own.
+      if (scope === "claimed" && !this.#peers.has(key)) continue;
+      if (scope !== "claimed" && this.#claims.has(key)) {
+        this.#claims.set(key, gen);
+        continue;
       }
-      const p = this.#peer(s.hostname, s.port);
+      const p = this.#peers.get(key) ?? this.#newPeer(key);
       p.seen = gen;
-      if (p.fd !== s.fd) p.fd = s.fd;
+      p.fd = s.fd;
+      this.#admit(p, s.hostname, s.port);
       if (p.ending) {
         this.#shutdown(p);
         continue;
       }
-      if (s.bytesAcked > p.acked) p.clock?.down();
+      if (s.bytesAcked > p.acked) p.clock.down();
       // Bytes from the client after the server had sent something: past the ClientHello.
-      if (s.bytesReceived > p.recv && p.acked > 0) p.clock?.up();
+      if (s.bytesReceived > p.recv && p.acked > 0) p.clock.up();
       p.recv = s.bytesReceived;
       p.acked = s.bytesAcked;
     }
@@ -226,37 +244,36 @@ export class DirectWatch {
     }
   }
 
-  #peer(hostname: string, port: number): Peer {
-    const key = peerKey(hostname, port);
-    let p = this.#peers.get(key);
-    if (p) return p;
-    p = { recv: 0, acked: 0, seen: 0, born: this.#gen, ending: false };
-    const peer = p;
-    this.#peers.set(key, p);
+  #newPeer(key: string): Peer {
     const l = this.#o.limits;
-
-    const w = this.#o.guard.admitPeer(hostname, port, "transparent", () => {
-      peer.ending = true;
-      this.#shutdown(peer);
-    });
-    if (w.kind === "refused") {
-      this.#o.guard.noteRefusal(hostname, w, "transparent", false);
-      p.ending = true;
-      p.refusal = w;
-      return p;
-    }
-    p.watch = w;
-    this.#o.onAdmit?.();
-    if (this.#o.scope === "claimed") this.#o.onClaim?.(key);
     // The first head is bounded as on the hop; later ones as HTTP/2's there (module header).
-    p.clock = new HopClock(l, {
+    const clock = new HopClock(l, {
       secure: true,
       h2: true,
       firstHeadMs: l.headTimeoutMs,
       now: this.#now,
     });
-    w.follow(p.clock);
+    const p: Peer = { clock, recv: 0, acked: 0, seen: 0, born: this.#gen, ending: false };
+    this.#peers.set(key, p);
     return p;
+  }
+
+  /** A connection the kernel lists: it takes its place under the caps, or is ended. */
+  #admit(p: Peer, hostname: string, port: number): void {
+    if (p.watch || p.refusal) return;
+    const w = this.#o.guard.admitPeer(hostname, port, "transparent", () => {
+      p.ending = true;
+      this.#shutdown(p);
+    });
+    if (w.kind === "refused") {
+      this.#o.guard.noteRefusal(hostname, w, "transparent", false);
+      p.ending = true;
+      p.refusal = w;
+      return;
+    }
+    p.watch = w;
+    w.follow(p.clock);
+    this.#o.onAdmit?.();
   }
 
   #shutdown(p: Peer): void {

@@ -631,6 +631,22 @@ export class ConnectionGuard {
    * by its peer address, closed through `close`.
    */
   admitPeer(hostname: string, port: number, mode: Mode, close: () => void): Watch | Refusal {
+    const refusal = this.check(hostname);
+    if (refusal) return refusal;
+    const l = this.#l;
+    const key = clientKey(hostname);
+    const held = this.#perClient.get(key) ?? 0;
+    const client = formatHostPort(hostname, port);
+    const w = new Watch(key, client, mode, close, this.#now);
+    w.arm("first-bytes", l.handshakeTimeoutMs);
+    this.#all.add(w);
+    this.#perClient.set(key, held + 1);
+    this.#schedule();
+    return w;
+  }
+
+  /** Why one more connection from `hostname` would be refused now; undefined if it would not. */
+  check(hostname: string): Refusal | undefined {
     const l = this.#l;
     const key = clientKey(hostname);
     const held = this.#perClient.get(key) ?? 0;
@@ -668,13 +684,7 @@ export class ConnectionGuard {
         };
       }
     }
-    const client = formatHostPort(hostname, port);
-    const w = new Watch(key, client, mode, close, this.#now);
-    w.arm("first-bytes", l.handshakeTimeoutMs);
-    this.#all.add(w);
-    this.#perClient.set(key, held + 1);
-    this.#schedule();
-    return w;
+    return undefined;
   }
 
   /** The connection is over: its place (and its client's) is free again. */

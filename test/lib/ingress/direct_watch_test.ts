@@ -189,3 +189,19 @@ Deno.test("peerKey: the kernel's and Deno's spellings of one peer agree", () => 
   assertEquals(peerKey("[2001:db8::1]", 2), peerKey("2001:db8::1", 2), "IPv6, bracketed");
   assert(peerKey("127.0.0.1", 1) !== peerKey("127.0.0.1", 2), "ports differ");
 });
+
+Deno.test("direct watch: connections seen only by their request take no place under the caps", () => {
+  // Short connections (one request each, closed before any sweep) must not fill the cap.
+  const k = setup();
+  for (let port = 1; port <= 5; port++) {
+    assertEquals(k.watch.begin("10.0.0.1", port), undefined, `request ${port}`);
+    k.watch.end("10.0.0.1", port, 200);
+  }
+  assertEquals(k.guard.heldBy("10.0.0.1"), 0);
+  const s = k.socket(3);
+  k.after(100);
+  assertEquals(k.guard.heldBy("10.0.0.1"), 1);
+  assertEquals(k.shut, []);
+  assertEquals(k.watch.begin(s.hostname, s.port), undefined);
+  k.done();
+});
