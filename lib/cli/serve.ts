@@ -233,39 +233,26 @@ export async function runServe(flags: ServeFlags, log: (s: string) => void): Pro
       );
     }
   };
+  // What one thread and the workers are both started with.
+  const common = {
+    stateDir,
+    ca,
+    audit,
+    resolve: flags.resolve,
+    listen: addrs,
+    limits,
+    dataPath,
+    onResolved,
+    onReloadRequest: () => reload("POST /reload"),
+    log,
+  };
   const single = async (): Promise<Running> => {
     // One worker is the single-process server, unchanged.
-    const g = await startGateway({
-      loaded,
-      stateDir,
-      ca,
-      audit,
-      resolve: flags.resolve,
-      listen: addrs,
-      limits,
-      dataPath,
-      onResolved,
-      onReloadRequest: () => reload("POST /reload"),
-      log,
-    });
+    const g = await startGateway({ ...common, loaded });
     return { ...g, reload: (next: PolicySource) => g.reload(next.loaded) };
   };
   const gateway: Running = workers > 1
-    ? await startWorkers({
-      count: workers,
-      source,
-      stateDir,
-      ca,
-      caFiles: caFiles!,
-      audit,
-      resolve: flags.resolve,
-      listen: addrs,
-      limits,
-      dataPath,
-      onResolved,
-      onReloadRequest: () => reload("POST /reload"),
-      log,
-    }).catch((e) => {
+    ? await startWorkers({ ...common, count: workers, source, caFiles: caFiles! }).catch((e) => {
       if (!(e instanceof WorkerLoadError)) throw e;
       // A build without the worker module still serves, in one thread, and says why.
       log(`sluice: ${e.message}; serving with 1 worker`);

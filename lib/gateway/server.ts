@@ -16,7 +16,7 @@ import { LeafCache } from "../tls/leaf_cache.ts";
 import type { Resolver } from "../upstream/resolver.ts";
 import { Terminator } from "../ingress/terminator.ts";
 import { DirectListener } from "../ingress/direct.ts";
-import { DirectWatch } from "../ingress/direct_watch.ts";
+import { DirectWatch, kernelSource } from "../ingress/direct_watch.ts";
 import { SocketWatch } from "../tls/socket_watch.ts";
 import { needsClientHello } from "../../policy/mod.ts";
 import { handleTransparentHttp, handleTransparentTls } from "../ingress/transparent.ts";
@@ -45,6 +45,27 @@ export function parseDataPath(text: string | undefined): DataPath {
   throw new Error(
     `--data-path (or SLUICE_DATA_PATH) "${text}" is not one of auto, hop, direct`,
   );
+}
+
+/**
+ * Whether transparent HTTPS is served on the direct path: the one decision, for the server and
+ * for the main thread of workers (workers.ts), at start and on every reload.
+ *
+ * @param kernel whether the kernel's view of sockets is available (socket_watch.ts): `auto`
+ *   needs it to bound the direct path's connections
+ * @throws {Error} for `direct` with a policy that passes TLS through
+ */
+export function servesDirect(dataPath: DataPath, c: CompiledPolicy, kernel: boolean): boolean {
+  if (dataPath === "hop") return false;
+  if (!needsClientHello(c)) return kernel || dataPath === "direct";
+  if (dataPath === "direct") {
+    throw new Error(
+      "--data-path direct cannot serve this policy: it passes TLS through " +
+        "(tls.passthrough, or tls.intercept: false), which needs the raw ClientHello; " +
+        "use --data-path auto (the default) or hop",
+    );
+  }
+  return false;
 }
 
 /** A listen address. */
@@ -226,24 +247,12 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
   const dataPath = opts.dataPath ?? "auto";
   // The direct path's deadlines and caps need the kernel's view of its sockets.
   const kernel = SocketWatch.available() ? new SocketWatch() : undefined;
-  const wantsDirect = (c: CompiledPolicy): boolean => {
-    if (dataPath === "hop") return false;
-    if (!needsClientHello(c)) {
-      if (kernel || dataPath === "direct") return true;
-      opts.log?.(
-        "sluice: the direct data path needs /proc and FFI to bound its connections; using the hop",
-      );
-      return false;
-    }
-    if (dataPath === "direct") {
-      throw new Error(
-        "--data-path direct cannot serve this policy: it passes TLS through " +
-          "(tls.passthrough, or tls.intercept: false), which needs the raw ClientHello; " +
-          "use --data-path auto (the default) or hop",
-      );
-    }
-    return false;
-  };
+  if (!kernel && dataPath === "auto" && opts.transparentHttps) {
+    opts.log?.(
+      "sluice: the direct data path needs /proc and FFI to bound its connections; using the hop",
+    );
+  }
+  const wantsDirect = (c: CompiledPolicy) => servesDirect(dataPath, c, kernel !== undefined);
   const https = {
     direct: undefined as DirectListener | undefined,
     watch: undefined as DirectWatch | undefined,
@@ -256,11 +265,7 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
         ? new DirectWatch({
           guard,
           limits,
-          source: {
-            list: (p) => kernel.list(p, addr.hostname),
-            // With a RST: a stuck client's socket is freed at once, not left in FIN_WAIT2.
-            shutdown: (fd) => void kernel.shutdown(fd, { reset: true }),
-          },
+          source: kernelSource(kernel, addr.hostname),
           port: () => port,
           scope: opts.directScope,
           onClaim: opts.onClaim,

@@ -28,22 +28,21 @@
  */
 import { type Loaded, loadPolicyText } from "../../policy/mod.ts";
 import type { CompiledPolicy } from "../../policy/mod.ts";
-import type { Ip } from "../../policy/address.ts";
 import { type Brokerage, buildBrokerage } from "../credentials/brokerage.ts";
 import { type DnsServer, startDnsServer } from "../dns/server.ts";
 import type { Limits } from "../ingress/limits.ts";
 import { startAdmin } from "../ops/admin.ts";
 import type { AuditLog, AuditSink } from "../ops/audit.ts";
 import { Metrics } from "../ops/metrics.ts";
-import { type CertificateAuthority, exportCaPem } from "../tls/ca.ts";
+import { exportCaPem } from "../tls/ca.ts";
 import { hostResolver } from "../upstream/resolver.ts";
 import { loadTrust, useSystemRootsByDefault } from "../upstream/trust.ts";
 import { readPolicyFile } from "./policy_file.ts";
-import type { DataPath, ListenAddr, Server } from "./server.ts";
+import type { GatewayOptions } from "./startup.ts";
+import { type DataPath, type ListenAddr, type Server, servesDirect } from "./server.ts";
 import { mergeMetrics } from "./worker_metrics.ts";
-import { needsClientHello } from "../../policy/mod.ts";
 import { ConnectionGuard, DEFAULT_LIMITS } from "../ingress/limits.ts";
-import { DirectWatch } from "../ingress/direct_watch.ts";
+import { DirectWatch, kernelSource } from "../ingress/direct_watch.ts";
 import { SocketWatch } from "../tls/socket_watch.ts";
 
 /** The default number of workers is the number of cores, but no more than this. */
@@ -181,29 +180,28 @@ type Slot = {
 };
 
 /** What {@link startWorkers} needs: `startGateway`'s options, minus what workers build themselves. */
-export type WorkersOptions = {
-  count: number;
-  source: PolicySource;
-  stateDir: string;
-  ca: CertificateAuthority;
-  /** The files the CA was loaded from (workers load them too). */
-  caFiles: { cert: string; key: string };
-  /** The one audit log: workers' lines arrive serialised (`writeLines`). */
-  audit: AuditSink & Pick<AuditLog, "writeLines">;
-  resolve: readonly string[];
-  listen: {
-    proxy?: ListenAddr;
-    transparentHttps?: ListenAddr;
-    transparentHttp?: ListenAddr;
-    admin?: ListenAddr;
-    dns?: ListenAddr;
+export type WorkersOptions =
+  & Pick<
+    GatewayOptions,
+    | "ca"
+    | "resolve"
+    | "listen"
+    | "limits"
+    | "dataPath"
+    | "onResolved"
+    | "onReloadRequest"
+    | "log"
+  >
+  & {
+    count: number;
+    source: PolicySource;
+    /** The state directory (workers read the placeholder key from it). */
+    stateDir: string;
+    /** The files the CA was loaded from (workers load them too). */
+    caFiles: { cert: string; key: string };
+    /** The one audit log: workers' lines arrive serialised (`writeLines`). */
+    audit: AuditSink & Pick<AuditLog, "writeLines">;
   };
-  limits?: Partial<Limits>;
-  dataPath?: DataPath;
-  onResolved?: (name: string, ips: Ip[]) => void;
-  onReloadRequest?: () => Promise<string | undefined>;
-  log: (message: string) => void;
-};
 
 /** A running set of workers, shaped like the parts of a `Gateway` that `serve` uses. */
 export type Workers = {
@@ -263,8 +261,9 @@ export async function startWorkers(opts: WorkersOptions): Promise<Workers> {
     guard: undefined as ConnectionGuard | undefined,
     watch: undefined as DirectWatch | undefined,
   };
+  // Watched here when the workers serve it directly (the same decision as theirs).
   const isDirect = (c: CompiledPolicy) =>
-    kernel !== undefined && opts.dataPath !== "hop" && !needsClientHello(c);
+    kernel !== undefined && servesDirect(opts.dataPath ?? "auto", c, true);
   const watchDirect = (on: boolean, afterHop: boolean) => {
     if (!on) {
       direct.watch?.close();
@@ -280,10 +279,7 @@ export async function startWorkers(opts: WorkersOptions): Promise<Workers> {
       limits,
       scope: "unclaimed",
       port: () => addr.port,
-      source: {
-        list: (p) => kernel.list(p, addr.hostname),
-        shutdown: (fd) => void kernel.shutdown(fd, { reset: true }),
-      },
+      source: kernelSource(kernel, addr.hostname),
     });
     if (afterHop) watch.leaveExisting();
     watch.start();

@@ -23,6 +23,7 @@
  * @module
  */
 import { parseIp } from "../../policy/address.ts";
+import type { SocketWatch } from "../tls/socket_watch.ts";
 import { ConnectionGuard, HopClock, type Limits, type Refusal, type Watch } from "./limits.ts";
 
 /** One accepted socket, as the kernel reports it. */
@@ -37,12 +38,24 @@ export type KernelSocket = {
   bytesAcked: number;
 };
 
-/** Where the sockets come from: socket_watch.ts in production, a script in tests. */
+/** Where the sockets come from: socket_watch.ts in production ({@link kernelSource}), a script in tests. */
 export interface SocketSource {
   /** The connections accepted on this local port and held by this process, now. */
   list(port: number): KernelSocket[];
   /** Ends one connection: `shutdown(fd, SHUT_RDWR)`. */
   shutdown(fd: number): void;
+}
+
+/**
+ * The kernel's view of a listener's sockets, as a {@link SocketSource}: listed for the listener's
+ * address (one address family, one dump), ended with a RST so that a stuck client's socket is
+ * freed at once rather than left in FIN_WAIT2.
+ */
+export function kernelSource(kernel: SocketWatch, hostname: string): SocketSource {
+  return {
+    list: (port) => kernel.list(port, hostname),
+    shutdown: (fd) => void kernel.shutdown(fd, { reset: true }),
+  };
 }
 
 type Peer = {

@@ -56,7 +56,7 @@
  *
  * @module
  */
-import { canonicalAddress, decodeProcAddress } from "./sockopt.ts";
+import { canonicalAddress, decodeProcAddress, granted } from "./sockopt.ts";
 
 const IPPROTO_TCP = 6;
 const TCP_INFO = 11;
@@ -157,14 +157,6 @@ type Libc = Deno.DynamicLibrary<typeof LIBC_SYMBOLS>["symbols"];
 
 /** undefined: not tried yet; null: unavailable (not Linux, no permission, no libc). */
 let libc: Libc | null | undefined;
-
-function granted(descriptor: Deno.PermissionDescriptor): boolean {
-  try {
-    return Deno.permissions.querySync(descriptor).state === "granted";
-  } catch {
-    return false;
-  }
-}
 
 function getLibc(): Libc | null {
   if (libc !== undefined) return libc;

@@ -37,7 +37,8 @@ type Libc = Deno.DynamicLibrary<typeof LIBC_SYMBOLS>["symbols"];
 /** undefined: not tried yet; null: unavailable (not Linux, no permission, no libc). */
 let libc: Libc | null | undefined;
 
-function granted(descriptor: Deno.PermissionDescriptor): boolean {
+/** Whether a permission is granted, without ever prompting for it (socket_watch.ts too). */
+export function granted(descriptor: Deno.PermissionDescriptor): boolean {
   try {
     return Deno.permissions.querySync(descriptor).state === "granted";
   } catch {
