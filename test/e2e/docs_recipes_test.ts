@@ -460,7 +460,7 @@ Deno.test({
         assertEquals(r.code, 3, show(r)); // the last command, explain, says "denied"
         const denial = lines(r.stdout).map((l) => l.startsWith("{") ? JSON.parse(l) : undefined)
           .find((j) => j?.host === "example.com");
-        assert(denial, show(r));
+        assert(denial, `${show(r)}\n--- the proxy's stderr\n${proxy.stderr()}`);
         assertEquals(denial.rule, "default: deny");
         assertMatch(denial.rule_at, /quickstart\.yaml:\d+$/);
         assertMatch(r.stdout, /^DENY {2}POST https:\/\/api\.github\.com\/repos\/acme\/x$/m);
