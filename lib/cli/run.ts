@@ -394,15 +394,18 @@ export async function runRun(
     if (summary && !flags.quiet) log(summary.render(describeEnding({ kind: "failed" })));
     return exitStatus({ kind: "failed" });
   } finally {
-    for (const [sig, h] of forward) {
-      try {
-        Deno.removeSignalListener(sig, h);
-      } catch { /* not added */ }
-    }
+    // The signal handlers (forwarding to a command that has ended: nothing) stay until the
+    // cleanup below is done, so that a second Ctrl-C cannot kill sluice with its namespace and
+    // rules half removed.
     const errors = await res.release();
     for (const e of errors) log(`sluice run: cleanup: ${e}`);
     // Closed here too in case the server never started; AuditLog.close is idempotent.
     await summary?.close();
     if (marker.written) await removeMarker(Deno.pid);
+    for (const [sig, h] of forward) {
+      try {
+        Deno.removeSignalListener(sig, h);
+      } catch { /* not added */ }
+    }
   }
 }

@@ -379,7 +379,12 @@ export async function runServe(flags: ServeFlags, log: (s: string) => void): Pro
   );
   await sdNotify(`READY=1\nSTATUS=serving ${flags.policy}`);
   const why = await stopped.promise;
-  for (const [sig, h] of handlers) Deno.removeSignalListener(sig, h);
+  // SIGINT and SIGTERM stay handled until the drain is over: a second one (a second Ctrl-C, or
+  // `deno task` passing on the one its process group already got) must not kill the process
+  // mid-drain, losing audit lines and leaving netfilter rules behind. SIGKILL is the way to
+  // force it.
+  const [hup] = handlers.filter(([sig]) => sig === "SIGHUP");
+  Deno.removeSignalListener(hup[0], hup[1]);
   log(`sluice: ${why}, shutting down`);
   await sdNotify("STOPPING=1");
   const drain = flags.drainTimeout === undefined ? 30 : Number(flags.drainTimeout);
@@ -389,6 +394,7 @@ export async function runServe(flags: ServeFlags, log: (s: string) => void): Pro
     // Rules come off after the drain: redirected clients finish first.
     await enforcement?.remove();
     if (enforcement) log(`sluice: removed netfilter table ${enforcement.table}`);
+    for (const [sig, h] of handlers) if (sig !== "SIGHUP") Deno.removeSignalListener(sig, h);
   }
   return 0;
 }
