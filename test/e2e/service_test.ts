@@ -185,7 +185,10 @@ Deno.test("sluice serve notifies systemd: READY=1 once listening, RELOADING/READ
     await waitFor(
       () => messages.filter((m) => m.startsWith("READY=1")).length === 2,
       "READY=1 after reload",
-    );
+    ).catch((e) => {
+      // Seen twice under full-suite load, never alone: say what sluice and the socket saw.
+      throw new Error(`${e.message}\nmessages: ${JSON.stringify(messages)}\n${sluice.stderr()}`);
+    });
   } finally {
     assertEquals(await sluice.stop(), 0);
     await waitFor(() => messages.includes("STOPPING=1"), "STOPPING=1");
