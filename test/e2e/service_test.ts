@@ -168,13 +168,10 @@ Deno.test("sluice serve notifies systemd: READY=1 once listening, RELOADING/READ
   })();
   const policy = `${dir}/policy.yaml`;
   await Deno.writeTextFile(policy, "version: 1\nnetwork:\n  allow: [a.test]\n");
-  Deno.env.set("NOTIFY_SOCKET", socketPath);
-  let sluice;
-  try {
-    sluice = await startSluice(policy, dir);
-  } finally {
-    Deno.env.delete("NOTIFY_SOCKET");
-  }
+  // NOTIFY_SOCKET goes to this child only: set in this process's environment it
+  // reached sluices that other test files spawned meanwhile (--parallel), whose
+  // READY=1 lines then miscounted this test's.
+  const sluice = await startSluice(policy, dir, [], undefined, { NOTIFY_SOCKET: socketPath });
   try {
     await waitFor(() => messages.some((m) => m.startsWith("READY=1")), "READY=1");
     // The proxy port is accepting by the time READY=1 arrives.
@@ -186,7 +183,6 @@ Deno.test("sluice serve notifies systemd: READY=1 once listening, RELOADING/READ
       () => messages.filter((m) => m.startsWith("READY=1")).length === 2,
       "READY=1 after reload",
     ).catch((e) => {
-      // Seen twice under full-suite load, never alone: say what sluice and the socket saw.
       throw new Error(`${e.message}\nmessages: ${JSON.stringify(messages)}\n${sluice.stderr()}`);
     });
   } finally {
