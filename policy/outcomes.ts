@@ -44,7 +44,8 @@ export type DataPathCode =
   | "upstream-reset"
   | "upstream-encoding"
   | "upstream-websocket"
-  | "websocket-invalid";
+  | "websocket-invalid"
+  | "grpc-no-trailers";
 
 /** Every code sluice writes in an audit record or an `x-sluice-decision` header. */
 export type OutcomeCode = ReasonCode | DataPathCode;
@@ -223,6 +224,13 @@ export const OUTCOMES: Readonly<Record<OutcomeCode, Outcome>> = {
     status: 400,
     stage: "data path",
     meaning: "the client's WebSocket upgrade request is malformed (RFC 6455)",
+  },
+  "grpc-no-trailers": {
+    verdict: "deny",
+    status: 503,
+    stage: "data path",
+    meaning: "a gRPC call came where sluice cannot send the trailers gRPC needs: over " +
+      "HTTP/1.1, or the direct data path's HTTP/2 (serve with --data-path hop)",
   },
   "upstream-websocket": {
     verdict: "allow",

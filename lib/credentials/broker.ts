@@ -211,7 +211,6 @@ export function rewriteTransformer(
   flush(c: { enqueue(b: Uint8Array): void }): void;
 } {
   let tail = EMPTY;
-  const hold = set.max - 1;
   return {
     transform(chunk, controller) {
       let buf = chunk;
@@ -220,7 +219,10 @@ export function rewriteTransformer(
         buf.set(tail);
         buf.set(chunk, tail.length);
       }
-      const out = rewriteUpTo(set, onMatch, buf, buf.length - hold);
+      // Hold back only a tail that could still begin a placeholder: a chunk that cannot (a
+      // gRPC message, a line of an interactive stream) goes on whole, at once, so a client
+      // waiting for the answer to what it just sent is not left waiting on sluice.
+      const out = rewriteUpTo(set, onMatch, buf, buf.length - set.holdLength(buf, 0, buf.length));
       const cut = lastCut;
       // A copy: the tail must survive the producer reusing its chunk.
       tail = cut === buf.length ? EMPTY : buf.slice(cut);

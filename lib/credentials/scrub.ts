@@ -47,6 +47,7 @@
  *
  * @module
  */
+import { grpcMessageStream, isGrpc } from "../http2/grpc.ts";
 import * as zlib from "node:zlib";
 
 const EMPTY = new Uint8Array(0);
@@ -1040,6 +1041,39 @@ export async function scrubResponse(
     return out;
   };
   if (bodyless) return { ok: true, status: up.status, reason, headers: fields(false), body: null };
+  if (isGrpc(up.headers.find(([n]) => n.toLowerCase() === "content-type")?.[1])) {
+    // gRPC messages are length-prefixed (and so are the protobuf fields inside them): a real
+    // value is masked in place, its length kept, so no frame or field length goes wrong.
+    // Compressed messages cannot be checked (sluice asks for identity when it substituted).
+    const coding = up.headers.find(([n]) => n.toLowerCase() === "grpc-encoding")?.[1]?.trim();
+    if (coding && coding.toLowerCase() !== "identity") {
+      up.body?.cancel().catch(() => {});
+      return {
+        ok: false,
+        code: "upstream-encoding",
+        reason: `the gRPC response is compressed with ${
+          JSON.stringify(scrubber.latin1(coding))
+        }, which sluice cannot check for secrets message by message`,
+      };
+    }
+    const body = up.whole !== undefined ? ReadableStream.from([up.whole]) : up.body;
+    return {
+      ok: true,
+      status: up.status,
+      reason,
+      headers: fields(false),
+      // Message by message: each is scrubbed whole once its last byte is in, so a streaming
+      // call's messages are not held back waiting for bytes that may come much later.
+      body: body?.pipeThrough(
+        grpcMessageStream((payload, compressed) => {
+          if (compressed) {
+            throw new BodyDecodeError("grpc-encoding", new Error("a compressed gRPC message"));
+          }
+          return scrubber.bytes(payload, { preserveLength: true });
+        }),
+      ) ?? null,
+    };
+  }
   if (unknown.length) {
     up.body?.cancel().catch(() => {});
     return {

@@ -30,6 +30,8 @@ import { removeHopByHop } from "../http1/response.ts";
 import { isWebSocketUpgrade, proxyWebSocket } from "./websocket/mod.ts";
 import { BUFFERED_BODY_LIMIT } from "../credentials/broker.ts";
 import type { Credential } from "../../policy/types.ts";
+import { grpcRefusal, isGrpc } from "../http2/grpc.ts";
+import { isHttp2, setTrailers } from "../http2/meta.ts";
 
 /** Request headers a proxy must not pass on (besides hop-by-hop ones). */
 const PROXY_ONLY = new Set(["proxy-authorization", "proxy-connection", "proxy-authenticate"]);
@@ -134,11 +136,15 @@ export function makeRequestHandler(
       method: req.method,
       path: parsedUrl?.pathname,
     };
+    // A gRPC call: its refusals are gRPC statuses (lib/http2/grpc.ts), its method is audited.
+    const grpc = isGrpc(req.headers.get("content-type"));
+    if (grpc && parsedUrl) base.rpc = parsedUrl.pathname.slice(1);
     const finish = (
-      res: Response,
+      given: Response,
       extra: Partial<AuditRecord> & Pick<AuditRecord, "code" | "reason">,
     ): Response => {
       const verdict = extra.verdict ?? "deny";
+      const res = grpc && given.status !== 200 ? grpcRefusal(given, extra.reason) : given;
       series ??= requestSeries(ctx.metrics);
       series.requests[verdict][meta.mode].inc();
       series.duration[verdict].observe((performance.now() - started) / 1000);
@@ -146,7 +152,7 @@ export function makeRequestHandler(
         verdict: "deny",
         ...base,
         ...extra,
-        status: res.status,
+        status: given.status,
         duration_ms: Math.round(performance.now() - started),
       });
       return res;
@@ -178,6 +184,19 @@ export function makeRequestHandler(
       return deny(d, {
         host: meta.target ? formatDestination(meta.target.dest) : meta.sni,
         port: meta.target?.port,
+      });
+    }
+
+    if (grpc && !isHttp2(req)) {
+      // Deno's own server (HTTP/1.1, and HTTP/2 on the direct path) cannot send trailers, and
+      // a gRPC call without its trailers fails in the client with no reason: say why here.
+      const reason = "gRPC needs HTTP/2 trailers, which this listener cannot send: " +
+        (meta.nameUnknown
+          ? "it is the direct data path; serve with --data-path hop (docs/data-path.md)"
+          : "the client did not speak HTTP/2");
+      return finish(errorResponse(503, "grpc-no-trailers", reason), {
+        code: "grpc-no-trailers",
+        reason,
       });
     }
 
@@ -289,8 +308,12 @@ export function makeRequestHandler(
     }
     if (applied.size) {
       // Ask for an uncompressed response so an echoed secret can be scrubbed.
-      headers = headers.filter(([n]) => n.toLowerCase() !== "accept-encoding");
+      headers = headers.filter(([n]) => {
+        const lower = n.toLowerCase();
+        return lower !== "accept-encoding" && lower !== "grpc-accept-encoding";
+      });
       headers.push(["accept-encoding", "identity"]);
+      if (grpc) headers.push(["grpc-accept-encoding", "identity"]);
     }
     const upstreamPath = rewritten.target;
     const trust = ctx.trust().forHost(bare);
@@ -432,6 +455,7 @@ export function makeRequestHandler(
           headers,
           body,
           bodyLength,
+          http2: isHttp2(req),
         },
         ctx.signal,
       );
@@ -480,6 +504,7 @@ export function makeRequestHandler(
         sni: base.sni,
         method: base.method,
         path: base.path,
+        rpc: base.rpc,
         port: base.port,
         host: base.host,
         verdict: "allow",
@@ -495,6 +520,15 @@ export function makeRequestHandler(
       });
     };
     const init = { status: scrubbed.status, statusText: scrubbed.reason, headers: responseFields };
+    // HTTP/2 upstream trailers (gRPC's status) follow the body, scrubbed like every field.
+    const scrubTrailers = upstream.trailers === undefined ? undefined : (() => {
+      const scrubber = broker.responseScrubber();
+      return upstream.trailers.then((t) => scrubber === null ? t : scrubber.headers(t));
+    })();
+    const withTrailers = (res: Response): Response => {
+      if (scrubTrailers !== undefined) setTrailers(res, scrubTrailers);
+      return res;
+    };
     series ??= requestSeries(ctx.metrics);
     series.requests.allow[meta.mode].inc();
     series.duration.allow.observe((performance.now() - started) / 1000);
@@ -503,11 +537,11 @@ export function makeRequestHandler(
       // write by Deno's server, no stream per response).
       down = scrubbed.body.length;
       record();
-      return new Response(scrubbed.body, init);
+      return withTrailers(new Response(scrubbed.body, init));
     }
     if (scrubbed.body === null) {
       record();
-      return new Response(null, init);
+      return withTrailers(new Response(null, init));
     }
     // The record is written when the body has been sent, or when the client
     // went away first, or the body failed to decode (then `reason` says so).
@@ -531,7 +565,7 @@ export function makeRequestHandler(
         },
       }),
     );
-    const res = new Response(counted, init);
+    const res = withTrailers(new Response(counted, init));
     streaming.set(res, release);
     return res;
   };

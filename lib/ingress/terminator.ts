@@ -33,6 +33,7 @@ import { checkedRequestStream, type StreamRefusal } from "./request_stream.ts";
 import type { ConnectionDecision } from "../../policy/mod.ts";
 import { parseClientHello } from "../tls/client_hello.ts";
 import { HopClock, type Limits, watchOf } from "./limits.ts";
+import { serveH2 } from "./h2_server.ts";
 
 /** What the request handler knows about the client connection behind a hop. */
 export type HopMeta = {
@@ -69,6 +70,10 @@ export interface Connections {
   /** That body has been sent, or the client abandoned it. */
   bodyEnded(peer: Deno.NetAddr): void;
 }
+
+/** What the internal servers answer when the request handler itself failed. */
+const internalError = (e: unknown): Response =>
+  new Response(`sluice: internal error: ${(e as Error)?.message ?? e}\n`, { status: 500 });
 
 /** A hop in progress: who it carries, and the clock its connection's deadlines follow. */
 type Hop = { meta: HopMeta; clock?: HopClock };
@@ -110,7 +115,10 @@ export class Terminator implements Connections {
   readonly #opts: TerminatorOptions;
   readonly #hops = new Map<number, Hop>();
   readonly #handler: ConnectionHandler;
+  /** HTTP/1.1 over TLS: Deno's native server. */
   #tls!: Internal;
+  /** HTTP/2 over TLS (a ClientHello offering h2): node:http2, for trailers (h2_server.ts). */
+  #h2!: Internal;
   #plain!: Internal;
   /** Servers still finishing their connections: recycled TLS listeners, then all at close. */
   readonly #draining = new Set<Promise<void>>();
@@ -168,7 +176,8 @@ export class Terminator implements Connections {
     // The signal starts the graceful part of a drain: idle keep-alive connections close at
     // once, requests in flight finish.
     this.#opts.signal.addEventListener("abort", () => this.#shutdownServers(), { once: true });
-    this.#tls = this.#openTls();
+    this.#tls = this.#openTls(false);
+    this.#h2 = this.#openTls(true);
     const plain = Deno.listen({ hostname: "127.0.0.1", port: 0 });
     this.#plain = {
       served: this.#serve(plain),
@@ -188,12 +197,12 @@ export class Terminator implements Connections {
     return this.#hops.size;
   }
 
-  #openTls(): Internal {
+  #openTls(h2: boolean): Internal {
     const names = new Set<string>();
     const listener = listenTlsWithResolver({
       hostname: "127.0.0.1",
       port: 0,
-      alpnProtocols: ["h2", "http/1.1"],
+      alpnProtocols: h2 ? ["h2"] : ["http/1.1"],
       resolver: (serverName) => {
         names.add(serverName);
         return this.#opts.leaves.get(serverName);
@@ -203,15 +212,15 @@ export class Terminator implements Connections {
     setListenerNoDelay(listener);
     const now = this.#opts.now?.() ?? Date.now();
     return {
-      served: this.#serve(listener),
+      served: h2 ? serveH2(listener, this.#handler, internalError) : this.#serve(listener),
       port: (listener.addr as Deno.NetAddr).port,
       names,
       born: now,
     };
   }
 
-  #maybeRecycle(): void {
-    const t = this.#tls;
+  #maybeRecycle(h2: boolean): void {
+    const t = h2 ? this.#h2 : this.#tls;
     const now = this.#opts.now?.() ?? Date.now();
     if (
       t.names.size < (this.#opts.maxNames ?? 4096) &&
@@ -221,21 +230,15 @@ export class Terminator implements Connections {
     }
     // New hops go to a fresh listener; the old one stops accepting, closes its idle
     // keep-alive connections and lets requests in flight run to completion.
-    this.#tls = this.#openTls();
+    if (h2) this.#h2 = this.#openTls(true);
+    else this.#tls = this.#openTls(false);
     this.#retire(t);
   }
 
   // One native server per internal listener (not one per connection: that variant closes
   // upgraded WebSockets at once, see deno_internal.ts).
   #serve(listener: Deno.Listener): ServedListener {
-    return serveHttpOnListener(
-      listener,
-      this.#handler,
-      (e) =>
-        new Response(`sluice: internal error: ${(e as Error)?.message ?? e}\n`, {
-          status: 500,
-        }),
-    );
+    return serveHttpOnListener(listener, this.#handler, internalError);
   }
 
   /**
@@ -249,19 +252,20 @@ export class Terminator implements Connections {
     first: Uint8Array,
     meta: HopMeta,
   ): Promise<{ up: number; down: number }> {
-    if (meta.secure) this.#maybeRecycle();
-    const port = meta.secure ? this.#tls.port : this.#plain.port;
+    // A client that offers h2 gets HTTP/2 end to end (h2_server.ts); the rest HTTP/1.1.
+    const hello = meta.secure ? parseClientHello(first) : undefined;
+    const h2 = hello?.kind === "ok" && hello.alpn.includes("h2");
+    if (meta.secure) this.#maybeRecycle(h2);
+    const port = meta.secure ? (h2 ? this.#h2.port : this.#tls.port) : this.#plain.port;
     const hop = await Deno.connect({ hostname: "127.0.0.1", port });
     hop.setNoDelay(true);
     const hopPort = (hop.localAddr as Deno.NetAddr).port;
     const watch = this.#opts.limits ? watchOf(client) : undefined;
     let clock: HopClock | undefined;
     if (watch && this.#opts.limits) {
-      const hello = meta.secure ? parseClientHello(first) : undefined;
       clock = new HopClock(this.#opts.limits, {
         secure: meta.secure,
-        // The internal server prefers h2 whenever the client offers it.
-        h2: hello?.kind === "ok" && hello.alpn.includes("h2"),
+        h2,
         // No byte read yet (transparent HTTP): the first request is still the first bytes.
         firstHeadMs: first.length
           ? this.#opts.limits.headTimeoutMs
@@ -299,7 +303,7 @@ export class Terminator implements Connections {
     // Once: the drain's abort and close() both ask for it.
     if (this.#stopping) return;
     this.#stopping = true;
-    for (const t of [this.#tls, this.#plain]) if (t !== undefined) this.#retire(t);
+    for (const t of [this.#tls, this.#h2, this.#plain]) if (t !== undefined) this.#retire(t);
   }
 
   #retire(t: Internal): void {

@@ -32,6 +32,8 @@ export type AuditRecord = {
   method?: string;
   /** The request path without its query (queries may carry secrets). */
   path?: string;
+  /** A gRPC call's method, `package.Service/Method` (its path without the leading slash). */
+  rpc?: string;
   verdict: "allow" | "deny";
   /** Machine-readable reason code: a row of the outcome table (policy/outcomes.ts). */
   code: OutcomeCode;

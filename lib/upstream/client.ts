@@ -27,7 +27,8 @@ import {
   type ResponseHead,
 } from "../http1/response.ts";
 import { bodyReader, sendRequest, type SendState } from "./body.ts";
-import { type Connection, dial } from "./connection.ts";
+import { ALPN_H2, type Connection, dial } from "./connection.ts";
+import { H2Sessions } from "./h2.ts";
 import { Deadlines } from "./deadlines.ts";
 import { buildHead, type BuiltHead, readHead } from "./head.ts";
 import { ConnectionPool, poolKey, type UpstreamPoolStats } from "./pool.ts";
@@ -138,6 +139,13 @@ export class UpstreamPool {
    * add/removeEventListener pair per request (~1 µs each in Deno 2.9's EventTarget).
    */
   readonly #aborting = new WeakMap<AbortSignal, Set<(reason: unknown) => void>>();
+  /** HTTP/2 sessions (h2.ts), for upstreams that chose h2. */
+  readonly #h2: H2Sessions;
+  /**
+   * What each TLS upstream (by pool key) chose when offered h2, or needed (it refused HTTP/1.1):
+   * so later requests go straight to the right pool. Bounded: cleared past 4,096 keys.
+   */
+  readonly #protocols = new Map<string, "h1" | "h2">();
 
   /** @param opts pool sizes and timeouts; see {@link UpstreamPoolOptions} for defaults */
   constructor(opts?: UpstreamPoolOptions) {
@@ -145,6 +153,7 @@ export class UpstreamPool {
     this.#connectMs = opts?.connectTimeoutMs ?? 10_000;
     this.#headerMs = opts?.headerTimeoutMs ?? 30_000;
     this.#deadlines = new Deadlines(Math.min(idleTimeoutMs, this.#headerMs));
+    this.#h2 = new H2Sessions({ headerTimeoutMs: this.#headerMs, idleTimeoutMs });
     this.#pool = new ConnectionPool({
       maxIdlePerHost: opts?.maxIdlePerHost ?? 32,
       maxIdleTotal: opts?.maxIdleTotal ?? 256,
@@ -177,8 +186,16 @@ export class UpstreamPool {
     if (this.#pool.closed) {
       throw new UpstreamError("connect", `Cannot send request to ${where}: the pool is closed`);
     }
-    const built = buildHead(target, req, where);
     const key = poolKey(target);
+    // HTTP/2 where the upstream is known to speak it, or may when the client spoke it. Not
+    // with `verify: false` (node:tls, HTTP/1.1 only).
+    if (target.tls && target.verify) {
+      const known = this.#protocols.get(key);
+      if (known === "h2" || (known === undefined && req.http2)) {
+        return await this.#viaH2(target, req, key, where, signal);
+      }
+    }
+    const built = buildHead(target, req, where);
     const idle = this.#pool.take(key);
     if (idle !== undefined) {
       try {
@@ -191,7 +208,22 @@ export class UpstreamPool {
         if (!e.lost || !replayable || (!safe && e.wroteAny) || signal?.aborted) throw e.error;
       }
     }
-    const conn = await this.#connect(target, key, where, signal);
+    let conn: Connection;
+    try {
+      conn = await this.#connect(target, key, where, signal);
+    } catch (e) {
+      // An upstream that only speaks HTTP/2 ends an http/1.1-only handshake with
+      // no_application_protocol: offer it h2 from now on.
+      if (
+        e instanceof UpstreamError && e.kind === "tls" &&
+        /NoApplicationProtocol/i.test(e.message) &&
+        target.verify
+      ) {
+        this.#remember(key, "h2");
+        return await this.#viaH2(target, req, key, where, signal);
+      }
+      throw e;
+    }
     try {
       return await this.#exchange(conn, req, built, where, signal);
     } catch (e) {
@@ -199,9 +231,46 @@ export class UpstreamPool {
     }
   }
 
+  #remember(key: string, protocol: "h1" | "h2"): void {
+    if (this.#protocols.size >= 4096 && !this.#protocols.has(key)) this.#protocols.clear();
+    this.#protocols.set(key, protocol);
+  }
+
+  /**
+   * The request over HTTP/2: on a session with a free stream, or a new connection offering
+   * h2 (which the upstream may still answer with http/1.1: then it is an HTTP/1.1 exchange,
+   * and the key is remembered as such).
+   */
+  async #viaH2(
+    target: UpstreamTarget,
+    req: UpstreamRequest,
+    key: string,
+    where: string,
+    signal?: AbortSignal,
+  ): Promise<UpstreamResponse> {
+    const open = this.#h2.take(key);
+    if (open !== undefined) return await this.#h2.request(open, req, where, signal);
+    const io = await dial(target, where, this.#connectMs, signal, ALPN_H2);
+    if (io.protocol !== "h2") {
+      this.#remember(key, "h1");
+      const conn = this.#pool.adopt(io, key);
+      if (conn.closed) {
+        throw new UpstreamError("connect", `Cannot send request to ${where}: the pool is closed`);
+      }
+      try {
+        return await this.#exchange(conn, req, buildHead(target, req, where), where, signal);
+      } catch (e) {
+        throw e instanceof ExchangeFailure ? e.error : e;
+      }
+    }
+    this.#remember(key, "h2");
+    return await this.#h2.request(this.#h2.adopt(io, key, target), req, where, signal);
+  }
+
   /** Close idle connections now; connections in use close when their response ends. */
   close(): void {
     this.#pool.close();
+    this.#h2.close();
   }
 
   /** @returns pool counters */

@@ -25,7 +25,16 @@ const READ_BUFFER = 64 * 1024;
 export type Timer = ReturnType<typeof setTimeout>;
 
 /** Bytes from a connection: Deno TcpConn/TlsConn or the node:tls adapter. */
-export type Io = UpstreamConn & { ref?(): void; unref?(): void };
+export type Io = UpstreamConn & {
+  ref?(): void;
+  unref?(): void;
+  /** The protocol the TLS handshake chose by ALPN ("h2", "http/1.1"), set by {@link dial}. */
+  protocol?: string;
+};
+
+/** ALPN offers: HTTP/1.1 alone (the default), or HTTP/2 first. */
+export const ALPN_HTTP1: string[] = ["http/1.1"];
+export const ALPN_H2: string[] = ["h2", "http/1.1"];
 
 /** One upstream connection and its read buffer. */
 export class Connection implements Expiring {
@@ -273,6 +282,7 @@ export async function dial(
   where: string,
   connectMs: number,
   signal?: AbortSignal,
+  alpn: string[] = ALPN_HTTP1,
 ): Promise<Io> {
   const ac = new AbortController();
   let timedOut = false;
@@ -312,10 +322,11 @@ export async function dial(
           const tls = await Deno.startTls(tcp, {
             hostname: t.host,
             caCerts: t.caCerts,
-            alpnProtocols: ["http/1.1"],
+            alpnProtocols: alpn,
           });
           io = tls;
-          await tls.handshake();
+          const done = await tls.handshake();
+          (io as Io).protocol = done.alpnProtocol ?? undefined;
         } catch (e) {
           if (timedOut) throw timeoutError();
           if (signal?.aborted) throw signal.reason;

@@ -38,6 +38,12 @@ export type UpstreamRequest = {
   body: ReadableStream<Uint8Array> | Uint8Array | null;
   /** Known length of a stream body: sent as Content-Length and enforced exactly. */
   bodyLength?: number;
+  /**
+   * Offer HTTP/2 to the upstream (the client spoke HTTP/2): the TLS handshake offers `h2` and
+   * `http/1.1`, and the request goes over whichever the upstream picks. Without it only an
+   * upstream that refuses HTTP/1.1 gets HTTP/2.
+   */
+  http2?: boolean;
 };
 
 /** A connection handed over after `101 Switching Protocols`; the caller owns and closes it. */
@@ -66,6 +72,8 @@ export type UpstreamResponse = {
   bytesIn(): number;
   /** Set for a 101 response: the raw connection and the bytes already read past the head. */
   upgrade?: { conn: UpstreamConn; head: Uint8Array };
+  /** HTTP/2 upstreams: the trailers, known when the body has ended ([] for none). */
+  trailers?: Promise<[string, string][]>;
 };
 
 /** What failed, for the caller's status code and log line. */

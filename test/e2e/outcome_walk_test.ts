@@ -551,6 +551,28 @@ credentials:
         assertEquals(headerCode(text), "websocket-invalid");
       },
     );
+
+    await provoke(
+      "grpc-no-trailers",
+      "a gRPC call over HTTP/1.1, where no trailers can carry its status",
+      async () => {
+        const text = await through([
+          "-H",
+          "content-type: application/grpc",
+          "--data-binary",
+          "x",
+          `http://${plainAt}/acme.Echo/Unary`,
+        ]);
+        // A gRPC client reads its refusal from grpc-status, in a 200's only HEADERS.
+        assertMatch(text, /^HTTP\/1\.1 200/m);
+        assertMatch(text, /^grpc-status: 14\r?$/m);
+        assertMatch(text, /^grpc-message: sluice: gRPC needs HTTP\/2 trailers/m);
+        assertEquals(headerCode(text), "grpc-no-trailers");
+        const r = await requestRecord("/acme.Echo/Unary", "grpc-no-trailers");
+        assertEquals(r.rpc, "acme.Echo/Unary");
+        assertEquals(r.status, 503);
+      },
+    );
   } finally {
     await sluice.stop();
     rawUp.close();
