@@ -40,7 +40,7 @@
 #   BASE_WORKERS [1]  --workers given to the "sluice" and "sluice (hop)" rows when sluice has the
 #                  flag, so that they compare like for like with one squid process; empty: sluice's
 #                  own default (the number of cores, at most 4)
-#   CELLS ["keep-alive new-conn 1MB sni latency"]  the scenarios (idle memory is always measured,
+#   CELLS ["keep-alive new-conn 1MB sni latency h2"]  the scenarios (idle memory is always measured,
 #                  once per system, in the last round; CELLS=none: idle memory only)
 #   RATE [1000]    requests/s of the fixed-rate latency scenario. If "latency" is in CELLS and
 #                  "direct" is not in SYSTEMS, direct's latency cell still runs in every round
@@ -51,7 +51,7 @@
 #                  round's numbers), OUT.memory.tsv, OUT.md (the table as printed)
 #   SOAK [0]       seconds of keep-alive soak on sluice after its last round, RSS every 10 s
 #   PROFILE [0]    1: one more sluice run under `deno run --cpu-prof`, summarized
-#   PROFILE_SCENARIO [keep-alive]  or new-conn: what the profiled run does
+#   PROFILE_SCENARIO [keep-alive]  or new-conn, h2: what the profiled run does
 #   PROFILE_OUT [] copy the .cpuprofile there
 #   KEEP [0]       1: keep the temp dir (every log) for debugging
 #   SLUICE_DENO_FLAGS [--v8-flags=--max-semi-space-size=2]  `deno run` flags for sluice
@@ -69,6 +69,9 @@
 #                latency from each request's scheduled time (no coordinated omission): the
 #                system's own added latency, not its queue at full load. (Not h2load --rps:
 #                it paces per client and times from the send, so a stall hides its backlog.)
+#   h2           h2load -c16 -m10: GET /ok over HTTP/2, 10 streams in flight per connection, end
+#                to end (sluice serves h2 to the client and speaks h2 to nginx). squid 5.7 does
+#                not offer h2 to clients, so its row says why it has no figure.
 # CPU µs/req: user+system clock ticks (/proc/PID/stat utime+stime) of the whole process tree of
 # the system under test (all processes, all threads) over the measured window, divided by the
 # requests completed in it.
@@ -97,7 +100,7 @@ OUT=${OUT:-/tmp/sluice-peers-$(date -u +%Y%m%dT%H%M%SZ)}
 NAMES=${NAMES:-1000}
 IDLE=${IDLE:-1000}
 KEEP=${KEEP:-0}
-CELLS=${CELLS:-keep-alive new-conn 1MB sni latency}
+CELLS=${CELLS:-keep-alive new-conn 1MB sni latency h2}
 RATE=${RATE:-1000}
 # The V8 flag compile.sh bakes into the binary, so the figures are the shipped binary's.
 SLUICE_DENO_FLAGS=${SLUICE_DENO_FLAGS---v8-flags=--max-semi-space-size=2}
@@ -165,6 +168,11 @@ done
 
 # ---------------------------------------------------------------- peers: install what is missing
 declare -A AVAILABLE=([direct]=1 [sluice]=1)
+if [[ " $CELLS " == *" h2 "* ]] && ! command -v h2load >/dev/null; then
+  apt-get update -q >/dev/null 2>&1 || true
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nghttp2-client >/dev/null 2>&1 || true
+  command -v h2load >/dev/null || { echo "the h2 scenario needs h2load (apt-get install nghttp2-client)" >&2; exit 1; }
+fi
 declare -A UNAVAILABLE=() # system -> why its row is n/a
 apt_updated=0
 ensure_pkg() { # command package
@@ -466,6 +474,25 @@ latency_cell() { # system: fixed-rate latency
     "$(us_per_req $((t1 - t0)) "$(get requests)")" "$(rss_mb "$sys_pid")" "$note"
 }
 
+h2_cell() { # system: HTTP/2, CONNS connections x 10 concurrent streams (h2load)
+  local sys=$1 out t0 t1 n rps errs note=""
+  t0=$(cpu_ticks "$sys_pid")
+  out=$(as_client h2load -c"$CONNS" -m 10 -D "$SECS" https://ka.bench.test/ok 2>&1) || true
+  t1=$(cpu_ticks "$sys_pid")
+  printf '== round %s h2\n%s\n' "$round" "$out" >>"$dir/h2load-$sys.log"
+  # "finished in 6.00s, 12345.67 req/s, ..." and "requests: N total, N started, N done,
+  # N succeeded, N failed, N errored, N timeout"
+  rps=$(awk '/^finished in/ { gsub(/,/, ""); printf "%.0f", $4 }' <<<"$out")
+  n=$(awk '/^requests:/ { print $8 }' <<<"$out")
+  errs=$(awk '/^requests:/ { print $10 + $12 }' <<<"$out")
+  if [ -z "$rps" ] || [ "${n:-0}" = 0 ]; then
+    note="h2load: $(grep -m 1 -iE 'no protocol|error|failed' <<<"$out" || tail -n 1 <<<"$out")"
+    rps=-
+  fi
+  row "$sys" h2 "$rps" - - - "${errs:-0}" "$(us_per_req $((t1 - t0)) "${n:-0}")" \
+    "$(rss_mb "$sys_pid")" "$note"
+}
+
 idle_cell() { # system -> RSS with IDLE idle intercepted connections
   local cpid line i
   bg_client "$dir/client/deno" run --allow-net --allow-read "$dir/client/idle_client.ts" \
@@ -526,6 +553,7 @@ run_system() { # name [cells]: one round of one system; the last round also meas
   cell 1MB && wrk_cell "$sys" 1MB "$SECS" https://ka.bench.test/1m
   cell sni && sni_cell "$sys"
   cell latency && latency_cell "$sys"
+  cell h2 && h2_cell "$sys"
   after_rss=$(rss_mb "$sys_pid")
   if [ "$round" = "$ROUNDS" ] && [ "$sys" = sluice ] && [ "$SOAK" -gt 0 ]; then soak; fi
   if [ "$round" = "$ROUNDS" ] && [ "$sys" != direct ] && [ "$cells" = "$CELLS_ALL" ]; then
@@ -590,6 +618,8 @@ if [ "$PROFILE" = 1 ]; then
     rows="$dir/profile.tsv" round=profile # not one of the rounds
     if [ "$PROFILE_SCENARIO" = new-conn ]; then
       wrk_cell sluice-profiled new-conn "$SECS" https://ka.bench.test/ok -H "Connection: close"
+    elif [ "$PROFILE_SCENARIO" = h2 ]; then
+      h2_cell sluice-profiled
     else
       wrk_cell sluice-profiled keep-alive "$SECS" https://ka.bench.test/ok
     fi

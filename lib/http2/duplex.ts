@@ -37,6 +37,13 @@ export type DenoConn = {
  */
 export function duplexOf(conn: DenoConn): Duplex {
   let reading = false;
+  // One read buffer for the connection's life; each read hands node a copy of what arrived
+  // (a fresh 64 KiB buffer per read made small HTTP/2 frames cost a large allocation each).
+  const buf = new Uint8Array(READ_BUFFER);
+  const writeAll = async (chunk: Uint8Array): Promise<void> => {
+    let off = 0;
+    while (off < chunk.length) off += await conn.write(chunk.subarray(off));
+  };
   let closed = false;
   const close = (): void => {
     if (closed) return;
@@ -49,12 +56,10 @@ export function duplexOf(conn: DenoConn): Duplex {
     read() {
       if (reading || closed) return;
       reading = true;
-      const buf = new Uint8Array(READ_BUFFER);
       conn.read(buf).then((n) => {
         reading = false;
         if (n === null) this.push(null);
-        // A copy sized to what arrived: the buffer is not reused, node keeps the chunk.
-        else this.push(buf.subarray(0, n));
+        else this.push(buf.slice(0, n));
       }, (e) => {
         reading = false;
         if (closed) this.push(null);
@@ -62,10 +67,20 @@ export function duplexOf(conn: DenoConn): Duplex {
       });
     },
     write(chunk: Uint8Array, _encoding, callback) {
-      (async () => {
-        let off = 0;
-        while (off < chunk.length) off += await conn.write(chunk.subarray(off));
-      })().then(() => callback(), (e) => callback(e));
+      writeAll(chunk).then(() => callback(), (e) => callback(e));
+    },
+    // node:http2 writes a frame at a time (a HEADERS, a DATA, a WINDOW_UPDATE...): what queued
+    // up while a write was in progress goes out as one write, one syscall.
+    writev(chunks, callback) {
+      let total = 0;
+      for (const c of chunks) total += (c.chunk as Uint8Array).length;
+      const all = new Uint8Array(total);
+      let at = 0;
+      for (const c of chunks) {
+        all.set(c.chunk as Uint8Array, at);
+        at += (c.chunk as Uint8Array).length;
+      }
+      writeAll(all).then(() => callback(), (e) => callback(e));
     },
     final(callback) {
       const half = conn.closeWrite?.();

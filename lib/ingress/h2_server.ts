@@ -24,7 +24,15 @@ import { drained, duplexOf } from "../http2/duplex.ts";
 import { markHttp2, trailers } from "../http2/meta.ts";
 import type { ConnectionHandler, ServedListener } from "../tls/deno_internal.ts";
 
-const { NGHTTP2_CANCEL, NGHTTP2_INTERNAL_ERROR } = http2.constants;
+/**
+ * Ends a stream with RST_STREAM (INTERNAL_ERROR): the client learns that the response is cut
+ * off, not complete. `stream.destroy(error)`, because in Deno 2.9.6 `stream.close(code)` on a
+ * server stream ends it cleanly, sending no RST_STREAM (probed with curl: exit 0 on a cut-off
+ * body); `destroy` sends one (curl: "stream was not closed cleanly: INTERNAL_ERROR").
+ */
+function reset(stream: http2.ServerHttp2Stream): void {
+  if (!stream.destroyed) stream.destroy(new Error("sluice reset the stream"));
+}
 
 /** Response fields HTTP/2 forbids (RFC 9113 8.2.2); node:http2 throws on them. */
 const NOT_IN_H2 = new Set([
@@ -47,16 +55,26 @@ function requestBody(stream: http2.ServerHttp2Stream): ReadableStream<Uint8Array
         c.enqueue(new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength));
         if ((c.desiredSize ?? 1) <= 0) stream.pause();
       });
+      // Complete only when the client ended it cleanly: node also ends the readable side of
+      // a stream the client reset, and a cut-off body must not go upstream as a whole one.
+      let clean = false;
       stream.once("end", () => {
-        if (ended) return;
-        ended = true;
-        c.close();
+        clean = true;
+        queueMicrotask(check);
       });
-      stream.once("close", () => {
+      const check = (): void => {
         if (ended) return;
-        ended = true;
-        c.error(new Error("the client reset the stream before its body ended"));
-      });
+        const reset = stream.rstCode !== undefined &&
+          stream.rstCode !== http2.constants.NGHTTP2_NO_ERROR;
+        if (clean && !reset) {
+          ended = true;
+          c.close();
+        } else if (reset || stream.closed) {
+          ended = true;
+          c.error(new Error("the client reset the stream before its body ended"));
+        }
+      };
+      stream.once("close", check);
     },
     pull() {
       stream.resume();
@@ -107,7 +125,7 @@ async function respond(stream: http2.ServerHttp2Stream, res: Response): Promise<
       after.then((list) => {
         if (!stream.closed) stream.sendTrailers(toNodeFields(list, {}));
       }, () => {
-        if (!stream.closed) stream.close(NGHTTP2_INTERNAL_ERROR);
+        reset(stream);
       });
     });
   }
@@ -131,7 +149,7 @@ async function respond(stream: http2.ServerHttp2Stream, res: Response): Promise<
   } catch {
     // The body failed (the upstream reset its stream, a decode error): the client learns it
     // as a reset, not as a complete response.
-    if (!stream.closed) stream.close(NGHTTP2_INTERNAL_ERROR);
+    reset(stream);
   } finally {
     stream.off("close", onClose);
   }
@@ -220,11 +238,11 @@ export function serveH2(
       });
       session.on("stream", (stream, headers) => {
         if (stopping) {
-          stream.close(NGHTTP2_CANCEL);
+          reset(stream);
           return;
         }
         onStream(stream, headers, peer).catch(() => {
-          if (!stream.closed) stream.close(NGHTTP2_INTERNAL_ERROR);
+          reset(stream);
         });
       });
       if (stopping) session.close();

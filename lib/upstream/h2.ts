@@ -215,6 +215,8 @@ export class H2Sessions {
         cause: e,
       });
     }
+    // Errors are read from the events below; one emitted after them must not go uncaught.
+    stream.on("error", () => {});
     let ended = false;
     const end = (): void => {
       if (ended) return;
@@ -299,14 +301,19 @@ export class H2Sessions {
               c.enqueue(new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength));
               if ((c.desiredSize ?? 1) <= 0) stream.pause();
             });
-            stream.once("end", () => {
-              finished = true;
-              c.close();
-              settle(trailerFields);
-            });
+            // The body is complete only if the stream closed cleanly: node also ends the
+            // readable side of a stream the upstream reset, so "end" alone could pass a
+            // truncated body off as whole.
             stream.once("close", () => {
               if (finished) return;
               finished = true;
+              if (
+                stream.rstCode === undefined || stream.rstCode === http2.constants.NGHTTP2_NO_ERROR
+              ) {
+                c.close();
+                settle(trailerFields);
+                return;
+              }
               c.error(
                 new UpstreamError(
                   "reset",

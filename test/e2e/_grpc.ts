@@ -16,6 +16,7 @@
 import * as grpc from "@grpc/grpc-js";
 import { Buffer } from "node:buffer";
 import { type CertificateAuthority, mintLeaf } from "../../lib/tls/ca.ts";
+import { ROOT } from "./_harness.ts";
 
 const raw = (b: Buffer): Buffer => b;
 const bytes = (b: Uint8Array): Buffer => Buffer.from(b);
@@ -49,7 +50,7 @@ export type SeenCall = { method: string; authorization?: string };
  *
  * @returns its port, what it saw, and close()
  */
-export async function startGrpcServer(ca: CertificateAuthority, name: string) {
+export async function startGrpcServer(ca: CertificateAuthority, name: string, port = 0) {
   const seen: SeenCall[] = [];
   const note = (m: string, call: { metadata: grpc.Metadata }) =>
     seen.push({ method: m, authorization: call.metadata.get("authorization")[0]?.toString() });
@@ -67,9 +68,11 @@ export async function startGrpcServer(ca: CertificateAuthority, name: string) {
     },
     tick: (call: grpc.ServerWritableStream<Buffer, Buffer>) => {
       note("Tick", call);
+      call.on("cancelled", () => seen.push({ method: "Tick cancelled" }));
       const [n, ms] = call.request.toString().split(",").map(Number);
       let i = 0;
       const next = () => {
+        if (call.cancelled) return;
         if (i === n) return call.end();
         call.write(Buffer.from(`t${i++}`));
         setTimeout(next, ms);
@@ -93,16 +96,52 @@ export async function startGrpcServer(ca: CertificateAuthority, name: string) {
     },
   });
   const leaf = await mintLeaf(ca, name);
+  // A root list, though no client certificate is asked for: given null, Deno's node:tls server
+  // names every Mozilla root in a CertificateRequest, which rustls clients refuse
+  // (HandshakePayloadTooLarge).
   const creds = grpc.ServerCredentials.createSsl(Buffer.from(ca.certPem), [{
     private_key: Buffer.from(leaf.keyPem),
     cert_chain: Buffer.from(leaf.certPem),
   }], false);
-  const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync("127.0.0.1:0", creds, (e, p) => e ? reject(e) : resolve(p))
+  const bound = await new Promise<number>((resolve, reject) =>
+    server.bindAsync(`127.0.0.1:${port}`, creds, (e, p) => e ? reject(e) : resolve(p))
   );
   return {
-    port,
+    port: bound,
     seen,
     close: () => new Promise<void>((r) => server.tryShutdown(() => r())),
   };
+}
+
+type CallResult = {
+  ok: boolean;
+  code: number;
+  details: string;
+  trailers: Record<string, string>;
+  messages: { at: number; text: string }[];
+};
+
+/** Runs one call in a grpc-js client process with `env` (its proxy settings). */
+export async function grpcCall(
+  env: Record<string, string>,
+  target: string,
+  ca: string,
+  call: string,
+  arg = "",
+  authorization?: string,
+  netns?: string,
+): Promise<CallResult> {
+  const deno = [Deno.execPath(), "run", "-A", `${ROOT}test/e2e/_grpc_client.ts`];
+  const cmd = netns ? ["ip", "netns", "exec", netns, ...deno] : deno;
+  const out = await new Deno.Command(cmd[0], {
+    args: [...cmd.slice(1), target, ca, call, arg, ...(authorization ? [authorization] : [])],
+    env,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(out.stdout).trim();
+  if (!out.success || !text) {
+    throw new Error(`grpc client failed: ${text}\n${new TextDecoder().decode(out.stderr)}`);
+  }
+  return JSON.parse(text.split("\n").pop()!);
 }

@@ -4,7 +4,8 @@
  *   deno run -A test/e2e/_grpc_client.ts TARGET CA_FILE CALL [ARG] [AUTHORIZATION]
  *
  * TARGET is `host:port` (the name is used for TLS and `:authority`); CA_FILE the CA to trust
- * (sluice's when going through it); CALL one of unary, tick, sum, chat, deny. The proxy comes
+ * (sluice's when going through it); CALL one of unary, tick, tickcancel, sum, chat,
+ * deny. GRPC_NAME in the environment: see below. The proxy comes
  * from the environment as grpc-js reads it (`grpc_proxy`, `https_proxy`). Prints one JSON line:
  * `{ ok, messages: [{ at, text }], code, details, trailers }`, `at` in ms since the call started.
  */
@@ -14,9 +15,13 @@ import { ECHO } from "./_grpc.ts";
 
 const [target, caFile, call, arg = "", authorization] = Deno.args;
 const Client = grpc.makeGenericClientConstructor(ECHO as never, "Echo");
+// GRPC_NAME: the name to use for TLS and :authority when TARGET is an address (transparent
+// interception dials the address; the name only travels in the SNI and :authority).
+const name = Deno.env.get("GRPC_NAME");
 const client = new Client(
   target,
   grpc.credentials.createSsl(Buffer.from(Deno.readTextFileSync(caFile))),
+  name ? { "grpc.ssl_target_name_override": name, "grpc.default_authority": name } : {},
 ) as unknown as Record<string, (...a: unknown[]) => unknown>;
 const md = new grpc.Metadata();
 if (authorization) md.set("authorization", authorization);
@@ -52,6 +57,15 @@ const result = await new Promise<Record<string, unknown>>((resolve) => {
     c.on("data", got);
     c.on("error", (e: grpc.ServiceError) => done(e));
     c.on("status", (s: grpc.StatusObject) => s.code === 0 && done(null, s.metadata));
+  } else if (call === "tickcancel") {
+    // A server stream the client cancels after its first message: the cancellation must
+    // reach the server (RST_STREAM through sluice), which stops sending.
+    const c = client.tick(Buffer.from(arg), md, opts) as grpc.ClientReadableStream<Buffer>;
+    c.on("data", (m: Buffer) => {
+      got(m);
+      c.cancel();
+    });
+    c.on("error", (e: grpc.ServiceError) => done(e));
   } else if (call === "sum") {
     const c = client.sum(md, opts, (err: grpc.ServiceError | null, r?: Buffer) => {
       if (r) got(r);

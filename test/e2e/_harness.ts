@@ -299,3 +299,65 @@ export async function placeholders(policy: string, state: string): Promise<Recor
   if (!out.success) throw new Error(new TextDecoder().decode(out.stderr));
   return JSON.parse(new TextDecoder().decode(out.stdout));
 }
+
+/**
+ * A network namespace for a test, with `lo` up and a veth pair that gives it a route to the
+ * documentation range 192.0.2.0/24 (what transparent tests' clients dial; every such packet is
+ * redirected before routing sends it anywhere). Root only. Remove it with `ip netns del`.
+ *
+ * @param prefix the namespace name's prefix
+ * @returns the namespace's name
+ */
+export async function testNamespace(prefix: string): Promise<string> {
+  const ns = `${prefix}-${crypto.randomUUID().slice(0, 8)}`;
+  await run(["ip", "netns", "add", ns]);
+  try {
+    await run(["ip", "-n", ns, "link", "set", "lo", "up"]);
+    await run(["ip", "-n", ns, "link", "add", "v0", "type", "veth", "peer", "name", "v1"]);
+    await run(["ip", "-n", ns, "addr", "add", "192.0.2.1/24", "dev", "v0"]);
+    await run(["ip", "-n", ns, "link", "set", "v0", "up"]);
+    await run(["ip", "-n", ns, "link", "set", "v1", "up"]);
+  } catch (e) {
+    await run(["ip", "netns", "del", ns]).catch(() => {});
+    throw e;
+  }
+  return ns;
+}
+
+/**
+ * Runs a Deno script of test/e2e (inside `netns` when given) and waits for it to print
+ * "ready"; what it prints after that is collected in `output()`.
+ *
+ * @param script the file name in test/e2e
+ * @param args its arguments
+ * @param netns the network namespace to run it in
+ * @returns the process and its output so far
+ */
+export async function startReady(
+  script: string,
+  args: string[],
+  netns?: string,
+): Promise<{ child: Deno.ChildProcess; output: () => string }> {
+  const deno = [Deno.execPath(), "run", "-A", `${ROOT}test/e2e/${script}`, ...args];
+  const cmd = netns ? ["ip", "netns", "exec", netns, ...deno] : deno;
+  const child = new Deno.Command(cmd[0], {
+    args: cmd.slice(1),
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let seen = "";
+  while (!seen.includes("ready")) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`${script} exited before it was ready:\n${seen}`);
+    seen += value;
+  }
+  (async () => {
+    while (true) {
+      const { value, done } = await reader.read().catch(() => ({ value: "", done: true }));
+      if (done) break;
+      seen += value;
+    }
+  })();
+  return { child, output: () => seen };
+}

@@ -10,43 +10,10 @@ import { assert, assertEquals, assertMatch } from "../_assert.ts";
 import http2 from "node:http2";
 import { createHash } from "node:crypto";
 import { type CertificateAuthority, mintLeaf } from "../../lib/tls/ca.ts";
-import { curl, pattern, placeholders, ROOT, sha256, startSluice, testCas } from "./_harness.ts";
-import { startGrpcServer } from "./_grpc.ts";
+import { curl, pattern, placeholders, sha256, startSluice, testCas } from "./_harness.ts";
+import { grpcCall, startGrpcServer } from "./_grpc.ts";
 
 const SECRET = "grpc-real-token-5d1e93ab07";
-
-type CallResult = {
-  ok: boolean;
-  code: number;
-  details: string;
-  trailers: Record<string, string>;
-  messages: { at: number; text: string }[];
-};
-
-/** Runs one call in a grpc-js client process with `env` (its proxy settings). */
-export async function grpcCall(
-  env: Record<string, string>,
-  target: string,
-  ca: string,
-  call: string,
-  arg = "",
-  authorization?: string,
-  netns?: string,
-): Promise<CallResult> {
-  const deno = [Deno.execPath(), "run", "-A", `${ROOT}test/e2e/_grpc_client.ts`];
-  const cmd = netns ? ["ip", "netns", "exec", netns, ...deno] : deno;
-  const out = await new Deno.Command(cmd[0], {
-    args: [...cmd.slice(1), target, ca, call, arg, ...(authorization ? [authorization] : [])],
-    env,
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const text = new TextDecoder().decode(out.stdout).trim();
-  if (!out.success || !text) {
-    throw new Error(`grpc client failed: ${text}\n${new TextDecoder().decode(out.stderr)}`);
-  }
-  return JSON.parse(text.split("\n").pop()!);
-}
 
 Deno.test("gRPC through sluice serve's explicit proxy (HTTP/2 end to end)", async (t) => {
   const dir = await Deno.makeTempDir({ prefix: "sluice-grpc-" });
@@ -129,6 +96,20 @@ tls:
       assertEquals(r.messages.map((m) => m.text), ["echo:a", "echo:b", "echo:c"]);
     });
 
+    await t.step("a client's cancel reaches the server (RST_STREAM through sluice)", async () => {
+      const r = await call("tickcancel", "50,100");
+      assertEquals(r.code, 1, JSON.stringify(r)); // CANCELLED, by the client itself
+      assertEquals(r.messages.map((m) => m.text), ["t0"]);
+      const end = Date.now() + 5000;
+      while (!server.seen.some((c) => c.method === "Tick cancelled") && Date.now() < end) {
+        await new Promise((res) => setTimeout(res, 50));
+      }
+      assert(
+        server.seen.some((c) => c.method === "Tick cancelled"),
+        "the server never learned of the cancel",
+      );
+    });
+
     await t.step(
       "a denied method gets PERMISSION_DENIED naming the rule, and is audited",
       async () => {
@@ -205,6 +186,14 @@ async function startH2OnlyUpstream(ca: CertificateAuthority, name: string) {
       });
       return;
     }
+    if (url.pathname === "/reset") {
+      // 64 KiB, then RST_STREAM: a body cut off by the upstream.
+      stream.on("error", () => {});
+      stream.respond({ ":status": 200 });
+      stream.write(pattern(64 * 1024));
+      setTimeout(() => stream.destroy(new Error("reset by the test upstream")), 100);
+      return;
+    }
     const n = Number(url.searchParams.get("n") ?? "5");
     stream.respond({ ":status": 200, "content-length": String(n) });
     const chunk = pattern(1 << 20);
@@ -273,6 +262,16 @@ tls:
       assertMatch(r.text, /\n1\.1 200$/);
     });
 
+    await t.step(
+      "a body the upstream resets is a failed transfer for the client, never a whole one",
+      async () => {
+        for (const version of ["--http2", "--http1.1"]) {
+          const r = await curl([...via, version, "-o", "/dev/null", `${base}/reset`]);
+          assert(r.code !== 0, `${version}: curl took a cut-off body for a whole one`);
+        }
+      },
+    );
+
     await t.step("100 MB up over HTTP/2 arrives byte for byte", async () => {
       const file = `${dir}/up.bin`;
       const f = await Deno.open(file, { write: true, create: true });
@@ -306,7 +305,7 @@ tls:
     });
 
     await t.step("every request reached the upstream over HTTP/2", () => {
-      assertEquals(up.protocols.length, 4);
+      assertEquals(up.protocols.length, 6);
     });
   } finally {
     await sluice.stop();

@@ -6,7 +6,7 @@
  * namespace; nothing touches the host's own ruleset or leaves the namespace.
  */
 import { assert, assertEquals, assertMatch } from "../_assert.ts";
-import { curl, IS_ROOT, ROOT, run, startSluice } from "./_harness.ts";
+import { curl, IS_ROOT, ROOT, run, startReady, startSluice, testNamespace } from "./_harness.ts";
 
 const FRONT = "192.0.2.10"; // what clients dial; never reached, always redirected
 
@@ -18,19 +18,12 @@ for (const path of ["hop", "direct"] as const) {
     name: `sluice serve (transparent, nft REDIRECT in a test namespace, ${path} data path)`,
     ignore: !IS_ROOT,
     async fn(t) {
-      const ns = `sluice-tp-${crypto.randomUUID().slice(0, 8)}`;
       const dir = await Deno.makeTempDir({ prefix: "sluice-tp-" });
       let upstream: Deno.ChildProcess | undefined;
       let sluice: Awaited<ReturnType<typeof startSluice>> | undefined;
+      // The front range's packets never leave: every one is redirected to sluice.
+      const ns = await testNamespace("sluice-tp");
       try {
-        await run(["ip", "netns", "add", ns]);
-        await run(["ip", "-n", ns, "link", "set", "lo", "up"]);
-        // A veth pair gives the namespace a route for the front range; its packets never leave,
-        // since every one is redirected to sluice before routing sends it anywhere.
-        await run(["ip", "-n", ns, "link", "add", "v0", "type", "veth", "peer", "name", "v1"]);
-        await run(["ip", "-n", ns, "addr", "add", "192.0.2.1/24", "dev", "v0"]);
-        await run(["ip", "-n", ns, "link", "set", "v0", "up"]);
-        await run(["ip", "-n", ns, "link", "set", "v1", "up"]);
         const rules = `table ip sluice_test {
   chain out {
     type nat hook output priority -100;
@@ -42,30 +35,11 @@ for (const path of ["hop", "direct"] as const) {
         await Deno.writeTextFile(`${dir}/rules.nft`, rules);
         await run(["ip", "netns", "exec", ns, "nft", "-f", `${dir}/rules.nft`]);
 
-        upstream = new Deno.Command("ip", {
-          args: [
-            "netns",
-            "exec",
-            ns,
-            Deno.execPath(),
-            "run",
-            "-A",
-            `${ROOT}test/e2e/_upstream_main.ts`,
-            `${dir}/up-ca.crt`,
-            "443",
-            "80",
-          ],
-          stdout: "piped",
-          stderr: "inherit",
-        }).spawn();
-        const reader = upstream.stdout.pipeThrough(new TextDecoderStream()).getReader();
-        let seen = "";
-        while (!seen.includes("ready")) {
-          const { value, done } = await reader.read();
-          if (done) throw new Error("test upstream exited");
-          seen += value;
-        }
-        reader.releaseLock();
+        upstream = (await startReady(
+          "_upstream_main.ts",
+          [`${dir}/up-ca.crt`, "443", "80"],
+          ns,
+        )).child;
 
         const policy = `${dir}/policy.yaml`;
         await Deno.writeTextFile(

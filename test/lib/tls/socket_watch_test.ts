@@ -356,8 +356,10 @@ Deno.test("SocketWatch.shutdown() refuses an fd it did not list, and one reused 
       others.push(c);
       await request(c);
     }
+    // Reused: by one of these sockets, or (test files run in parallel in one process) by
+    // whatever another test opened meanwhile, a pipe say. Either way not the listed socket.
     const link = linkOf(s.fd);
-    assert.ok(link?.startsWith("socket:[") && link !== `socket:[${s.inode}]`, link);
+    assert.ok(link !== undefined && link !== `socket:[${s.inode}]`, link);
     assert.equal(watch.shutdown(s.fd), false);
     for (const c of others) assert.ok((await request(c)) > 0);
   } finally {
