@@ -31,7 +31,7 @@ import {
 } from "./compile.ts";
 import { hostMatches, normalizeHostname } from "./host.ts";
 import { normalizePath } from "./path.ts";
-import type { Credential, NetRule } from "./types.ts";
+import type { Credential, CredentialHost, NetRule } from "./types.ts";
 
 /** A destination as sluice sees it: a normalized name, or an IP address. */
 export type Destination = { kind: "name"; name: string } | { kind: "ip"; ip: Ip };
@@ -323,7 +323,11 @@ export function decideAddress(
 }
 
 /** Whether a credential may be sent to this host and port. */
-export function credentialAllowedFor(c: Credential, name: string, port: number): boolean {
+export function credentialAllowedFor(
+  c: { hosts: readonly CredentialHost[] },
+  name: string,
+  port: number,
+): boolean {
   return c.hosts.some((h) => (h.port === null || h.port === port) && hostMatches(h.pattern, name));
 }
 

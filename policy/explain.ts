@@ -9,6 +9,7 @@
 import type { CompiledPolicy } from "./compile.ts";
 import {
   type ConnectionDecision,
+  credentialAllowedFor,
   decideAddress,
   decideConnection,
   decideRequest,
@@ -50,6 +51,8 @@ export type Explanation = {
     substituted: { name: string; places: Place[] }[];
     injected: { name: string; header: string }[];
     violations: { name: string; places: Place[]; hosts: string[] }[];
+    /** A `client_cert` credential sluice would present in the upstream TLS handshake. */
+    presented?: string;
   };
   notes: string[];
   error?: string;
@@ -202,6 +205,11 @@ export function explain(compiled: CompiledPolicy, input: ExplainInput): Explanat
     );
     if (places.length) out.credentials.substituted.push({ name: c.name, places: [...places] });
     if (c.inject) out.credentials.injected.push({ name: c.name, header: c.inject.header });
+  }
+  if (secure) {
+    const bare = dest.kind === "name" ? dest.name : dest.ip.text;
+    const cert = compiled.policy.clientCerts.find((c) => credentialAllowedFor(c, bare, port));
+    if (cert) out.credentials.presented = cert.name;
   }
   if (!secure && plan.substitute.length) {
     out.notes.push("plain HTTP: the real value would cross the network unencrypted");

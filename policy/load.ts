@@ -44,7 +44,7 @@ export function loadPolicyText(text: string, file: string): Loaded {
  */
 function checkCredentialHosts(compiled: CompiledPolicy, policy: Policy): PolicyIssue[] {
   const out: PolicyIssue[] = [];
-  for (const c of policy.credentials) {
+  for (const c of [...policy.credentials, ...policy.clientCerts]) {
     for (const h of c.hosts) {
       // A wildcard is checked through one representative subdomain.
       const name = h.pattern.kind === "exact" ? h.pattern.name : `sluice-check.${h.pattern.suffix}`;

@@ -65,6 +65,21 @@ export type Credential = {
   onViolation: "block" | "block_and_terminate";
 };
 
+/**
+ * A `credentials` entry of `kind: client_cert`: a certificate and its private key that sluice
+ * presents to the credential's hosts in its upstream TLS handshakes (mTLS). The workload holds
+ * nothing: no placeholder, no substitution. Never holds the key itself.
+ */
+export type ClientCert = {
+  name: string;
+  loc: Loc;
+  /** The PEM certificate chain (not secret). */
+  cert: CredentialSource;
+  /** The PEM private key (the secret). */
+  key: CredentialSource;
+  hosts: readonly CredentialHost[];
+};
+
 /** A listener address; a missing hostname means the listener's default (loopback). */
 export type Endpoint = { hostname?: string; port: number; loc: Loc };
 
@@ -92,6 +107,8 @@ export type Policy = {
     privateLoc?: Loc;
   };
   credentials: readonly Credential[];
+  /** `credentials` entries of `kind: client_cert` (kept apart: nothing of theirs is substituted). */
+  clientCerts: readonly ClientCert[];
   tls: {
     intercept: boolean;
     passthrough: readonly LocatedPattern[];

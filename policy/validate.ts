@@ -23,6 +23,7 @@ import {
 } from "./rules.ts";
 import type { MapEntry, SourceNode } from "./source.ts";
 import type {
+  ClientCert,
   Credential,
   CredentialHost,
   CredentialPlace,
@@ -174,6 +175,8 @@ const FORBIDDEN_INJECT = [
   "proxy-connection",
 ];
 const PLACES: readonly CredentialPlace[] = ["header", "query", "path", "body"];
+/** Credential kinds: `static` (a placeholder substituted), `client_cert` (presented in mTLS). */
+const CREDENTIAL_KINDS = ["static", "client_cert"] as const;
 const MIN_PLACEHOLDER = 8;
 
 /**
@@ -199,12 +202,22 @@ export function validatePolicy(
 
   const network = readNetwork(r, top.get("network"), root.loc);
   const tls = readTls(r, top.get("tls"));
-  const credentials = readCredentials(r, top.get("credentials"));
+  const { credentials, clientCerts } = readCredentials(r, top.get("credentials"));
   const listen = readListen(r, top.get("listen"));
   const enforce = readEnforce(r, top.get("enforce"));
   const audit = readAudit(r, top.get("audit"));
 
-  const policy: Policy = { file, version: 1, network, credentials, tls, listen, enforce, audit };
+  const policy: Policy = {
+    file,
+    version: 1,
+    network,
+    credentials,
+    clientCerts,
+    tls,
+    listen,
+    enforce,
+    audit,
+  };
   crossCheck(r, policy);
   return { policy, issues: r.issues };
 }
@@ -392,15 +405,21 @@ function readTls(r: Reader, node: SourceNode | undefined): Policy["tls"] {
   return out;
 }
 
-function readCredentials(r: Reader, node: SourceNode | undefined): Credential[] {
-  if (!node || (node.kind === "scalar" && node.value === null)) return [];
+function readCredentials(
+  r: Reader,
+  node: SourceNode | undefined,
+): { credentials: Credential[]; clientCerts: ClientCert[] } {
+  const clientCerts: ClientCert[] = [];
+  if (!node || (node.kind === "scalar" && node.value === null)) {
+    return { credentials: [], clientCerts };
+  }
   if (node.kind !== "map") {
     r.error(
       node,
       `expected a mapping of credential names, found ${describe(node)}`,
       "write `credentials: { NAME: { from: ..., hosts: [...] } }`",
     );
-    return [];
+    return { credentials: [], clientCerts };
   }
   const out: Credential[] = [];
   for (const e of node.entries) {
@@ -412,41 +431,43 @@ function readCredentials(r: Reader, node: SourceNode | undefined): Credential[] 
         "use an environment variable name: letters, digits and _, not starting with a digit",
       );
     }
-    const m = r.map(e.value, ["from", "hosts", "placeholder", "in", "inject", "on_violation"]);
+    const kindNode = e.value.kind === "map"
+      ? e.value.entries.find((x) => x.key === "kind")?.value
+      : undefined;
+    const kind = kindNode ? r.oneOf(kindNode, CREDENTIAL_KINDS) : "static";
+    if (kind === undefined) continue;
+    if (kind === "client_cert") {
+      const m = r.map(e.value, ["kind", "cert", "key", "hosts"]);
+      if (!m) continue;
+      const certNode = m.get("cert");
+      const keyNode = m.get("key");
+      const cert = certNode ? readSource(r, certNode) : undefined;
+      const key = keyNode ? readSource(r, keyNode) : undefined;
+      if (!certNode || !keyNode) {
+        r.error(
+          at,
+          `a client_cert credential needs \`cert\` and \`key\``,
+          "e.g. cert: file:/etc/sluice/client.crt, key: credential:client.key",
+        );
+      }
+      const hosts = readCredentialHosts(r, m.get("hosts"), at, e.key);
+      if (cert && key) clientCerts.push({ name: e.key, loc: e.keyLoc, cert, key, hosts });
+      continue;
+    }
+    const m = r.map(e.value, [
+      "kind",
+      "from",
+      "hosts",
+      "placeholder",
+      "in",
+      "inject",
+      "on_violation",
+    ]);
     if (!m) continue;
     const fromNode = m.get("from");
     const from = fromNode ? readSource(r, fromNode) : undefined;
     if (!fromNode) r.error(at, "the credential has no `from`", "e.g. from: env:NPM_TOKEN");
-    const hostsNode = m.get("hosts");
-    const hosts: CredentialHost[] = [];
-    for (const item of r.seq(hostsNode)) {
-      const s = r.string(item);
-      if (s === undefined) continue;
-      const d = parseDestination(s.trim());
-      if ("message" in d) {
-        r.error(item, d.message, d.hint);
-      } else if (d.target.kind === "cidr") {
-        r.error(
-          item,
-          "a credential host cannot be a CIDR",
-          "name the exact hosts the secret is for: a range would send it to any machine there",
-        );
-      } else {
-        const pattern: HostPattern = d.target.kind === "host"
-          ? d.target.pattern
-          : { kind: "exact", name: d.target.ip.text };
-        hosts.push({ pattern, port: d.port, source: s, loc: item.loc });
-      }
-    }
-    if (
-      hosts.length === 0 && !r.issues.some((i) => i.path.startsWith(`credentials.${e.key}.hosts`))
-    ) {
-      r.error(
-        hostsNode ?? at,
-        "the credential has no `hosts`",
-        "list the hosts the real value may be sent to, e.g. hosts: [api.openai.com]",
-      );
-    }
+    const hosts = readCredentialHosts(r, m.get("hosts"), at, e.key);
     const phNode = m.get("placeholder");
     const placeholder = r.string(phNode);
     if (phNode && placeholder !== undefined) {
@@ -559,7 +580,46 @@ function readCredentials(r: Reader, node: SourceNode | undefined): Credential[] 
       }
     }
   }
-  return out;
+  return { credentials: out, clientCerts };
+}
+
+/** A credential's `hosts`: names, wildcards or IP literals, each with an optional port. */
+function readCredentialHosts(
+  r: Reader,
+  hostsNode: SourceNode | undefined,
+  at: { loc: Loc; path: string },
+  name: string,
+): CredentialHost[] {
+  const hosts: CredentialHost[] = [];
+  for (const item of r.seq(hostsNode)) {
+    const s = r.string(item);
+    if (s === undefined) continue;
+    const d = parseDestination(s.trim());
+    if ("message" in d) {
+      r.error(item, d.message, d.hint);
+    } else if (d.target.kind === "cidr") {
+      r.error(
+        item,
+        "a credential host cannot be a CIDR",
+        "name the exact hosts the secret is for: a range would send it to any machine there",
+      );
+    } else {
+      const pattern: HostPattern = d.target.kind === "host"
+        ? d.target.pattern
+        : { kind: "exact", name: d.target.ip.text };
+      hosts.push({ pattern, port: d.port, source: s, loc: item.loc });
+    }
+  }
+  if (
+    hosts.length === 0 && !r.issues.some((i) => i.path.startsWith(`credentials.${name}.hosts`))
+  ) {
+    r.error(
+      hostsNode ?? at,
+      "the credential has no `hosts`",
+      "list the hosts the real value may be sent to, e.g. hosts: [api.openai.com]",
+    );
+  }
+  return hosts;
 }
 
 function readSource(r: Reader, node: SourceNode): CredentialSource | undefined {
@@ -819,6 +879,18 @@ function crossCheck(r: Reader, policy: Policy): void {
           at,
           `tls.intercept is false: ${c.name} can only be substituted in plain HTTP`,
           "set tls.intercept: true",
+        );
+      }
+    }
+  }
+  for (const c of policy.clientCerts) {
+    for (const h of c.hosts) {
+      const clash = passthrough.find((p) => patternsOverlap(p.pattern, h.pattern));
+      if (clash) {
+        r.warn(
+          { loc: h.loc, path: `credentials.${c.name}.hosts` },
+          `${h.source} is also in tls.passthrough: the client's own TLS goes through there, so sluice never presents ${c.name}`,
+          "remove it from tls.passthrough",
         );
       }
     }

@@ -69,3 +69,49 @@ export async function opensslPki(name: string): Promise<OpensslPki> {
     key: await read("leaf.key"),
   };
 }
+
+/**
+ * A client certificate (clientAuth) for `cn`, signed by the CA of `pki`, written to
+ * `pki.dir` as `<cn>.pem` and `<cn>.key`.
+ *
+ * @param pki a CA made by {@link opensslPki}
+ * @param cn the certificate's common name
+ * @returns the paths of the certificate and key files
+ * @throws {Error} with openssl's stderr when a step fails
+ */
+export async function opensslClientCert(
+  pki: OpensslPki,
+  cn: string,
+): Promise<{ certPath: string; keyPath: string }> {
+  const run = async (args: string[]): Promise<void> => {
+    const out = await new Deno.Command("openssl", { args, cwd: pki.dir, stderr: "piped" })
+      .output();
+    if (!out.success) {
+      throw new Error(`openssl ${args[0]}: ${new TextDecoder().decode(out.stderr)}`);
+    }
+  };
+  const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+  await run(["req", ...ec, "-keyout", `${cn}.key`, "-out", `${cn}.csr`, "-subj", `/CN=${cn}`]);
+  await Deno.writeTextFile(
+    `${pki.dir}/${cn}.cnf`,
+    "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+  );
+  await run([
+    "x509",
+    "-req",
+    "-in",
+    `${cn}.csr`,
+    "-CA",
+    "ca.pem",
+    "-CAkey",
+    "ca.key",
+    "-CAcreateserial",
+    "-out",
+    `${cn}.pem`,
+    "-days",
+    "2",
+    "-extfile",
+    `${cn}.cnf`,
+  ]);
+  return { certPath: `${pki.dir}/${cn}.pem`, keyPath: `${pki.dir}/${cn}.key` };
+}

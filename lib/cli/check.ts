@@ -5,7 +5,7 @@
  */
 import { formatHostPort } from "../../policy/address.ts";
 import { formatHostPattern, formatIssue, type Loaded, type Policy } from "../../policy/mod.ts";
-import type { Endpoint } from "../../policy/types.ts";
+import type { CredentialSource, Endpoint } from "../../policy/types.ts";
 import { readPolicyFile } from "../gateway/policy_file.ts";
 
 /** Default listener addresses, shown when the policy does not set them. */
@@ -26,9 +26,13 @@ export function summarize(loaded: Loaded): string {
     lines.push(`  ${r.list.padEnd(5)} ${r.source}  (${r.loc.file}:${r.loc.line})`);
   }
   if (rules.length === 0) lines.push("  (no rules)");
-  lines.push(p.credentials.length === 0 ? "credentials: none" : "credentials:");
+  const source = (s: CredentialSource) =>
+    s.kind === "file" ? `file:${s.path}` : `${s.kind}:${s.name}`;
+  lines.push(
+    p.credentials.length + p.clientCerts.length === 0 ? "credentials: none" : "credentials:",
+  );
   for (const c of p.credentials) {
-    const from = c.from.kind === "file" ? `file:${c.from.path}` : `${c.from.kind}:${c.from.name}`;
+    const from = source(c.from);
     const extra = [
       `in ${c.in.join(",") || "nowhere"}`,
       c.inject ? `inject ${c.inject.header}` : "",
@@ -36,6 +40,12 @@ export function summarize(loaded: Loaded): string {
       c.onViolation,
     ].filter(Boolean).join("; ");
     lines.push(`  ${c.name} from ${from} -> ${c.hosts.map((h) => h.source).join(", ")} (${extra})`);
+  }
+  for (const c of p.clientCerts) {
+    lines.push(
+      `  ${c.name} client certificate ${source(c.cert)}, key ${source(c.key)} -> ` +
+        `${c.hosts.map((h) => h.source).join(", ")} (presented by sluice in mTLS)`,
+    );
   }
   const pt = p.tls.passthrough.map((x) => formatHostPattern(x.pattern));
   lines.push(

@@ -76,8 +76,14 @@ export function formatExplanation(e: Explanation): string {
   for (const s of e.credentials.injected) {
     lines.push(`  credential   ${s.name}: header ${s.header} set from the secret (redacted)`);
   }
+  if (e.credentials.presented) {
+    lines.push(
+      `  credential   ${e.credentials.presented}: client certificate presented by sluice (mTLS)`,
+    );
+  }
   if (
-    e.verdict === "allow" && !e.credentials.substituted.length && !e.credentials.injected.length
+    e.verdict === "allow" && !e.credentials.substituted.length && !e.credentials.injected.length &&
+    !e.credentials.presented
   ) {
     lines.push(`  credentials  none applied`);
   }

@@ -23,7 +23,7 @@ import {
   terminates,
 } from "../run/namespace.ts";
 import { sh } from "../ops/command.ts";
-import { buildChildEnv, caVariables } from "../run/env.ts";
+import { buildChildEnv, caVariables, credentialSources } from "../run/env.ts";
 import type { InitSpec, InitStatus } from "../run/init.ts";
 import { READY_FILE, signalNumber } from "../run/init.ts";
 import {
@@ -251,10 +251,11 @@ export async function runRun(
     const trust = await trustFiles;
     const { env, withheld } = buildChildEnv({
       base,
-      sourceVariables: loaded.compiled.credentials.flatMap((c) =>
-        c.from.kind === "env" ? [c.from.name] : []
-      ),
-      secretValues: [...secrets.values()].map((s) => s.reveal()),
+      sourceVariables: credentialSources(loaded.compiled.policy, "env"),
+      secretValues: [
+        ...[...secrets.values()].map((s) => s.reveal()),
+        ...gateway.brokerage().broker.clientCerts.revealKeys(),
+      ],
       placeholders,
       ca: caVariables(trust, base.JAVA_TOOL_OPTIONS),
       clear: flags.clearEnv,
@@ -273,9 +274,7 @@ export async function runRun(
       const statusFile = `${tmp}/status.json`;
       const spec: InitSpec = {
         hideFiles: [
-          ...loaded.compiled.credentials.flatMap((c) =>
-            c.from.kind === "file" ? [c.from.path] : []
-          ),
+          ...credentialSources(loaded.compiled.policy, "file"),
           ...(policy.tls.ca ? [policy.tls.ca.key] : []),
         ],
         hideDirs: [

@@ -47,6 +47,7 @@ import {
 import { type ResponseParts, type ScrubbedResponse, Scrubber, scrubResponse } from "./scrub.ts";
 import { Matcher } from "./scrub.ts";
 import { SecretError, type SecretValue } from "./secrets.ts";
+import { type ClientCerts, NO_CLIENT_CERTS } from "./client_certs.ts";
 
 /** Header fields as the upstream client takes them: latin1 byte strings. */
 export type HeaderFields = readonly [string, string][];
@@ -285,6 +286,7 @@ export function makeBroker(
   creds: readonly Credential[],
   placeholders: ReadonlyMap<string, string>,
   secrets: ReadonlyMap<string, SecretValue>,
+  clientCerts: ClientCerts = NO_CLIENT_CERTS,
 ): Broker {
   const problems: string[] = [];
   for (const c of creds) {
@@ -323,7 +325,7 @@ export function makeBroker(
     }
   }
   if (problems.length) throw new SecretError(problems);
-  return new Broker(creds, placeholders, secrets);
+  return new Broker(creds, placeholders, secrets, clientCerts);
 }
 
 const encoder = new TextEncoder();
@@ -346,6 +348,8 @@ export class Broker {
   readonly names: readonly string[];
   /** The placeholder scanner (also for names: SNI, CONNECT target, Host, DNS questions). */
   readonly scanner: PlaceholderScanner;
+  /** The `client_cert` credentials, which sluice presents upstream (client_certs.ts). */
+  readonly clientCerts: ClientCerts;
   #entries: Entry[];
   #byName = new Map<string, Entry>();
   #placeholderSet: Matcher;
@@ -358,7 +362,9 @@ export class Broker {
     creds: readonly Credential[],
     placeholders: ReadonlyMap<string, string>,
     secrets: ReadonlyMap<string, SecretValue>,
+    clientCerts: ClientCerts = NO_CLIENT_CERTS,
   ) {
+    this.clientCerts = clientCerts;
     this.#entries = creds.map((c, index) => {
       const placeholder = placeholders.get(c.name)!;
       const secret = secrets.get(c.name)!;

@@ -13,8 +13,10 @@ import {
   loadOrCreatePlaceholderKey,
   loadSecrets,
   placeholdersFor,
+  SecretError,
   type SecretValue,
 } from "./secrets.ts";
+import { type ClientCerts, loadClientCerts } from "./client_certs.ts";
 import { type Broker, makeBroker } from "./broker.ts";
 
 /**
@@ -41,16 +43,30 @@ export async function buildBrokerage(
   env: { get(name: string): string | undefined } = Deno.env,
 ): Promise<Brokerage> {
   const creds = compiled.credentials;
-  const secrets = await loadSecrets(
-    creds,
-    env,
-    (p) => Deno.readTextFile(p),
-    env.get("CREDENTIALS_DIRECTORY"),
-  );
+  const readFile = (p: string) => Deno.readTextFile(p);
+  const directory = env.get("CREDENTIALS_DIRECTORY");
+  // Both loaded, and every problem of both reported at once.
+  const [secretsOr, certsOr] = await Promise.allSettled([
+    loadSecrets(creds, env, readFile, directory),
+    loadClientCerts(compiled.policy.clientCerts, env, readFile, directory),
+  ]);
+  const problems: string[] = [];
+  for (const r of [secretsOr, certsOr]) {
+    if (r.status === "fulfilled") continue;
+    if (!(r.reason instanceof SecretError)) throw r.reason;
+    problems.push(...r.reason.problems);
+  }
+  if (problems.length) throw new SecretError(problems);
+  const secrets = (secretsOr as PromiseFulfilledResult<Map<string, SecretValue>>).value;
+  const clientCerts = (certsOr as PromiseFulfilledResult<ClientCerts>).value;
   const needsKey = creds.some((c) => c.placeholder === undefined);
   const key = typeof stateDir === "string"
     ? (needsKey ? await loadOrCreatePlaceholderKey(stateDir) : new Uint8Array(32))
     : stateDir;
   const placeholders = await placeholdersFor(creds, key);
-  return { broker: makeBroker(creds, placeholders, secrets), placeholders, secrets };
+  return {
+    broker: makeBroker(creds, placeholders, secrets, clientCerts),
+    placeholders,
+    secrets,
+  };
 }

@@ -158,7 +158,7 @@ export async function loadSecrets(
   const problems: string[] = [];
   const out = new Map<string, SecretValue>();
   const results = await Promise.all(
-    credentials.map((c) => readSource(c, env, readFile, credentialsDirectory)),
+    credentials.map((c) => readSource(c.name, c.from, env, readFile, credentialsDirectory)),
   );
   for (let i = 0; i < credentials.length; i++) {
     const c = credentials[i];
@@ -192,17 +192,28 @@ export async function loadSecrets(
   return out;
 }
 
-/** The value, or a problem sentence. */
-async function readSource(
-  c: Credential,
+/**
+ * The text of a credential source (the environment, a file, a systemd credential), or a problem
+ * sentence naming the credential and the source (never the value).
+ *
+ * @param name the credential's name, for the problem sentence
+ * @param from the source
+ * @param env sluice's environment
+ * @param readFile reads a file as text
+ * @param credentialsDirectory `$CREDENTIALS_DIRECTORY`, or undefined when unset
+ * @returns the text (one trailing newline removed), or the problem
+ */
+export async function readSource(
+  name: string,
+  from: CredentialSource,
   env: EnvReader,
   readFile: TextFileReader,
   credentialsDirectory: string | undefined,
 ): Promise<string | { problem: string }> {
-  const where = `credential ${c.name}: ${formatSource(c.from)}`;
-  switch (c.from.kind) {
+  const where = `credential ${name}: ${formatSource(from)}`;
+  switch (from.kind) {
     case "env": {
-      const v = env.get(c.from.name);
+      const v = env.get(from.name);
       if (v === undefined) {
         return {
           problem: `${where} is not set; export it in sluice's environment (not the workload's)`,
@@ -211,17 +222,17 @@ async function readSource(
       return v;
     }
     case "file":
-      return await readTrimmed(where, c.from.path, readFile);
+      return await readTrimmed(where, from.path, readFile);
     case "credential":
       if (!credentialsDirectory) {
         return {
           problem: `${where}: $CREDENTIALS_DIRECTORY is not set; run sluice under systemd with ` +
-            `LoadCredential=${c.from.name}:/path/to/secret in its unit, or use file: instead`,
+            `LoadCredential=${from.name}:/path/to/secret in its unit, or use file: instead`,
         };
       }
       return await readTrimmed(
         where,
-        `${credentialsDirectory.replace(/\/+$/, "")}/${c.from.name}`,
+        `${credentialsDirectory.replace(/\/+$/, "")}/${from.name}`,
         readFile,
       );
   }

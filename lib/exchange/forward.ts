@@ -317,6 +317,9 @@ export function makeRequestHandler(
     }
     const upstreamPath = rewritten.target;
     const trust = ctx.trust().forHost(bare);
+    // A client_cert credential scoped to this host and port: sluice presents it (mTLS).
+    const presented = meta.secure ? broker.clientCerts.forHost(bare, port) : undefined;
+    if (presented) applied.add(presented.name);
     const target = {
       host: bare,
       port,
@@ -324,7 +327,9 @@ export function makeRequestHandler(
       tls: meta.secure,
       caCerts: trust.caCerts.length ? trust.caCerts : undefined,
       verify: trust.verify,
+      clientCert: presented,
     };
+    for (const name of applied) ctx.metrics.credentialUses.inc({ credential: name });
     const allowAudit: Partial<AuditRecord> & Pick<AuditRecord, "verdict" | "code" | "reason"> = {
       verdict: "allow",
       code: decision.code,

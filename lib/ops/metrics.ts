@@ -142,6 +142,10 @@ export class Metrics {
     "sluice_credential_violations_total",
     "Placeholders headed to hosts outside their credential's scope, by credential name.",
   );
+  readonly credentialUses = new Counter(
+    "sluice_credential_uses_total",
+    "Requests on which sluice used a credential (substituted, injected or presented), by credential name.",
+  );
   readonly upstreamErrors = new Counter(
     "sluice_upstream_errors_total",
     "Upstream failures, by kind.",
@@ -180,6 +184,7 @@ export class Metrics {
       this.requests,
       this.connections,
       this.violations,
+      this.credentialUses,
       this.upstreamErrors,
       this.handshakes,
       this.reloads,

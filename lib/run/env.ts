@@ -24,6 +24,7 @@
  * @module
  */
 import { scrubForms } from "../credentials/scrub.ts";
+import type { Policy } from "../../policy/types.ts";
 
 /** Variables kept by `--clear-env`: what a shell and common tools need to work at all. */
 export const BASE_VARIABLES: readonly string[] = [
@@ -155,4 +156,26 @@ export function buildChildEnv(inputs: ChildEnvInputs): ChildEnv {
     delete env.no_proxy;
   }
   return { env, withheld: withheld.sort() };
+}
+
+/**
+ * The environment variables (or files) every credential reads from: static credentials' `from`,
+ * client certificates' `cert` and `key`. The command gets none of them.
+ *
+ * @param policy the policy
+ * @param kind which sources: variable names, or file paths
+ * @returns the names or paths
+ */
+export function credentialSources(policy: Policy, kind: "env" | "file"): string[] {
+  const sources = [
+    ...policy.credentials.map((c) => c.from),
+    ...policy.clientCerts.flatMap((c) => [c.cert, c.key]),
+  ];
+  return sources.flatMap((s) =>
+    s.kind === "env" && kind === "env"
+      ? [s.name]
+      : s.kind === "file" && kind === "file"
+      ? [s.path]
+      : []
+  );
 }

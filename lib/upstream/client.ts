@@ -189,7 +189,7 @@ export class UpstreamPool {
     const key = poolKey(target);
     // HTTP/2 where the upstream is known to speak it, or may when the client spoke it. Not
     // with `verify: false` (node:tls, HTTP/1.1 only).
-    if (target.tls && target.verify) {
+    if (target.tls && target.verify && !target.clientCert) {
       const known = this.#protocols.get(key);
       if (known === "h2" || (known === undefined && req.http2)) {
         return await this.#viaH2(target, req, key, where, signal);

@@ -9,7 +9,10 @@
  * read/write interface ({@link NodeTlsIo}): `Deno.startTls` can only skip the hostname check,
  * not the chain check (its internal `rejectUnauthorized` switch is not reachable from user code
  * in Deno 2.9.6), and pinning the server's own certificate as a CA fails for ordinary non-CA
- * leaves. It is slower, which is acceptable for the rare host a policy marks unverified.
+ * leaves. It is slower, which is acceptable for the rare host a policy marks unverified. A
+ * connection that presents a client certificate (a `client_cert` credential) takes the same
+ * route, verified: `Deno.startTls` takes no client certificate, and `Deno.connectTls`, which
+ * does, would resolve the name again instead of dialling the address sluice vetted.
  *
  * @module
  */
@@ -142,7 +145,7 @@ export async function fillOrReset(
   }
 }
 
-/** node:tls socket as an {@link Io}: used only for `verify: false`. */
+/** node:tls socket as an {@link Io}: for `verify: false` and client certificates. */
 class NodeTlsIo implements Io {
   #sock: nodeTls.TLSSocket;
   #queue: Uint8Array[] = [];
@@ -268,7 +271,8 @@ export async function openTcp(
 
 /**
  * Open a connection to `t.address`: TCP with TCP_NODELAY, then TLS for `t.host` when `t.tls`
- * (through node:tls when `t.verify` is false), all within `connectMs`.
+ * (through node:tls when `t.verify` is false or a client certificate is presented), all within
+ * `connectMs`.
  *
  * @param t where to connect
  * @param where `host:port`, for messages
@@ -299,7 +303,7 @@ export async function dial(
     );
   let io: Io | undefined;
   try {
-    if (t.tls && !t.verify) {
+    if (t.tls && (!t.verify || t.clientCert)) {
       io = await connectNodeTls(t, where, connectMs, ac.signal, () => timedOut);
     } else {
       let tcp: Deno.TcpConn;
@@ -371,7 +375,11 @@ function connectNodeTls(
       port: t.port,
       // SNI must be a name; an IP literal is not sent (RFC 6066 3).
       servername: isIp ? undefined : t.host,
-      rejectUnauthorized: false,
+      // Verified like Deno's client when the policy says so (node:tls is here for the client
+      // certificate), against the same CA list.
+      rejectUnauthorized: t.verify,
+      ...(t.verify && t.caCerts ? { ca: t.caCerts } : {}),
+      ...(t.clientCert ? { cert: t.clientCert.cert, key: t.clientCert.key.reveal() } : {}),
       ALPNProtocols: ["http/1.1"],
     });
     sock.setNoDelay(true);

@@ -61,7 +61,7 @@ function caKey(ca: readonly string[] | undefined): string {
 export function poolKey(t: UpstreamTarget): string {
   return `${t.host}|${t.port}|${t.address}|${t.tls ? 1 : 0}|${t.verify ? 1 : 0}|${
     caKey(t.caCerts)
-  }`;
+  }|${t.clientCert?.id ?? ""}`;
 }
 
 /** Limits of a {@link ConnectionPool}. */

@@ -21,6 +21,13 @@ export type UpstreamTarget = {
   caCerts?: string[];
   /** false: skip certificate verification entirely (through node:tls; slower). */
   verify: boolean;
+  /**
+   * A client certificate to present (a `client_cert` credential scoped to this host): the PEM
+   * chain, the key (revealed only to the TLS client), and an id that keeps connections made
+   * with it apart in the pool. Through node:tls (Deno's `startTls` takes no client
+   * certificate), HTTP/1.1 only.
+   */
+  clientCert?: { cert: string; key: { reveal(): string }; id: string };
 };
 
 /** What to send. */

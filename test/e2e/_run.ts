@@ -2,7 +2,7 @@
  * Shared by the `sluice run` e2e tests: running sluice and collecting its
  * output with its pid, and what a run of a given sluice process left behind.
  */
-import { run } from "./_harness.ts";
+import { ROOT, run } from "./_harness.ts";
 
 /** What a `sluice run` printed, how it exited, and the pid of sluice (names its namespace). */
 export type RunResult = { code: number; stdout: string; stderr: string; pid: number };
@@ -17,6 +17,35 @@ export async function output(c: Deno.Command): Promise<RunResult> {
     stderr: new TextDecoder().decode(o.stderr),
     pid: child.pid,
   };
+}
+
+/**
+ * `sluice run --policy POLICY --state DIR/state ARGS -- COMMAND` from the source tree,
+ * with only `env` in the environment beyond what Deno.Command passes on. A string
+ * command runs under `sh -c`.
+ */
+export function sluiceRunCommand(
+  o: { policy: string; dir: string; args?: string[]; env?: Record<string, string> },
+  command: string | string[],
+): Deno.Command {
+  return new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      `${ROOT}main.ts`,
+      "run",
+      "--policy",
+      o.policy,
+      "--state",
+      `${o.dir}/state`,
+      ...(o.args ?? []),
+      "--",
+      ...(typeof command === "string" ? ["sh", "-c", command] : command),
+    ],
+    env: o.env ?? {},
+    stdout: "piped",
+    stderr: "piped",
+  });
 }
 
 /** Whether a path exists (without following a last symlink). */

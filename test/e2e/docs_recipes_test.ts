@@ -124,6 +124,9 @@ const TABLE: Record<string, Entry> = {
   "docs/credentials.md: credentials:": {
     config: "every key and value is in examples/ci-npm-publish.yaml",
   },
+  "docs/credentials.md: # a client certificate sluice presents (mTLS)": {
+    config: "passes sluice check inside a policy that allows its host",
+  },
   "docs/enforcement.md: sudo --preserve-env=NPM_TOKEN sluice run --policy examples/ci-npm-publish.yaml --user ci -- npm publish":
     {
       run: "in a package dir whose examples/ci-npm-publish.yaml is adapted as ci.yaml above; " +
@@ -377,6 +380,8 @@ Deno.test("docs: explain and check commands, output and configuration samples", 
           "\n",
         "systemd-md.yaml": "version: 1\nnetwork:\n  allow: [registry.npmjs.org:443]\n" +
           use("docs/systemd.md: credentials:").text + "\n",
+        "client-cert-md.yaml": "version: 1\nnetwork:\n  allow: [api.partner.example]\n" +
+          use("docs/credentials.md: # a client certificate sluice presents (mTLS)").text + "\n",
       };
       for (const [f, text] of Object.entries(files)) await Deno.writeTextFile(`${work}/${f}`, text);
       const r = await runScript(`sluice check ${Object.keys(files).join(" ")}`, opts(work));

@@ -9,8 +9,8 @@
  * run_test.ts (127.0.0.1:443).
  */
 import { assert, assertEquals, assertMatch } from "../_assert.ts";
-import { IS_ROOT, received, ROOT, run, startTlsUpstream, testCas } from "./_harness.ts";
-import { exists, leftovers, output } from "./_run.ts";
+import { IS_ROOT, received, run, startTlsUpstream, testCas } from "./_harness.ts";
+import { exists, leftovers, output, sluiceRunCommand } from "./_run.ts";
 
 const ENV_SECRET = "env-secret-8c1f0a9d7e";
 const FILE_SECRET = "file-secret-5b2e77c4a1";
@@ -24,35 +24,22 @@ function sluiceRun(
   script: string,
   extra: string[] = [],
 ): Deno.Command {
-  return new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-A",
-      `${ROOT}main.ts`,
-      "run",
-      "--policy",
+  return sluiceRunCommand(
+    {
       policy,
-      "--state",
-      `${dir}/state`,
-      "--resolve",
-      `allowed.test=${UP}`,
-      ...extra,
-      "--",
-      "sh",
-      "-c",
-      script,
-    ],
-    env: {
-      // A credential source under a name nothing would guess, and copies of the secret in
-      // other variables, raw and encoded: none may reach the command.
-      CI_DEPLOY_TOKEN: ENV_SECRET,
-      AUTH_HEADER: `Bearer ${ENV_SECRET}`,
-      BASIC: `Basic ${btoa(`user:${FILE_SECRET}`)}`,
-      CREDENTIALS_DIRECTORY: `${dir}/creds`,
+      dir,
+      args: ["--resolve", `allowed.test=${UP}`, ...extra],
+      env: {
+        // A credential source under a name nothing would guess, and copies of the secret in
+        // other variables, raw and encoded: none may reach the command.
+        CI_DEPLOY_TOKEN: ENV_SECRET,
+        AUTH_HEADER: `Bearer ${ENV_SECRET}`,
+        BASIC: `Basic ${btoa(`user:${FILE_SECRET}`)}`,
+        CREDENTIALS_DIRECTORY: `${dir}/creds`,
+      },
     },
-    stdout: "piped",
-    stderr: "piped",
-  });
+    script,
+  );
 }
 
 function assertNoSecret(text: string, where: string) {

@@ -4,8 +4,8 @@
  * loopback, and then checks that nothing sluice created is left behind.
  */
 import { assert, assertEquals, assertMatch } from "../_assert.ts";
-import { IS_ROOT, received, ROOT, startTlsUpstream, testCas } from "./_harness.ts";
-import { exists, leftovers, output } from "./_run.ts";
+import { IS_ROOT, received, startTlsUpstream, testCas } from "./_harness.ts";
+import { exists, leftovers, output, sluiceRunCommand } from "./_run.ts";
 
 const SECRET = "run-secret-value-5d8e1f";
 
@@ -17,28 +17,15 @@ function sluiceRun(
   extra: string[] = [],
   env: Record<string, string> = {},
 ) {
-  return new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-A",
-      `${ROOT}main.ts`,
-      "run",
-      "--policy",
+  return sluiceRunCommand(
+    {
       policy,
-      "--state",
-      `${dir}/state`,
-      "--resolve",
-      "allowed.test=127.0.0.1",
-      "--resolve",
-      "other.test=127.0.0.1",
-      ...extra,
-      "--",
-      ...(typeof script === "string" ? ["sh", "-c", script] : script),
-    ],
-    env: { SLUICE_TEST_SECRET: SECRET, ...env },
-    stdout: "piped",
-    stderr: "piped",
-  });
+      dir,
+      args: ["--resolve", "allowed.test=127.0.0.1", "--resolve", "other.test=127.0.0.1", ...extra],
+      env: { SLUICE_TEST_SECRET: SECRET, ...env },
+    },
+    script,
+  );
 }
 
 Deno.test({

@@ -315,3 +315,29 @@ for (const [name, over, verdict, want] of cases) {
     }
   });
 }
+
+Deno.test("explain() names the client certificate sluice would present, by host and port", () => {
+  const { compiled } = loadPolicyText(
+    `version: 1
+network:
+  allow: [partner.test, other.test]
+credentials:
+  MTLS:
+    kind: client_cert
+    cert: file:/c.pem
+    key: file:/k.pem
+    hosts: ["partner.test:443"]
+`,
+    "p.yaml",
+  );
+  const cases: [string, string, string | undefined][] = [
+    ["its host and port, over TLS", "https://partner.test/x", "MTLS"],
+    ["another port", "https://partner.test:8443/x", undefined],
+    ["another host", "https://other.test/x", undefined],
+    ["plain HTTP (no TLS to present it in)", "http://partner.test:443/x", undefined],
+  ];
+  for (const [name, url, want] of cases) {
+    const e = explain(compiled!, { method: "GET", url, headers: [], placeholders: new Map() });
+    assertEquals(e.credentials.presented, want, name);
+  }
+});

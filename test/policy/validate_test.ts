@@ -130,6 +130,26 @@ const errors: [string, string, RegExp][] = [
     /^p\.yaml:7:13: credentials\.K\.hosts\[0\]: a credential host cannot be a CIDR/,
   ],
   [
+    "rejects a client_cert credential without a key",
+    "version: 1\nnetwork:\n  allow: [a.com]\ncredentials:\n  M:\n    kind: client_cert\n    cert: file:/c.pem\n    hosts: [a.com]\n",
+    /^p\.yaml:5:3: credentials\.M: a client_cert credential needs `cert` and `key`/,
+  ],
+  [
+    "rejects a placeholder field on a client_cert credential",
+    "version: 1\nnetwork:\n  allow: [a.com]\ncredentials:\n  M:\n    kind: client_cert\n    cert: file:/c.pem\n    key: file:/k.pem\n    in: [header]\n    hosts: [a.com]\n",
+    /^p\.yaml:9:5: credentials\.M\.in: unknown key "in"; expected one of: kind, cert, key, hosts/,
+  ],
+  [
+    "rejects an unknown credential kind, suggesting the nearest",
+    "version: 1\nnetwork:\n  allow: [a.com]\ncredentials:\n  M:\n    kind: client-cert\n    from: env:M\n    hosts: [a.com]\n",
+    /^p\.yaml:6:11: credentials\.M\.kind: expected one of static \| client_cert, found "client-cert"; did you mean "client_cert"\?/,
+  ],
+  [
+    "rejects a client_cert host the network denies",
+    "version: 1\nnetwork:\n  allow: [a.com]\ncredentials:\n  M:\n    kind: client_cert\n    cert: file:/c.pem\n    key: file:/k.pem\n    hosts: [b.com]\n",
+    /^p\.yaml:9:13: credentials\.M\.hosts: M may be sent to b\.com, but the network policy denies it/,
+  ],
+  [
     "rejects duplicate credential names",
     "version: 1\nnetwork:\n  allow: [a.com]\ncredentials:\n  K:\n    from: env:K\n    hosts: [a.com]\n  K:\n    from: env:K\n    hosts: [a.com]\n",
     /^p\.yaml:8:3: Map keys must be unique \(a key, such as a credential name, appears twice\)/,
@@ -242,6 +262,11 @@ const warnings: [string, string, RegExp][] = [
     "warns when a credential host is passed through",
     "version: 1\nnetwork:\n  allow: [a.com]\ncredentials:\n  K:\n    from: env:K\n    hosts: [a.com]\ntls:\n  passthrough: [a.com]\n",
     /^p\.yaml:7:13: warning: credentials\.K\.hosts: a\.com is also in tls\.passthrough/,
+  ],
+  [
+    "warns when a client_cert host is passed through",
+    "version: 1\nnetwork:\n  allow: [a.com]\ncredentials:\n  M:\n    kind: client_cert\n    cert: file:/c.pem\n    key: file:/k.pem\n    hosts: [a.com]\ntls:\n  passthrough: [a.com]\n",
+    /^p\.yaml:9:13: warning: credentials\.M\.hosts: a\.com is also in tls\.passthrough: the client's own TLS goes through there, so sluice never presents M/,
   ],
 ];
 for (const [name, text, want] of warnings) {
