@@ -12,6 +12,7 @@ const names = ["OPENAI_API_KEY", "NPM_TOKEN", "GH_TOKEN", "ANTHROPIC_API_KEY"];
 const creds: Credential[] = names.map((name) => ({
   name,
   loc,
+  kind: "static",
   from: { kind: "env", name },
   hosts: [{ pattern: { kind: "exact", name: "api.example.com" }, port: null, source: "x", loc }],
   in: ["header", "query", "path", "body"],

@@ -31,7 +31,7 @@ import {
 } from "./compile.ts";
 import { hostMatches, normalizeHostname } from "./host.ts";
 import { normalizePath } from "./path.ts";
-import type { Credential, CredentialHost, NetRule } from "./types.ts";
+import type { Credential, CredentialHost, NetRule, OAuth2Spec } from "./types.ts";
 
 /** A destination as sluice sees it: a normalized name, or an IP address. */
 export type Destination = { kind: "name"; name: string } | { kind: "ip"; ip: Ip };
@@ -319,6 +319,24 @@ export function decideAddress(
     code: "allow-rule",
     reason: `${ip.text} is a ${cls} address`,
     rule: compiled.privateRef,
+  };
+}
+
+/**
+ * Where an oauth2 credential's token endpoint is: its destination, port and origin-form path.
+ * Null when the URL's host is not one sluice can connect to (validation reports it).
+ */
+export function tokenEndpoint(
+  spec: Pick<OAuth2Spec, "tokenUrl">,
+): { dest: Destination; port: number; path: string; authority: string } | null {
+  const u = new URL(spec.tokenUrl);
+  const dest = parseDestinationHost(u.hostname);
+  if (dest.kind === "invalid") return null;
+  return {
+    dest,
+    port: u.port ? Number(u.port) : 443,
+    path: `${u.pathname}${u.search}`,
+    authority: u.host,
   };
 }
 

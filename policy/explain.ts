@@ -48,8 +48,9 @@ export type Explanation = {
   request?: Decision;
   address?: Decision;
   credentials: {
-    substituted: { name: string; places: Place[] }[];
-    injected: { name: string; header: string }[];
+    /** `minted`: an oauth2 credential's token endpoint (sluice substitutes a token from it). */
+    substituted: { name: string; places: Place[]; minted?: string }[];
+    injected: { name: string; header: string; minted?: string }[];
     violations: { name: string; places: Place[]; hosts: string[] }[];
     /** A `client_cert` credential sluice would present in the upstream TLS handshake. */
     presented?: string;
@@ -203,8 +204,13 @@ export function explain(compiled: CompiledPolicy, input: ExplainInput): Explanat
     const places = (plan.found.get(c.name) ?? []).filter((p) =>
       c.in.includes(p.split(" ")[0] as never)
     );
-    if (places.length) out.credentials.substituted.push({ name: c.name, places: [...places] });
-    if (c.inject) out.credentials.injected.push({ name: c.name, header: c.inject.header });
+    const minted = c.oauth2 ? { minted: c.oauth2.tokenUrl } : {};
+    if (places.length) {
+      out.credentials.substituted.push({ name: c.name, places: [...places], ...minted });
+    }
+    if (c.inject) {
+      out.credentials.injected.push({ name: c.name, header: c.inject.header, ...minted });
+    }
   }
   if (secure) {
     const bare = dest.kind === "name" ? dest.name : dest.ip.text;

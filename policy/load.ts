@@ -3,7 +3,7 @@
  *
  * @module
  */
-import { decideConnection } from "./decide.ts";
+import { decideConnection, parseDestinationHost, tokenEndpoint } from "./decide.ts";
 import { type CompiledPolicy, compilePolicy } from "./compile.ts";
 import { PolicyError, type PolicyIssue } from "./errors.ts";
 import { readPolicySource } from "./source.ts";
@@ -49,7 +49,10 @@ function checkCredentialHosts(compiled: CompiledPolicy, policy: Policy): PolicyI
       // A wildcard is checked through one representative subdomain.
       const name = h.pattern.kind === "exact" ? h.pattern.name : `sluice-check.${h.pattern.suffix}`;
       const port = h.port ?? 443;
-      const d = decideConnection(compiled, { kind: "name", name }, port);
+      // An IP literal host is checked as the address it is.
+      const parsed = parseDestinationHost(name);
+      const dest = parsed.kind === "invalid" ? { kind: "name" as const, name } : parsed;
+      const d = decideConnection(compiled, dest, port);
       if (d.verdict === "deny") {
         out.push({
           severity: "error",
@@ -60,6 +63,32 @@ function checkCredentialHosts(compiled: CompiledPolicy, policy: Policy): PolicyI
           hint: `add "${h.source}" to network.allow, or remove it from the credential's hosts`,
         });
       }
+    }
+  }
+  for (const c of policy.credentials) {
+    if (!c.oauth2) continue;
+    const at = tokenEndpoint(c.oauth2);
+    if (!at) {
+      out.push({
+        severity: "error",
+        loc: c.oauth2.tokenUrlLoc,
+        path: `credentials.${c.name}.token_url`,
+        message:
+          `the token endpoint's host in ${c.oauth2.tokenUrl} is not a valid host name or address`,
+        hint: "write the token endpoint as https://host[:port]/path",
+      });
+      continue;
+    }
+    const d = decideConnection(compiled, at.dest, at.port);
+    if (d.verdict === "deny") {
+      out.push({
+        severity: "error",
+        loc: c.oauth2.tokenUrlLoc,
+        path: `credentials.${c.name}.token_url`,
+        message:
+          `sluice must reach ${c.name}'s token endpoint ${at.authority}, but the network policy denies it (${d.reason}, ${d.rule.at})`,
+        hint: `add "${at.authority}" to network.allow`,
+      });
     }
   }
   return out;

@@ -24,7 +24,7 @@ export type Outcome = {
   /** Where HTTP cannot be spoken (passthrough, a dead handshake, DNS, a WebSocket session). */
   otherwise?: NonHttp;
   /** Which stage decides it. */
-  stage: "policy" | "data path" | "limits" | "upstream";
+  stage: "policy" | "data path" | "limits" | "upstream" | "credentials";
   /** What it means, for people (docs/audit.md). */
   meaning: string;
 };
@@ -45,7 +45,9 @@ export type DataPathCode =
   | "upstream-encoding"
   | "upstream-websocket"
   | "websocket-invalid"
-  | "grpc-no-trailers";
+  | "grpc-no-trailers"
+  | "token-issued"
+  | "credential-token";
 
 /** Every code sluice writes in an audit record or an `x-sluice-decision` header. */
 export type OutcomeCode = ReasonCode | DataPathCode;
@@ -231,6 +233,19 @@ export const OUTCOMES: Readonly<Record<OutcomeCode, Outcome>> = {
     stage: "data path",
     meaning: "a gRPC call came where sluice cannot send the trailers gRPC needs: over " +
       "HTTP/1.1, or the direct data path's HTTP/2 (serve with --data-path hop)",
+  },
+  "token-issued": {
+    verdict: "allow",
+    status: 200,
+    stage: "credentials",
+    meaning: "sluice obtained an access token for an oauth2 credential (a `token` record)",
+  },
+  "credential-token": {
+    verdict: "allow",
+    status: 502,
+    stage: "credentials",
+    meaning: "an oauth2 credential's token endpoint gave no access token: the request that " +
+      "needed it is answered 502 naming the credential",
   },
   "upstream-websocket": {
     verdict: "allow",

@@ -52,11 +52,43 @@ export type CredentialHost = {
   loc: Loc;
 };
 
+/** How an `oauth2` credential's access tokens are obtained (RFC 6749 §4.4, §6; RFC 7523). */
+export type OAuth2Grant = "refresh_token" | "client_credentials" | "jwt_bearer";
+
+/**
+ * The token endpoint and grant of a `kind: oauth2` credential. Sluice holds the long-lived
+ * material (read from its sources like any secret) and mints the access tokens it substitutes.
+ */
+export type OAuth2Spec = {
+  /** The token endpoint, an https URL; its host and port must be allowed by `network`. */
+  tokenUrl: string;
+  tokenUrlLoc: Loc;
+  grant: OAuth2Grant;
+  clientId?: string;
+  clientSecret?: CredentialSource;
+  refreshToken?: CredentialSource;
+  /** jwt_bearer: a PEM RSA private key (PKCS#8), or a Google service-account JSON key file. */
+  key?: CredentialSource;
+  /** jwt_bearer: the assertion's `iss` (a service account's client_email when the key is JSON). */
+  issuer?: string;
+  /** jwt_bearer: the assertion's `sub` (the user to act for, in domain-wide delegation). */
+  subject?: string;
+  /** jwt_bearer: the assertion's `aud`; the token URL when absent. */
+  audience?: string;
+  scope?: string;
+  /** How the client authenticates: HTTP Basic (RFC 6749 §2.3.1) or in the form body. */
+  clientAuth: "basic" | "body";
+};
+
 /** One entry of `credentials`. Never holds the secret value itself. */
 export type Credential = {
   name: string;
   loc: Loc;
-  from: CredentialSource;
+  /** `static`: the value comes from `from`; `oauth2`: sluice mints it (`oauth2`). */
+  kind: "static" | "oauth2";
+  /** Where a static credential's value comes from; null for oauth2. */
+  from: CredentialSource | null;
+  oauth2?: OAuth2Spec;
   hosts: readonly CredentialHost[];
   /** The fixed placeholder if the policy sets one; otherwise sluice derives it from its state. */
   placeholder?: string;
@@ -134,3 +166,13 @@ export type Policy = {
   };
   audit: { log: string };
 };
+
+/**
+ * Every source a credential reads secret material from: a static credential's `from`, an
+ * oauth2 credential's client secret, refresh token and key.
+ */
+export function credentialSourcesOf(c: Credential): CredentialSource[] {
+  if (c.from) return [c.from];
+  const o = c.oauth2;
+  return o ? [o.clientSecret, o.refreshToken, o.key].filter((s) => s !== undefined) : [];
+}

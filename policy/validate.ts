@@ -31,6 +31,7 @@ import type {
   Endpoint,
   LocatedPattern,
   NetRule,
+  OAuth2Spec,
   Policy,
   UpstreamHostTls,
 } from "./types.ts";
@@ -175,8 +176,27 @@ const FORBIDDEN_INJECT = [
   "proxy-connection",
 ];
 const PLACES: readonly CredentialPlace[] = ["header", "query", "path", "body"];
-/** Credential kinds: `static` (a placeholder substituted), `client_cert` (presented in mTLS). */
-const CREDENTIAL_KINDS = ["static", "client_cert"] as const;
+/**
+ * Credential kinds: `static` (a placeholder substituted by a value from a source), `oauth2` (a
+ * placeholder substituted by an access token sluice mints), `client_cert` (presented in mTLS).
+ */
+const CREDENTIAL_KINDS = ["static", "oauth2", "client_cert"] as const;
+
+/** The fields of a `kind: oauth2` credential beyond those it shares with a static one. */
+const OAUTH2_FIELDS = [
+  "token_url",
+  "grant",
+  "client_id",
+  "client_secret",
+  "refresh_token",
+  "key",
+  "issuer",
+  "subject",
+  "audience",
+  "scope",
+  "client_auth",
+] as const;
+const OAUTH2_GRANTS = ["refresh_token", "client_credentials", "jwt_bearer"] as const;
 const MIN_PLACEHOLDER = 8;
 
 /**
@@ -454,19 +474,31 @@ function readCredentials(
       if (cert && key) clientCerts.push({ name: e.key, loc: e.keyLoc, cert, key, hosts });
       continue;
     }
-    const m = r.map(e.value, [
-      "kind",
-      "from",
-      "hosts",
-      "placeholder",
-      "in",
-      "inject",
-      "on_violation",
-    ]);
+    const shared = ["kind", "hosts", "placeholder", "in", "inject", "on_violation"];
+    const m = r.map(
+      e.value,
+      kind === "oauth2" ? [...shared, ...OAUTH2_FIELDS] : [...shared, "from"],
+    );
     if (!m) continue;
-    const fromNode = m.get("from");
-    const from = fromNode ? readSource(r, fromNode) : undefined;
-    if (!fromNode) r.error(at, "the credential has no `from`", "e.g. from: env:NPM_TOKEN");
+    if (kind === "static") {
+      // An oauth2 field on a credential without `kind`: say which kind it belongs to.
+      for (const issue of r.issues) {
+        const field = issue.path.slice(`credentials.${e.key}.`.length);
+        if (
+          issue.path.startsWith(`credentials.${e.key}.`) &&
+          (OAUTH2_FIELDS as readonly string[]).includes(field)
+        ) issue.hint = `\`${field}\` belongs to oauth2 credentials: add \`kind: oauth2\``;
+      }
+    }
+    let from: CredentialSource | null | undefined = null;
+    let oauth2: OAuth2Spec | undefined;
+    if (kind === "oauth2") {
+      oauth2 = readOAuth2(r, m, at);
+    } else {
+      const fromNode = m.get("from");
+      from = fromNode ? readSource(r, fromNode) : undefined;
+      if (!fromNode) r.error(at, "the credential has no `from`", "e.g. from: env:NPM_TOKEN");
+    }
     const hosts = readCredentialHosts(r, m.get("hosts"), at, e.key);
     const phNode = m.get("placeholder");
     const placeholder = r.string(phNode);
@@ -548,11 +580,13 @@ function readCredentials(
     }
     const onViolation = r.oneOf(m.get("on_violation"), ["block", "block_and_terminate"] as const) ??
       "block";
-    if (from) {
+    if (kind === "oauth2" ? oauth2 : from) {
       out.push({
         name: e.key,
         loc: e.keyLoc,
-        from,
+        kind,
+        from: from ?? null,
+        ...(oauth2 ? { oauth2 } : {}),
         hosts,
         placeholder,
         in: places,
@@ -581,6 +615,91 @@ function readCredentials(
     }
   }
   return { credentials: out, clientCerts };
+}
+
+/**
+ * The token endpoint and grant of a `kind: oauth2` credential. The grant defaults to what the
+ * material given implies: a refresh token, else a key (JWT bearer), else client credentials.
+ */
+function readOAuth2(
+  r: Reader,
+  m: Map<string, SourceNode>,
+  at: { loc: Loc; path: string },
+): OAuth2Spec | undefined {
+  const src = (k: string) => {
+    const n = m.get(k);
+    return n ? readSource(r, n) : undefined;
+  };
+  const urlNode = m.get("token_url");
+  const url = r.string(urlNode);
+  let tokenUrl: string | undefined;
+  if (!urlNode) {
+    r.error(
+      at,
+      "an oauth2 credential needs `token_url`",
+      "e.g. token_url: https://oauth2.googleapis.com/token",
+    );
+  } else if (url !== undefined) {
+    let u: URL | undefined;
+    try {
+      u = new URL(url);
+    } catch {
+      r.error(urlNode, `"${url}" is not a URL`, "write the token endpoint as https://host/path");
+    }
+    if (u && u.protocol !== "https:") {
+      r.error(
+        urlNode,
+        `the token endpoint must be https, not ${u.protocol.slice(0, -1)}`,
+        "sluice sends the client secret and refresh token only over TLS",
+      );
+    } else if (u && (u.username || u.password || u.hash)) {
+      r.error(urlNode, "the token URL may not hold credentials or a fragment");
+    } else if (u) tokenUrl = u.href;
+  }
+  const clientSecret = src("client_secret");
+  const refreshToken = src("refresh_token");
+  const key = src("key");
+  const grantNode = m.get("grant");
+  const grant = grantNode
+    ? r.oneOf(grantNode, OAUTH2_GRANTS)
+    : m.has("refresh_token")
+    ? "refresh_token"
+    : m.has("key")
+    ? "jwt_bearer"
+    : "client_credentials";
+  const clientId = r.string(m.get("client_id"));
+  const needs: Record<typeof OAUTH2_GRANTS[number], string[]> = {
+    refresh_token: ["refresh_token"],
+    client_credentials: ["client_id", "client_secret"],
+    jwt_bearer: ["key"],
+  };
+  for (const field of grant ? needs[grant] : []) {
+    if (!m.has(field)) {
+      r.error(
+        at,
+        `the ${grant} grant needs \`${field}\``,
+        field === "key"
+          ? "key: file:/etc/sluice/service-account.json (or a PEM RSA key with issuer:)"
+          : `e.g. ${field}: credential:${field.replace("_", "-")}`,
+      );
+    }
+  }
+  const clientAuth = r.oneOf(m.get("client_auth"), ["basic", "body"] as const) ?? "basic";
+  if (!grant || !tokenUrl) return undefined;
+  return {
+    tokenUrl,
+    tokenUrlLoc: urlNode!.loc,
+    grant,
+    ...(clientId !== undefined ? { clientId } : {}),
+    ...(clientSecret ? { clientSecret } : {}),
+    ...(refreshToken ? { refreshToken } : {}),
+    ...(key ? { key } : {}),
+    ...(m.has("issuer") ? { issuer: r.string(m.get("issuer")) } : {}),
+    ...(m.has("subject") ? { subject: r.string(m.get("subject")) } : {}),
+    ...(m.has("audience") ? { audience: r.string(m.get("audience")) } : {}),
+    ...(m.has("scope") ? { scope: r.string(m.get("scope")) } : {}),
+    clientAuth,
+  };
 }
 
 /** A credential's `hosts`: names, wildcards or IP literals, each with an optional port. */

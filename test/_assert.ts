@@ -42,3 +42,19 @@ export function assertThrows<E extends Error>(
   }
   throw new nodeAssert.AssertionError({ message: `expected ${type.name} to be thrown` });
 }
+
+/** Fails unless `fn`'s promise rejects with an instance of `type` (whose message includes `has`). */
+export async function assertRejects<E extends Error>(
+  fn: () => Promise<unknown>,
+  type: new (...a: never[]) => E,
+  has?: string,
+): Promise<E> {
+  try {
+    await fn();
+  } catch (e) {
+    nodeAssert.ok(e instanceof type, `expected ${type.name}, got ${e}`);
+    if (has !== undefined) nodeAssert.ok((e as E).message.includes(has), (e as E).message);
+    return e as E;
+  }
+  throw new nodeAssert.AssertionError({ message: `expected ${type.name} to be rejected` });
+}

@@ -32,14 +32,20 @@ export function summarize(loaded: Loaded): string {
     p.credentials.length + p.clientCerts.length === 0 ? "credentials: none" : "credentials:",
   );
   for (const c of p.credentials) {
-    const from = source(c.from);
+    const o = c.oauth2;
+    const from = c.from ? `from ${source(c.from)}` : o
+      ? `minted by ${o.grant} at ${o.tokenUrl}` +
+        [o.refreshToken, o.clientSecret, o.key].filter((x) => x).map((x) => `, ${source(x!)}`).join(
+          "",
+        )
+      : "";
     const extra = [
       `in ${c.in.join(",") || "nowhere"}`,
       c.inject ? `inject ${c.inject.header}` : "",
       c.placeholder ? "fixed placeholder" : "derived placeholder",
       c.onViolation,
     ].filter(Boolean).join("; ");
-    lines.push(`  ${c.name} from ${from} -> ${c.hosts.map((h) => h.source).join(", ")} (${extra})`);
+    lines.push(`  ${c.name} ${from} -> ${c.hosts.map((h) => h.source).join(", ")} (${extra})`);
   }
   for (const c of p.clientCerts) {
     lines.push(

@@ -66,15 +66,23 @@ export function formatExplanation(e: Explanation): string {
     lines.push(`  inspection   every request on this connection is checked against HTTP rules`);
   }
   if (e.address) lines.push(`  address      ${e.address.verdict}: ${e.address.reason}`);
+  const value = (minted?: string) =>
+    minted
+      ? `an access token sluice obtains from ${minted} (redacted)`
+      : "the real value (redacted)";
   for (const s of e.credentials.substituted) {
     lines.push(
-      `  credential   ${s.name}: placeholder replaced by the real value (redacted) in ${
+      `  credential   ${s.name}: placeholder replaced by ${value(s.minted)} in ${
         s.places.join(", ")
       }`,
     );
   }
   for (const s of e.credentials.injected) {
-    lines.push(`  credential   ${s.name}: header ${s.header} set from the secret (redacted)`);
+    lines.push(
+      `  credential   ${s.name}: header ${s.header} set from ${
+        s.minted ? value(s.minted) : "the secret (redacted)"
+      }`,
+    );
   }
   if (e.credentials.presented) {
     lines.push(

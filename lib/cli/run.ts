@@ -255,6 +255,7 @@ export async function runRun(
       secretValues: [
         ...[...secrets.values()].map((s) => s.reveal()),
         ...gateway.brokerage().broker.clientCerts.revealKeys(),
+        ...gateway.brokerage().material.map((v) => v.reveal()),
       ],
       placeholders,
       ca: caVariables(trust, base.JAVA_TOOL_OPTIONS),

@@ -207,6 +207,17 @@ export async function runServe(flags: ServeFlags, log: (s: string) => void): Pro
     log(`sluice: an ephemeral CA cannot be shared with workers: serving with 1 worker`);
     workers = 1;
   }
+  // One token state per credential: workers would each mint (and rotate) their own tokens, and a
+  // refresh token rotated by one would be spent for the others.
+  const minted = policy.credentials.filter((c) => c.kind === "oauth2").map((c) => c.name);
+  if (workers > 1 && minted.length) {
+    log(
+      `sluice: oauth2 credentials (${
+        minted.join(", ")
+      }) keep one token state: serving with 1 worker`,
+    );
+    workers = 1;
+  }
   // Connection caps are counted per worker. A cap the user set keeps its meaning unless they
   // also chose the number of workers.
   const counted = COUNT_LIMITS.filter(([key]) => limits[key] !== undefined).map(([, n]) => n);

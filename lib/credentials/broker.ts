@@ -46,8 +46,12 @@ import {
 } from "../../policy/placeholders.ts";
 import { type ResponseParts, type ScrubbedResponse, Scrubber, scrubResponse } from "./scrub.ts";
 import { Matcher } from "./scrub.ts";
-import { SecretError, type SecretValue } from "./secrets.ts";
+import { MIN_SECRET_LENGTH, SecretError, type SecretValue } from "./secrets.ts";
 import { type ClientCerts, NO_CLIENT_CERTS } from "./client_certs.ts";
+import type { OAuth2Tokens, TokenCell } from "./oauth2.ts";
+
+/** The oauth2 credentials' token cells (lib/credentials/oauth2.ts), and their registry. */
+export type BrokerTokens = { tokens: OAuth2Tokens; cells: ReadonlyMap<string, TokenCell> };
 
 /** Header fields as the upstream client takes them: latin1 byte strings. */
 export type HeaderFields = readonly [string, string][];
@@ -245,6 +249,8 @@ export function rewriteTransformer(
 type Entry = {
   index: number;
   name: string;
+  /** False for an oauth2 credential with no token yet: its placeholder is left as it is. */
+  ready: boolean;
   placeholder: string;
   /** encodeURIComponent(placeholder), when it differs (fixed placeholders may need escaping). */
   placeholderEncoded: string | null;
@@ -287,17 +293,21 @@ export function makeBroker(
   placeholders: ReadonlyMap<string, string>,
   secrets: ReadonlyMap<string, SecretValue>,
   clientCerts: ClientCerts = NO_CLIENT_CERTS,
+  oauth?: BrokerTokens,
 ): Broker {
   const problems: string[] = [];
   for (const c of creds) {
     if (!placeholders.get(c.name)) problems.push(`credential ${c.name}: no placeholder was given`);
-    if (!secrets.get(c.name)) problems.push(`credential ${c.name}: no value was loaded`);
+    if (c.kind === "oauth2") {
+      if (!oauth?.cells.get(c.name)) problems.push(`credential ${c.name}: no token source`);
+    } else if (!secrets.get(c.name)) problems.push(`credential ${c.name}: no value was loaded`);
   }
   if (problems.length) throw new SecretError(problems);
   for (const a of creds) {
     const pa = placeholders.get(a.name)!;
-    const sa = secrets.get(a.name)!.reveal();
-    if ((a.in.includes("header") || a.inject) && /[\r\n\0]/.test(sa)) {
+    // An oauth2 credential's tokens are checked as they arrive (tokenProblem).
+    const sa = secrets.get(a.name)?.reveal();
+    if (sa !== undefined && (a.in.includes("header") || a.inject) && /[\r\n\0]/.test(sa)) {
       problems.push(
         `credential ${a.name}: the value contains a line break or NUL, which cannot go in a header`,
       );
@@ -311,6 +321,7 @@ export function makeBroker(
             : `credential ${a.name}: its placeholder contains credential ${b.name}'s placeholder`,
         );
       }
+      if (sa === undefined) continue;
       if (sa.includes(pb)) {
         problems.push(
           `credential ${a.name}: the value contains the placeholder of credential ${b.name}; ` +
@@ -325,11 +336,63 @@ export function makeBroker(
     }
   }
   if (problems.length) throw new SecretError(problems);
-  return new Broker(creds, placeholders, secrets, clientCerts);
+  const broker = new Broker(creds, placeholders, secrets, clientCerts, oauth);
+  if (oauth) oauth.tokens.check = (_name, token) => tokenProblem(token, placeholders);
+  return broker;
+}
+
+/** Why a minted access token cannot be used (the rules makeBroker applies to static values). */
+function tokenProblem(
+  token: string,
+  placeholders: ReadonlyMap<string, string>,
+): string | null {
+  if (token.length < MIN_SECRET_LENGTH) {
+    return `the access token is shorter than ${MIN_SECRET_LENGTH} characters`;
+  }
+  for (const [other, p] of placeholders) {
+    if (token.includes(p) || p.includes(token)) {
+      return `the access token and the placeholder of credential ${other} overlap`;
+    }
+  }
+  return null;
 }
 
 const encoder = new TextEncoder();
 const utf8Decoder = new TextDecoder();
+
+/** A credential's entry; `secret` null: an oauth2 credential without a token yet. */
+function entryFor(
+  c: Credential,
+  index: number,
+  placeholder: string,
+  secret: SecretValue | null,
+): Entry {
+  const secretBytes = secret?.revealBytes() ?? EMPTY;
+  const secretHeader = latin1(secretBytes);
+  const enc = encodeURIComponent(placeholder);
+  return {
+    index,
+    name: c.name,
+    ready: secret !== null,
+    placeholder,
+    placeholderEncoded: enc === placeholder ? null : enc,
+    placeholderBytes: encoder.encode(placeholder),
+    secretBytes,
+    secretHeader,
+    secretUrl: secret ? encodeURIComponent(secret.reveal()) : "",
+    header: c.in.includes("header"),
+    query: c.in.includes("query"),
+    path: c.in.includes("path"),
+    body: c.in.includes("body"),
+    inject: c.inject
+      ? {
+        name: c.inject.header,
+        lower: c.inject.header.toLowerCase(),
+        value: c.inject.value.replaceAll("${secret}", secretHeader),
+      }
+      : null,
+  };
+}
 
 function latin1(bytes: Uint8Array): string {
   let s = "";
@@ -356,6 +419,10 @@ export class Broker {
   #caches = new Map<string, unknown>();
   /** Every credential's scrubber, once built ({@link responseScrubber}). */
   #all: Scrubber | null | undefined;
+  #creds: readonly Credential[];
+  #oauth: BrokerTokens | undefined;
+  /** The token registry's version the entries were built at. */
+  #tokenVersion = -1;
 
   /** Use {@link makeBroker}, which validates the inputs. */
   constructor(
@@ -363,40 +430,72 @@ export class Broker {
     placeholders: ReadonlyMap<string, string>,
     secrets: ReadonlyMap<string, SecretValue>,
     clientCerts: ClientCerts = NO_CLIENT_CERTS,
+    oauth?: BrokerTokens,
   ) {
     this.clientCerts = clientCerts;
-    this.#entries = creds.map((c, index) => {
-      const placeholder = placeholders.get(c.name)!;
-      const secret = secrets.get(c.name)!;
-      const secretBytes = secret.revealBytes();
-      const secretHeader = latin1(secretBytes);
-      const enc = encodeURIComponent(placeholder);
-      return {
-        index,
-        name: c.name,
-        placeholder,
-        placeholderEncoded: enc === placeholder ? null : enc,
-        placeholderBytes: encoder.encode(placeholder),
-        secretBytes,
-        secretHeader,
-        secretUrl: encodeURIComponent(secret.reveal()),
-        header: c.in.includes("header"),
-        query: c.in.includes("query"),
-        path: c.in.includes("path"),
-        body: c.in.includes("body"),
-        inject: c.inject
-          ? {
-            name: c.inject.header,
-            lower: c.inject.header.toLowerCase(),
-            value: c.inject.value.replaceAll("${secret}", secretHeader),
-          }
-          : null,
-      };
-    });
+    this.#creds = creds;
+    this.#oauth = oauth;
+    this.#entries = creds.map((c, index) =>
+      entryFor(c, index, placeholders.get(c.name)!, secrets.get(c.name) ?? null)
+    );
+    this.#tokenVersion = oauth?.tokens.version ?? -1;
+    this.#syncTokens(true);
     for (const e of this.#entries) this.#byName.set(e.name, e);
     this.names = this.#entries.map((e) => e.name);
     this.#placeholderSet = new Matcher(this.#entries.map((e) => e.placeholderBytes));
     this.scanner = new PlaceholderScanner(placeholders);
+  }
+
+  /**
+   * Brings oauth2 credentials' entries up to their current tokens, and drops what was built on
+   * the old ones (cached scrubbers). One comparison when nothing changed.
+   */
+  #syncTokens(force = false): void {
+    const o = this.#oauth;
+    if (!o || (!force && o.tokens.version === this.#tokenVersion)) return;
+    this.#tokenVersion = o.tokens.version;
+    this.#creds.forEach((c, index) => {
+      if (c.kind !== "oauth2") return;
+      const e = entryFor(c, index, this.#entries[index].placeholder, o.cells.get(c.name)!.current);
+      this.#entries[index] = e;
+      this.#byName.set(e.name, e);
+    });
+    this.#caches.clear();
+    this.#all = undefined;
+  }
+
+  /** The names of the oauth2 credentials among `names`. */
+  minted(names: CredentialNames): string[] {
+    if (!this.#oauth) return [];
+    const set = this.#nameSet(names);
+    return this.#creds.filter((c) => c.kind === "oauth2" && set.has(c.name)).map((c) => c.name);
+  }
+
+  /**
+   * Makes sure each named oauth2 credential has a usable access token (fetching where needed;
+   * one fetch per credential however many requests wait).
+   *
+   * @returns the tokens now in force, by name (to renew after a 401)
+   * @throws {TokenError} naming the first credential without one
+   */
+  async tokens(names: readonly string[]): Promise<Map<string, SecretValue>> {
+    const out = new Map<string, SecretValue>();
+    for (const n of names) out.set(n, await this.#oauth!.cells.get(n)!.token());
+    return out;
+  }
+
+  /**
+   * After a 401: renews each token used on the request, once.
+   *
+   * @returns true when at least one newer token is now in force (retry the request)
+   * @throws {TokenError} when a new token cannot be had
+   */
+  async renewTokens(used: ReadonlyMap<string, SecretValue>): Promise<boolean> {
+    let renewed = false;
+    for (const [n, v] of used) {
+      if (await this.#oauth!.cells.get(n)!.renew(v)) renewed = true;
+    }
+    return renewed;
   }
 
   /** A credential's placeholder. */
@@ -472,7 +571,8 @@ export class Broker {
     headers: HeaderFields,
     allowed: CredentialNames,
   ): RewrittenRequest {
-    const entries = this.#select(allowed);
+    this.#syncTokens();
+    const entries = this.#select(allowed).filter((e) => e.ready);
     const substituted = new Set<string>();
     const injected: string[] = [];
     let out: [string, string][] = headers.slice();
@@ -573,6 +673,7 @@ export class Broker {
     onFound?: (name: string) => void,
   ): TransformStream<Uint8Array, Uint8Array> | null {
     if (this.#entries.length === 0) return null;
+    this.#syncTokens();
     return rewriteStream(this.#placeholderSet, this.#bodyOnMatch(allowed, onFound, true));
   }
 
@@ -594,7 +695,7 @@ export class Broker {
         if (throwOnViolation) throw new CredentialViolationError(e.name);
         return null;
       }
-      return e.body ? e.secretBytes : null;
+      return e.body && e.ready ? e.secretBytes : null;
     };
   }
 
@@ -611,13 +712,14 @@ export class Broker {
    *   is the input unchanged
    */
   rewriteBody(bytes: Uint8Array, allowed: CredentialNames): RewrittenBody {
+    this.#syncTokens();
     const found: string[] = [];
     const onMatch = this.#bodyOnMatch(allowed, (n) => found.push(n), false);
     const body = this.#entries.length ? rewriteBytes(this.#placeholderSet, onMatch, bytes) : bytes;
     const ok = this.#nameSet(allowed);
     const violations = this.names.filter((n) => found.includes(n) && !ok.has(n));
     const substituted = this.names.filter((n) =>
-      found.includes(n) && ok.has(n) && this.#byName.get(n)!.body
+      found.includes(n) && ok.has(n) && this.#byName.get(n)!.body && this.#byName.get(n)!.ready
     );
     const inOrder = this.names.filter((n) => found.includes(n));
     if (violations.length) return { body: bytes, found: inOrder, violations, substituted: [] };
@@ -640,13 +742,21 @@ export class Broker {
    * subset; null when there are none.
    */
   #scrubber(names: CredentialNames = this.names): Scrubber | null {
+    this.#syncTokens();
     const entries = this.#select(names);
     if (!entries.length) return null;
-    return this.#cached("scrub:", entries, () =>
-      new Scrubber(entries.map((e) => ({
-        secret: utf8Decoder.decode(e.secretBytes),
-        placeholder: e.placeholder,
-      }))));
+    return this.#cached("scrub:", entries, () => {
+      const pairs: { secret: string; placeholder: string }[] = [];
+      for (const e of entries) {
+        const cell = this.#oauth?.cells.get(e.name);
+        // An oauth2 credential: every token sluice minted for it, and its material.
+        const values = cell ? cell.scrubValues().map((v) => v.reveal()) : [
+          utf8Decoder.decode(e.secretBytes),
+        ];
+        for (const secret of new Set(values)) pairs.push({ secret, placeholder: e.placeholder });
+      }
+      return pairs.length ? new Scrubber(pairs) : null;
+    });
   }
 
   /**
@@ -657,6 +767,7 @@ export class Broker {
    * @returns null when the policy has no credentials (nothing to scrub: pass through)
    */
   responseScrubber(): Scrubber | null {
+    this.#syncTokens();
     if (this.#all === undefined) this.#all = this.#scrubber();
     return this.#all;
   }

@@ -18,6 +18,7 @@ import {
 } from "./secrets.ts";
 import { type ClientCerts, loadClientCerts } from "./client_certs.ts";
 import { type Broker, makeBroker } from "./broker.ts";
+import { loadOAuth2Material, OAuth2Tokens, type TokenCell } from "./oauth2.ts";
 
 /**
  * The broker, the placeholders it recognises (name to placeholder), and the
@@ -28,6 +29,8 @@ export type Brokerage = {
   broker: Broker;
   placeholders: Map<string, string>;
   secrets: ReadonlyMap<string, SecretValue>;
+  /** oauth2 credentials' long-lived material (refresh tokens, client secrets, keys). */
+  material: readonly SecretValue[];
 };
 
 /**
@@ -35,23 +38,26 @@ export type Brokerage = {
  *
  * @param stateDir where the placeholder key lives (created 0600 on first use);
  *   a `Uint8Array` supplies the key directly (`sluice run` uses a fresh one)
+ * @param tokens the oauth2 token state, kept across reloads (lib/credentials/oauth2.ts)
  * @throws {SecretError} listing every credential that could not be loaded
  */
 export async function buildBrokerage(
   compiled: CompiledPolicy,
   stateDir: string | Uint8Array,
   env: { get(name: string): string | undefined } = Deno.env,
+  tokens: OAuth2Tokens = new OAuth2Tokens(),
 ): Promise<Brokerage> {
   const creds = compiled.credentials;
   const readFile = (p: string) => Deno.readTextFile(p);
   const directory = env.get("CREDENTIALS_DIRECTORY");
   // Both loaded, and every problem of both reported at once.
-  const [secretsOr, certsOr] = await Promise.allSettled([
+  const [secretsOr, certsOr, materialOr] = await Promise.allSettled([
     loadSecrets(creds, env, readFile, directory),
     loadClientCerts(compiled.policy.clientCerts, env, readFile, directory),
+    loadOAuth2Material(creds, env, readFile, directory),
   ]);
   const problems: string[] = [];
-  for (const r of [secretsOr, certsOr]) {
+  for (const r of [secretsOr, certsOr, materialOr]) {
     if (r.status === "fulfilled") continue;
     if (!(r.reason instanceof SecretError)) throw r.reason;
     problems.push(...r.reason.problems);
@@ -59,14 +65,21 @@ export async function buildBrokerage(
   if (problems.length) throw new SecretError(problems);
   const secrets = (secretsOr as PromiseFulfilledResult<Map<string, SecretValue>>).value;
   const clientCerts = (certsOr as PromiseFulfilledResult<ClientCerts>).value;
+  const materials =
+    (materialOr as PromiseFulfilledResult<Awaited<ReturnType<typeof loadOAuth2Material>>>).value;
+  const cells = new Map<string, TokenCell>();
+  for (const c of creds) {
+    if (c.kind === "oauth2") cells.set(c.name, tokens.cell(c, materials.get(c.name)!));
+  }
   const needsKey = creds.some((c) => c.placeholder === undefined);
   const key = typeof stateDir === "string"
     ? (needsKey ? await loadOrCreatePlaceholderKey(stateDir) : new Uint8Array(32))
     : stateDir;
   const placeholders = await placeholdersFor(creds, key);
   return {
-    broker: makeBroker(creds, placeholders, secrets, clientCerts),
+    broker: makeBroker(creds, placeholders, secrets, clientCerts, { tokens, cells }),
     placeholders,
     secrets,
+    material: [...cells.values()].flatMap((c) => c.scrubValues()),
   };
 }

@@ -146,7 +146,7 @@ export function formatSource(source: CredentialSource): string {
  * @param env sluice's environment
  * @param readFile reads a file as text
  * @param credentialsDirectory `$CREDENTIALS_DIRECTORY`, or undefined when unset
- * @returns credential name to value, for every credential
+ * @returns credential name to value, for every static credential
  * @throws {SecretError} listing every credential that could not be loaded (names and sources only)
  */
 export async function loadSecrets(
@@ -157,8 +157,10 @@ export async function loadSecrets(
 ): Promise<Map<string, SecretValue>> {
   const problems: string[] = [];
   const out = new Map<string, SecretValue>();
+  // oauth2 credentials have no value of their own: sluice mints it (oauth2.ts).
+  credentials = credentials.filter((c) => c.from !== null);
   const results = await Promise.all(
-    credentials.map((c) => readSource(c.name, c.from, env, readFile, credentialsDirectory)),
+    credentials.map((c) => readSource(c.name, c.from!, env, readFile, credentialsDirectory)),
   );
   for (let i = 0; i < credentials.length; i++) {
     const c = credentials[i];
@@ -167,7 +169,7 @@ export async function loadSecrets(
       problems.push(r.problem);
       continue;
     }
-    const where = `credential ${c.name}: ${formatSource(c.from)}`;
+    const where = `credential ${c.name}: ${formatSource(c.from!)}`;
     if (r === "") {
       problems.push(`${where} is empty; put the real value there`);
       continue;

@@ -29,6 +29,7 @@ import { UpstreamError, type UpstreamPool, type UpstreamResponse } from "../upst
 import { removeHopByHop } from "../http1/response.ts";
 import { isWebSocketUpgrade, proxyWebSocket } from "./websocket/mod.ts";
 import { BUFFERED_BODY_LIMIT } from "../credentials/broker.ts";
+import type { SecretValue } from "../credentials/secrets.ts";
 import type { Credential } from "../../policy/types.ts";
 import { grpcRefusal, isGrpc } from "../http2/grpc.ts";
 import { isHttp2, setTrailers } from "../http2/meta.ts";
@@ -269,7 +270,26 @@ export function makeRequestHandler(
           at: `${c.loc.file}:${c.loc.line}`,
         },
       });
-    const rewritten = broker.names.length
+    // oauth2 credentials about to be used: sluice obtains the access token first (one fetch
+    // shared by every request waiting for it; lib/credentials/oauth2.ts). No token, no request.
+    const minted = broker.minted(allowed).filter((n) => {
+      const c = allowed.find((x) => x.name === n)!;
+      return c.inject || plan.found.has(n) || (req.body !== null && c.in.includes("body"));
+    });
+    let tokensUsed: Map<string, SecretValue> | undefined;
+    if (minted.length) {
+      try {
+        tokensUsed = await broker.tokens(minted);
+      } catch (e) {
+        const reason = (e as Error).message;
+        return finish(errorResponse(502, "credential-token", reason), {
+          code: "credential-token",
+          reason,
+        });
+      }
+    }
+    const unrewritten = headers;
+    let rewritten = broker.names.length
       ? broker.rewriteRequest(path, headers, allowed)
       : { target: path, headers, substituted: NOTHING, injected: NOTHING };
     headers = rewritten.headers;
@@ -281,11 +301,13 @@ export function makeRequestHandler(
       ? Number(lengthHeader)
       : undefined;
     let body: ReadableStream<Uint8Array> | Uint8Array | null = req.body;
+    /** A small body as the client sent it (to rewrite again for a retry after a 401). */
+    let whole: Uint8Array | undefined;
     let bodyViolation: Credential | undefined;
     if (req.body && broker.names.length) {
       if (bodyLength !== undefined && bodyLength <= BUFFERED_BODY_LIMIT) {
         // Small bodies are read whole, so a violation is refused before any byte is sent.
-        const whole = new Uint8Array(await req.arrayBuffer());
+        whole = new Uint8Array(await req.arrayBuffer());
         const rb = broker.rewriteBody(whole, allowed);
         if (rb.violations.length) {
           return violation(compiled.credentials.find((c) => c.name === rb.violations[0])!, "body");
@@ -306,15 +328,17 @@ export function makeRequestHandler(
         }
       }
     }
-    if (applied.size) {
-      // Ask for an uncompressed response so an echoed secret can be scrubbed.
-      headers = headers.filter(([n]) => {
+    // Ask for an uncompressed response so an echoed secret can be scrubbed.
+    const identity = (fields: [string, string][]) => {
+      const out = fields.filter(([n]) => {
         const lower = n.toLowerCase();
         return lower !== "accept-encoding" && lower !== "grpc-accept-encoding";
       });
-      headers.push(["accept-encoding", "identity"]);
-      if (grpc) headers.push(["grpc-accept-encoding", "identity"]);
-    }
+      out.push(["accept-encoding", "identity"]);
+      if (grpc) out.push(["grpc-accept-encoding", "identity"]);
+      return out;
+    };
+    if (applied.size) headers = identity(headers);
     const upstreamPath = rewritten.target;
     const trust = ctx.trust().forHost(bare);
     // A client_cert credential scoped to this host and port: sluice presents it (mTLS).
@@ -467,6 +491,38 @@ export function makeRequestHandler(
     } catch (e) {
       if (bodyViolation) return violation(bodyViolation, "body");
       return upstreamFailure(e);
+    }
+
+    // 401 with a token sluice minted: the token may have been revoked early. Renew it once
+    // and send the request again, when its body can be sent again (none, or read whole).
+    if (upstream.status === 401 && tokensUsed && !(body instanceof ReadableStream)) {
+      let renewed = false;
+      try {
+        renewed = await broker.renewTokens(tokensUsed);
+      } catch {
+        // The token endpoint failed (audited as a token record): the client gets the 401.
+      }
+      if (renewed) {
+        await upstream.body?.cancel().catch(() => {});
+        rewritten = broker.rewriteRequest(path, unrewritten, allowed);
+        if (whole) body = broker.rewriteBody(whole, allowed).body;
+        try {
+          upstream = await pool.request(
+            target,
+            {
+              method: req.method,
+              path: rewritten.target,
+              headers: identity(rewritten.headers),
+              body,
+              bodyLength: body?.length,
+              http2: isHttp2(req),
+            },
+            ctx.signal,
+          );
+        } catch (e) {
+          return upstreamFailure(e);
+        }
+      }
     }
 
     // An upstream that echoes a real value gets it replaced by the placeholder

@@ -4,6 +4,8 @@
  *
  * @module
  */
+import type { OAuth2Tokens } from "../credentials/oauth2.ts";
+import { tokenFetch } from "../upstream/token_fetch.ts";
 import type { CompiledPolicy } from "../../policy/mod.ts";
 import { type AuditSink } from "../ops/audit.ts";
 import type { CertificateAuthority } from "../tls/ca.ts";
@@ -76,6 +78,8 @@ export type ServerOptions = {
   compiled: CompiledPolicy;
   /** The credential broker for `compiled` (lib/credentials/brokerage.ts). */
   broker: Broker;
+  /** The oauth2 token state; its token requests go out through this server's upstream client. */
+  tokens?: OAuth2Tokens;
   /** Told after a request carrying a placeholder to the wrong host was blocked. */
   onViolation?: (credential: Credential, host: string) => void;
   ca: CertificateAuthority;
@@ -180,6 +184,22 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
   const pool = new UpstreamPool({
     connectTimeoutMs: limits.connectTimeoutMs,
     headerTimeoutMs: limits.upstreamHeaderTimeoutMs,
+  });
+  opts.tokens?.connect(tokenFetch(ctx, pool), (e) => {
+    metrics.tokenRequests.inc({ credential: e.credential, result: e.ok ? "ok" : "error" });
+    const at = new URL(e.tokenUrl);
+    opts.audit.write({
+      event: "token",
+      host: at.hostname,
+      path: at.pathname,
+      method: "POST",
+      verdict: "allow",
+      code: e.ok ? "token-issued" : "credential-token",
+      reason: `credential ${e.credential} (${e.grant} grant): ${e.reason}`,
+      ...(e.status !== undefined ? { status: e.status } : {}),
+      duration_ms: Math.round(e.durationMs),
+      credentials: [e.credential],
+    });
   });
   const terminator: Terminator = new Terminator({
     leaves,

@@ -16,6 +16,7 @@ import type { Credential } from "../../policy/types.ts";
 import type { Ip } from "../../policy/address.ts";
 import { type Brokerage, buildBrokerage } from "../credentials/brokerage.ts";
 import type { Broker } from "../credentials/broker.ts";
+import { OAuth2Tokens } from "../credentials/oauth2.ts";
 import { type DnsServer, startDnsServer } from "../dns/server.ts";
 import type { Limits } from "../ingress/limits.ts";
 import type { AuditSink } from "../ops/audit.ts";
@@ -75,12 +76,15 @@ export type Gateway = {
 
 /** Starts the gateway: credentials, resolver, server, DNS, in that order. */
 export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
-  let brokerage = await buildBrokerage(opts.loaded.compiled, opts.stateDir);
+  // Token state outlives reloads: an unchanged oauth2 credential keeps its token.
+  const tokens = new OAuth2Tokens();
+  let brokerage = await buildBrokerage(opts.loaded.compiled, opts.stateDir, Deno.env, tokens);
   let compiled = opts.loaded.compiled;
   const resolver = hostResolver([...opts.resolve]);
   const server = await startServer({
     compiled,
     broker: brokerage.broker,
+    tokens,
     ca: opts.ca,
     audit: opts.audit,
     resolver,
@@ -125,7 +129,7 @@ export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
     brokerage: () => brokerage,
     async reload(next) {
       // Credential files are re-read too; a missing one refuses the reload.
-      const nextBrokerage = await buildBrokerage(next.compiled, opts.stateDir);
+      const nextBrokerage = await buildBrokerage(next.compiled, opts.stateDir, Deno.env, tokens);
       const [prevCompiled, prevBrokerage] = [compiled, brokerage];
       await swap(next.compiled, nextBrokerage);
       return () => swap(prevCompiled, prevBrokerage);

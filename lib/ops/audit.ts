@@ -12,8 +12,11 @@ import type { OutcomeCode } from "../../policy/outcomes.ts";
 
 /** One audit record. Absent fields are omitted from the line. */
 export type AuditRecord = {
-  /** "connection" for a connection-level decision, "request" for an HTTP request, "dns" for a DNS query. */
-  event: "connection" | "request" | "dns";
+  /**
+   * "connection" for a connection-level decision, "request" for an HTTP request, "dns" for a DNS
+   * query, "token" for an oauth2 credential's token request (sluice's own).
+   */
+  event: "connection" | "request" | "dns" | "token";
   /** Connection id, shared by a connection's record and its requests' records (not for DNS). */
   conn?: number;
   /** The client's address as ip:port. */

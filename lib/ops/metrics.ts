@@ -146,6 +146,10 @@ export class Metrics {
     "sluice_credential_uses_total",
     "Requests on which sluice used a credential (substituted, injected or presented), by credential name.",
   );
+  readonly tokenRequests = new Counter(
+    "sluice_oauth2_token_requests_total",
+    "Token requests sluice made for oauth2 credentials, by credential name and result (ok, error).",
+  );
   readonly upstreamErrors = new Counter(
     "sluice_upstream_errors_total",
     "Upstream failures, by kind.",
@@ -185,6 +189,7 @@ export class Metrics {
       this.connections,
       this.violations,
       this.credentialUses,
+      this.tokenRequests,
       this.upstreamErrors,
       this.handshakes,
       this.reloads,

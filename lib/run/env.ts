@@ -24,7 +24,7 @@
  * @module
  */
 import { scrubForms } from "../credentials/scrub.ts";
-import type { Policy } from "../../policy/types.ts";
+import { credentialSourcesOf, type Policy } from "../../policy/types.ts";
 
 /** Variables kept by `--clear-env`: what a shell and common tools need to work at all. */
 export const BASE_VARIABLES: readonly string[] = [
@@ -160,7 +160,7 @@ export function buildChildEnv(inputs: ChildEnvInputs): ChildEnv {
 
 /**
  * The environment variables (or files) every credential reads from: static credentials' `from`,
- * client certificates' `cert` and `key`. The command gets none of them.
+ * oauth2 credentials' client secret, refresh token and key, client certificates' `cert` and `key`. The command gets none of them.
  *
  * @param policy the policy
  * @param kind which sources: variable names, or file paths
@@ -168,7 +168,7 @@ export function buildChildEnv(inputs: ChildEnvInputs): ChildEnv {
  */
 export function credentialSources(policy: Policy, kind: "env" | "file"): string[] {
   const sources = [
-    ...policy.credentials.map((c) => c.from),
+    ...policy.credentials.flatMap(credentialSourcesOf),
     ...policy.clientCerts.flatMap((c) => [c.cert, c.key]),
   ];
   return sources.flatMap((s) =>

@@ -127,6 +127,9 @@ const TABLE: Record<string, Entry> = {
   "docs/credentials.md: # a client certificate sluice presents (mTLS)": {
     config: "passes sluice check inside a policy that allows its host",
   },
+  "docs/credentials.md: # access tokens sluice mints (OAuth2)": {
+    config: "passes sluice check inside a policy that allows its hosts and token endpoints",
+  },
   "docs/enforcement.md: sudo --preserve-env=NPM_TOKEN sluice run --policy examples/ci-npm-publish.yaml --user ci -- npm publish":
     {
       run: "in a package dir whose examples/ci-npm-publish.yaml is adapted as ci.yaml above; " +
@@ -382,6 +385,10 @@ Deno.test("docs: explain and check commands, output and configuration samples", 
           use("docs/systemd.md: credentials:").text + "\n",
         "client-cert-md.yaml": "version: 1\nnetwork:\n  allow: [api.partner.example]\n" +
           use("docs/credentials.md: # a client certificate sluice presents (mTLS)").text + "\n",
+        "oauth2-md.yaml": "version: 1\nnetwork:\n  allow: [github.com, api.github.com, " +
+          "oauth2.googleapis.com, storage.googleapis.com, auth.partner.example, " +
+          "api.partner.example]\n" +
+          use("docs/credentials.md: # access tokens sluice mints (OAuth2)").text + "\n",
       };
       for (const [f, text] of Object.entries(files)) await Deno.writeTextFile(`${work}/${f}`, text);
       const r = await runScript(`sluice check ${Object.keys(files).join(" ")}`, opts(work));

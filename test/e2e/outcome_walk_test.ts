@@ -188,6 +188,16 @@ Deno.test("outcome walk: every code of policy/outcomes.ts is provoked at least o
   const plain = startPlainUpstream();
   const rawUp = startRawUpstream();
   const closed = closedPort();
+  // An oauth2 token endpoint stand-in: /token issues, /fail refuses.
+  const tokens = startTlsUpstream(
+    cas.trusted,
+    0,
+    "127.0.0.1",
+    (req) =>
+      new URL(req.url).pathname === "/token"
+        ? Response.json({ access_token: "walk-access-token-5e1f0c", expires_in: 3600 })
+        : Response.json({ error: "invalid_client" }, { status: 401 }),
+  );
   const policy = `${dir}/policy.yaml`;
   await Deno.writeTextFile(
     policy,
@@ -200,6 +210,8 @@ network:
     - "127.0.0.1:${plain.port}"
     - "127.0.0.1:${rawUp.port}"
     - "127.0.0.1:${closed}"
+    - "127.0.0.1:${tokens.port}"
+    - tok.test
     - untrusted.test
     - nx.invalid
     - priv.test
@@ -215,9 +227,25 @@ credentials:
     from: env:SLUICE_WALK_KEY
     hosts: [cred.test]
     placeholder: ${PH}
+  MINTED:
+    kind: oauth2
+    token_url: https://tok.test:${tokens.port}/token
+    grant: client_credentials
+    client_id: walk
+    client_secret: env:SLUICE_WALK_KEY
+    hosts: ["tok.test:${up.port}"]
+    placeholder: sluice-walk-minted-placeholder
+  UNMINTED:
+    kind: oauth2
+    token_url: https://tok.test:${tokens.port}/fail
+    grant: client_credentials
+    client_id: walk
+    client_secret: env:SLUICE_WALK_KEY
+    hosts: ["tok.test:${up.port}"]
+    placeholder: sluice-walk-unminted-placeholder
 `,
   );
-  const resolve = ["untrusted.test", "api.test", "denied.test", "nowhere.test"]
+  const resolve = ["untrusted.test", "api.test", "denied.test", "nowhere.test", "tok.test"]
     .flatMap((n) => ["--resolve", `${n}=127.0.0.1`]);
   const sluice = await startSluice(
     policy,
@@ -573,8 +601,48 @@ credentials:
         assertEquals(r.status, 503);
       },
     );
+
+    await provoke(
+      "token-issued",
+      "an oauth2 credential's placeholder: sluice obtains a token first",
+      async () => {
+        const text = await through([
+          "-H",
+          "Authorization: Bearer sluice-walk-minted-placeholder",
+          `https://tok.test:${up.port}/echo-minted`,
+        ]);
+        assertMatch(text, /^HTTP\/[\d.]+ 200/m);
+        const r = await record(
+          sluice,
+          (r) => r.event === "token" && r.code === "token-issued",
+          "token",
+        );
+        assertEquals(r.credentials, ["MINTED"]);
+      },
+    );
+
+    await provoke(
+      "credential-token",
+      "an oauth2 credential whose token endpoint refuses",
+      async () => {
+        const text = await through([
+          "-H",
+          "Authorization: Bearer sluice-walk-unminted-placeholder",
+          `https://tok.test:${up.port}/echo-unminted`,
+        ]);
+        assertMatch(text, /^HTTP\/[\d.]+ 502/m);
+        assertEquals(headerCode(text), "credential-token");
+        const r = await record(
+          sluice,
+          (r) => r.event === "request" && r.code === "credential-token",
+          "credential-token",
+        );
+        assertMatch(String(r.reason), /UNMINTED: no access token: the token endpoint answered 401/);
+      },
+    );
   } finally {
     await sluice.stop();
+    await tokens.close();
     rawUp.close();
     await up.close();
     await untrusted.close();

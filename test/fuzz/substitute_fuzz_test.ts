@@ -180,6 +180,7 @@ Deno.test("Broker.requestBodyStream() matches a naive replace of real placeholde
   const creds: Credential[] = names.map((name) => ({
     name,
     loc,
+    kind: "static",
     from: { kind: "env", name },
     hosts: [],
     in: ["body"],

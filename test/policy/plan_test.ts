@@ -341,3 +341,40 @@ credentials:
     assertEquals(e.credentials.presented, want, name);
   }
 });
+
+Deno.test("explain() says an oauth2 credential's placeholder becomes a token from its endpoint", () => {
+  const { compiled } = loadPolicyText(
+    `version: 1
+network:
+  allow: [api.test, auth.test]
+credentials:
+  API:
+    kind: oauth2
+    token_url: https://auth.test/token
+    refresh_token: env:RT
+    hosts: [api.test]
+    placeholder: sluice-oauth2-placeholder
+`,
+    "p.yaml",
+  );
+  const placeholders = new Map([["API", "sluice-oauth2-placeholder"]]);
+  const headers: [string, string][] = [["authorization", "Bearer sluice-oauth2-placeholder"]];
+  const scoped = explain(compiled!, {
+    method: "GET",
+    url: "https://api.test/x",
+    headers,
+    placeholders,
+  });
+  assertEquals(scoped.verdict, "allow");
+  assertEquals(scoped.credentials.substituted, [
+    { name: "API", places: ["header authorization"], minted: "https://auth.test/token" },
+  ]);
+  // The token endpoint is not one of its hosts: the placeholder headed there is a violation.
+  const toAuth = explain(compiled!, {
+    method: "POST",
+    url: "https://auth.test/token",
+    headers,
+    placeholders,
+  });
+  assertEquals([toAuth.verdict, toAuth.refusal?.code], ["deny", "credential-violation"]);
+});

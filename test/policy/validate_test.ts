@@ -142,7 +142,42 @@ const errors: [string, string, RegExp][] = [
   [
     "rejects an unknown credential kind, suggesting the nearest",
     "version: 1\nnetwork:\n  allow: [a.com]\ncredentials:\n  M:\n    kind: client-cert\n    from: env:M\n    hosts: [a.com]\n",
-    /^p\.yaml:6:11: credentials\.M\.kind: expected one of static \| client_cert, found "client-cert"; did you mean "client_cert"\?/,
+    /^p\.yaml:6:11: credentials\.M\.kind: expected one of static \| oauth2 \| client_cert, found "client-cert"; did you mean "client_cert"\?/,
+  ],
+  [
+    "rejects an oauth2 credential without a token_url",
+    "version: 1\nnetwork:\n  allow: [a.com]\ncredentials:\n  O:\n    kind: oauth2\n    refresh_token: env:RT\n    hosts: [a.com]\n",
+    /^p\.yaml:5:3: credentials\.O: an oauth2 credential needs `token_url`/,
+  ],
+  [
+    "rejects a token endpoint over plain http",
+    "version: 1\nnetwork:\n  allow: [a.com]\ncredentials:\n  O:\n    kind: oauth2\n    token_url: http://a.com/token\n    refresh_token: env:RT\n    hosts: [a.com]\n",
+    /^p\.yaml:7:16: credentials\.O\.token_url: the token endpoint must be https, not http/,
+  ],
+  [
+    "rejects a client_credentials grant without a client secret",
+    "version: 1\nnetwork:\n  allow: [a.com]\ncredentials:\n  O:\n    kind: oauth2\n    token_url: https://a.com/token\n    grant: client_credentials\n    client_id: app\n    hosts: [a.com]\n",
+    /^p\.yaml:5:3: credentials\.O: the client_credentials grant needs `client_secret`/,
+  ],
+  [
+    "rejects a token endpoint the network denies",
+    "version: 1\nnetwork:\n  allow: [a.com]\ncredentials:\n  O:\n    kind: oauth2\n    token_url: https://auth.b.com/token\n    refresh_token: env:RT\n    hosts: [a.com]\n",
+    /^p\.yaml:7:16: credentials\.O\.token_url: sluice must reach O's token endpoint auth\.b\.com, but the network policy denies it/,
+  ],
+  [
+    "rejects `from` on an oauth2 credential",
+    "version: 1\nnetwork:\n  allow: [a.com]\ncredentials:\n  O:\n    kind: oauth2\n    token_url: https://a.com/token\n    refresh_token: env:RT\n    from: env:O\n    hosts: [a.com]\n",
+    /^p\.yaml:9:5: credentials\.O\.from: unknown key "from"/,
+  ],
+  [
+    "says an oauth2 field needs kind: oauth2",
+    "version: 1\nnetwork:\n  allow: [a.com]\ncredentials:\n  O:\n    from: env:O\n    token_url: https://a.com/token\n    hosts: [a.com]\n",
+    /^p\.yaml:7:5: credentials\.O\.token_url: unknown key "token_url"; `token_url` belongs to oauth2 credentials: add `kind: oauth2`/,
+  ],
+  [
+    "rejects an unknown oauth2 grant",
+    "version: 1\nnetwork:\n  allow: [a.com]\ncredentials:\n  O:\n    kind: oauth2\n    token_url: https://a.com/token\n    grant: password\n    hosts: [a.com]\n",
+    /^p\.yaml:8:12: credentials\.O\.grant: expected one of refresh_token \| client_credentials \| jwt_bearer, found "password"/,
   ],
   [
     "rejects a client_cert host the network denies",

@@ -29,6 +29,7 @@ function cred(s: Spec): Credential {
   return {
     name: s.name,
     loc,
+    kind: "static",
     from: { kind: "env", name: s.name },
     hosts: [{ pattern: { kind: "exact", name: s.host }, port: null, source: s.host, loc }],
     placeholder: s.placeholder,

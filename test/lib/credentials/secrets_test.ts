@@ -21,6 +21,7 @@ function cred(
   return {
     name,
     loc,
+    kind: "static",
     from,
     hosts: [{ pattern: { kind: "exact", name: "api.example.com" }, port: null, source: "x", loc }],
     in: extra.in ?? ["header", "query"],

@@ -1071,6 +1071,7 @@ function wsBroker() {
   const cred = (name: string, host: string): Credential => ({
     name,
     loc,
+    kind: "static",
     from: { kind: "env", name },
     hosts: [{ pattern: { kind: "exact", name: host }, port: null, source: host, loc }],
     in: ["header", "body"],
