@@ -2,9 +2,10 @@
  * Every way a request or connection can end, in one table: the policy's own
  * decisions and the data path's refusals and failures. Each code maps once to
  * the verdict, the HTTP status (or, where no HTTP can be spoken, what the
- * client gets instead), and a sentence for the docs. The audit log's `code`,
- * the `x-sluice-decision` header and the `sluice_requests_total` /
- * `sluice_connections_total` metric labels all use these codes; docs/audit.md
+ * client gets instead), and a sentence for the docs. The audit log's `code` and
+ * the `x-sluice-decision` header use these codes, and the verdict each maps to
+ * is the `verdict` label of `sluice_requests_total` / `sluice_connections_total`
+ * (codes are not metric labels: the audit log has them per request); docs/audit.md
  * is tested against this table (test/policy/outcomes_test.ts), and every
  * function that writes a refusal takes an {@link OutcomeCode}, so a code
  * outside the table does not type-check. Pure.

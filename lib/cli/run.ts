@@ -134,6 +134,8 @@ export async function runRun(
   const res = new RunResources();
   let audit: AuditSink | undefined;
   let summary: RunSummary | undefined;
+  /** Written in the run's temp dir while the gateway starts: settled before the dir is removed. */
+  let trustFiles: ReturnType<typeof writeTrustFiles> | undefined;
   let signalTarget: ((sig: Deno.Signal) => void) | undefined;
   let terminatedFor: string | undefined;
   let killTimer: ReturnType<typeof setTimeout> | undefined;
@@ -182,7 +184,7 @@ export async function runRun(
       await writeMarker({ pid: Deno.pid, start, net, hostTable, tmp });
       marker.written = true;
     }
-    const trustFiles = writeTrustFiles(tmp, exportCaPem(ca));
+    trustFiles = writeTrustFiles(tmp, exportCaPem(ca));
     if (net) await createNamespace(net, res);
     const host = net?.hostAddr ?? "127.0.0.1";
     // Every violation (a request, a name, a DNS question) may end the command.
@@ -397,6 +399,7 @@ export async function runRun(
     // The signal handlers (forwarding to a command that has ended: nothing) stay until the
     // cleanup below is done, so that a second Ctrl-C cannot kill sluice with its namespace and
     // rules half removed.
+    await trustFiles?.catch(() => undefined);
     const errors = await res.release();
     for (const e of errors) log(`sluice run: cleanup: ${e}`);
     // Closed here too in case the server never started; AuditLog.close is idempotent.

@@ -14,6 +14,9 @@
  *      reason in the body, never a hang.
  * Each request leaves one audit record when its response has been sent.
  *
+ * Why one file of ~650 lines: the steps above share the request's decision, its audit fields
+ * and one `finish()`; every refusal of every step goes through them, in this order.
+ *
  * @module
  */
 import { formatHostPort } from "../../policy/address.ts";

@@ -54,6 +54,9 @@
  * checks the duplicate's inode first). Deno's own event loop runs on the thread that runs the
  * sweep, so its connections cannot close or be accepted during it.
  *
+ * Why one file of ~800 lines: the netlink dump, the struct offsets, the fd lookup and the
+ * shutdown all read the same FFI handles and inode cache; split, each part would export them.
+ *
  * @module
  */
 import { canonicalAddress, decodeProcAddress, granted } from "./sockopt.ts";

@@ -16,6 +16,7 @@
  * @module
  */
 
+import { bracketHost, formatHostPort } from "../../policy/address.ts";
 import http2 from "node:http2";
 import { drained, duplexOf } from "../http2/duplex.ts";
 import type { Io } from "./connection.ts";
@@ -89,8 +90,7 @@ export type H2Options = {
  * @returns the authority
  */
 export function authorityOf(t: UpstreamTarget): string {
-  const host = t.host.includes(":") ? `[${t.host}]` : t.host;
-  return t.port === 443 ? host : `${host}:${t.port}`;
+  return t.port === 443 ? bracketHost(t.host) : formatHostPort(t.host, t.port);
 }
 
 /** The HTTP/2 sessions of one UpstreamPool. */

@@ -154,6 +154,25 @@ tls:
       });
 
       await t.step(
+        "sluice's own failure is 125, with an audit file; the command never ran",
+        async () => {
+          const broken = `${dir}/broken.yaml`;
+          await Deno.writeTextFile(
+            broken,
+            "version: 1\nnetwork:\n  allow: [allowed.test]\ncredentials:\n  K:\n" +
+              "    from: env:SLUICE_TEST_NOT_SET\n    hosts: [allowed.test]\n",
+          );
+          const r = await output(sluiceRun(broken, dir, `touch ${dir}/ran`, audit));
+          assertEquals(r.code, 125, r.stderr);
+          assertMatch(r.stderr, /env:SLUICE_TEST_NOT_SET is not set/);
+          assertMatch(r.stderr, /sluice failed \(exit status 125\)/);
+          assert(!/Uncaught|cleanup:/.test(r.stderr), r.stderr);
+          assert(!(await exists(`${dir}/ran`)), "the command ran");
+          assertEquals(await leftovers(r.pid), []);
+        },
+      );
+
+      await t.step(
         "a placeholder sent to the wrong host ends the command (block_and_terminate)",
         async () => {
           const r = await output(

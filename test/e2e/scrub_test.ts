@@ -18,6 +18,7 @@ import { websocketThroughProxy } from "./_ws_client.ts";
 
 const API_KEY = "sk-REAL-api-key-7c1e0b9f42d8a6"; // scoped to api.test
 const OTHER_KEY = "ghp_REAL/other+key=93kd02jf81"; // scoped to other.test only
+const INJ_KEY = "inj-REAL-injected-5d2c81f0aa"; // injected as a header toward api.test
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -48,7 +49,7 @@ function oracle(secret: string): string[] {
   ) forms.add(f);
   return [...forms];
 }
-const FORBIDDEN = [...oracle(API_KEY), ...oracle(OTHER_KEY)];
+const FORBIDDEN = [...oracle(API_KEY), ...oracle(OTHER_KEY), ...oracle(INJ_KEY)];
 
 function assertClean(bytes: Uint8Array | string, what: string): void {
   const text = typeof bytes === "string" ? bytes : latin1(bytes);
@@ -227,6 +228,10 @@ credentials:
   OTHER_KEY:
     from: env:SLUICE_SCRUB_OTHER_KEY
     hosts: [other.test]
+  INJ_KEY:
+    from: env:SLUICE_SCRUB_INJ_KEY
+    hosts: [api.test]
+    inject: { header: X-Injected, value: "Token \${secret}" }
 tls:
   upstream: { ca: [${dir}/upstream-ca.crt] }
 `,
@@ -237,7 +242,11 @@ tls:
     dir,
     ["--resolve", "api.test=127.0.0.1", "--resolve", "other.test=127.0.0.1"],
     undefined,
-    { SLUICE_SCRUB_API_KEY: API_KEY, SLUICE_SCRUB_OTHER_KEY: OTHER_KEY },
+    {
+      SLUICE_SCRUB_API_KEY: API_KEY,
+      SLUICE_SCRUB_OTHER_KEY: OTHER_KEY,
+      SLUICE_SCRUB_INJ_KEY: INJ_KEY,
+    },
   );
   const api = `https://api.test:${port}`;
   const via = ["-x", `http://127.0.0.1:${sluice.proxyPort}`, "--cacert", sluice.caPath];
@@ -288,6 +297,16 @@ tls:
       assertEquals(echo.headers["x-basic"], `Basic ${b64(`user:${ph.API_KEY}`)}`);
       assertEquals(echo.query, `?k=${ph.API_KEY}`);
     });
+
+    await t.step(
+      "an echo of an injected header: the workload never sent it, never reads it",
+      async () => {
+        const r = await get(`${api}/echo`);
+        const echo = JSON.parse(r.text);
+        // The upstream got the real value (it echoed it); the workload reads the placeholder.
+        assertEquals(echo.headers["x-injected"], `Token ${ph.INJ_KEY}`);
+      },
+    );
 
     await t.step("a 500 with an application/octet-stream body", async () => {
       const r = await get(`${api}/octet500`);
@@ -468,7 +487,8 @@ tls:
       assert(record, "no audit record for the violation");
       assertEquals(record.violation, "OTHER_KEY");
       assertEquals(record.code, "credential-violation");
-      assertEquals(record.credentials, ["API_KEY"]);
+      // INJ_KEY was injected into the handshake, as into every request to api.test.
+      assertEquals(record.credentials, ["INJ_KEY", "API_KEY"]);
     });
   } finally {
     await sluice.stop();
