@@ -48,7 +48,8 @@ export type DataPathCode =
   | "websocket-invalid"
   | "grpc-no-trailers"
   | "token-issued"
-  | "credential-token";
+  | "credential-token"
+  | "credential-signature";
 
 /** Every code sluice writes in an audit record or an `x-sluice-decision` header. */
 export type OutcomeCode = ReasonCode | DataPathCode;
@@ -247,6 +248,13 @@ export const OUTCOMES: Readonly<Record<OutcomeCode, Outcome>> = {
     stage: "credentials",
     meaning: "an oauth2 credential's token endpoint gave no access token: the request that " +
       "needed it is answered 502 naming the credential",
+  },
+  "credential-signature": {
+    verdict: "deny",
+    status: 403,
+    stage: "credentials",
+    meaning: "a request carries an aws_sigv4 credential's placeholder keys but its signature " +
+      "does not verify with them (forged or altered), or cannot be re-signed",
   },
   "upstream-websocket": {
     verdict: "allow",

@@ -71,14 +71,18 @@ export class PlaceholderScanner {
   #quick: string[];
   #quickLower: string[];
 
-  /** @param placeholders credential name to placeholder */
+  /**
+   * @param placeholders credential name to placeholder; a key `NAME#part` is a further
+   *   placeholder of credential NAME (an aws_sigv4 credential's secret key and session token),
+   *   found as NAME
+   */
   constructor(placeholders: ReadonlyMap<string, string>) {
-    this.#entries = [...placeholders].map(([name, placeholder]) => ({
-      name,
+    this.#entries = [...placeholders].map(([key, placeholder]) => ({
+      name: key.split("#")[0],
       placeholder,
       lower: placeholder.toLowerCase(),
     }));
-    this.names = this.#entries.map((e) => e.name);
+    this.names = [...new Set(this.#entries.map((e) => e.name))];
     // Derived placeholders all start "sluice-": one indexOf per string settles the common case.
     const quickLen = Math.min(7, ...this.#entries.map((e) => e.placeholder.length));
     this.#quick = [...new Set(this.#entries.map((e) => e.placeholder.slice(0, quickLen)))];
@@ -102,7 +106,7 @@ export class PlaceholderScanner {
     if (this.#entries.length === 0) return [];
     const lower = text.toLowerCase();
     if (!this.#quickLower.some((q) => lower.includes(q))) return [];
-    return this.#entries.filter((e) => lower.includes(e.lower)).map((e) => e.name);
+    return [...new Set(this.#entries.filter((e) => lower.includes(e.lower)).map((e) => e.name))];
   }
 
   /**

@@ -84,11 +84,20 @@ export type OAuth2Spec = {
 export type Credential = {
   name: string;
   loc: Loc;
-  /** `static`: the value comes from `from`; `oauth2`: sluice mints it (`oauth2`). */
-  kind: "static" | "oauth2";
+  /**
+   * `static`: the value comes from `from`; `oauth2`: sluice mints it (`oauth2`); `aws_sigv4`:
+   * sluice re-signs requests signed with placeholder keys (`sigv4`), substituting nothing.
+   */
+  kind: "static" | "oauth2" | "aws_sigv4";
   /** Where a static credential's value comes from; null for oauth2. */
   from: CredentialSource | null;
   oauth2?: OAuth2Spec;
+  /** The real AWS keys' sources (`kind: aws_sigv4`). */
+  sigv4?: {
+    accessKeyId: CredentialSource;
+    secretAccessKey: CredentialSource;
+    sessionToken?: CredentialSource;
+  };
   hosts: readonly CredentialHost[];
   /** The fixed placeholder if the policy sets one; otherwise sluice derives it from its state. */
   placeholder?: string;
@@ -173,6 +182,10 @@ export type Policy = {
  */
 export function credentialSourcesOf(c: Credential): CredentialSource[] {
   if (c.from) return [c.from];
+  if (c.sigv4) {
+    const k = c.sigv4;
+    return [k.accessKeyId, k.secretAccessKey, ...(k.sessionToken ? [k.sessionToken] : [])];
+  }
   const o = c.oauth2;
   return o ? [o.clientSecret, o.refreshToken, o.key].filter((s) => s !== undefined) : [];
 }

@@ -178,9 +178,10 @@ const FORBIDDEN_INJECT = [
 const PLACES: readonly CredentialPlace[] = ["header", "query", "path", "body"];
 /**
  * Credential kinds: `static` (a placeholder substituted by a value from a source), `oauth2` (a
- * placeholder substituted by an access token sluice mints), `client_cert` (presented in mTLS).
+ * placeholder substituted by an access token sluice mints), `aws_sigv4` (requests signed with
+ * placeholder keys re-signed with the real ones), `client_cert` (presented in mTLS).
  */
-const CREDENTIAL_KINDS = ["static", "oauth2", "client_cert"] as const;
+const CREDENTIAL_KINDS = ["static", "oauth2", "aws_sigv4", "client_cert"] as const;
 
 /** The fields of a `kind: oauth2` credential beyond those it shares with a static one. */
 const OAUTH2_FIELDS = [
@@ -472,6 +473,48 @@ function readCredentials(
       }
       const hosts = readCredentialHosts(r, m.get("hosts"), at, e.key);
       if (cert && key) clientCerts.push({ name: e.key, loc: e.keyLoc, cert, key, hosts });
+      continue;
+    }
+    if (kind === "aws_sigv4") {
+      const m = r.map(e.value, [
+        "kind",
+        "access_key_id",
+        "secret_access_key",
+        "session_token",
+        "hosts",
+        "on_violation",
+      ]);
+      if (!m) continue;
+      const src = (k: string) => {
+        const n = m.get(k);
+        return n ? readSource(r, n) : undefined;
+      };
+      const accessKeyId = src("access_key_id");
+      const secretAccessKey = src("secret_access_key");
+      const sessionToken = src("session_token");
+      if (!m.has("access_key_id") || !m.has("secret_access_key")) {
+        r.error(
+          at,
+          "an aws_sigv4 credential needs `access_key_id` and `secret_access_key`",
+          "e.g. access_key_id: env:REAL_AWS_ACCESS_KEY_ID, secret_access_key: credential:aws-secret",
+        );
+      }
+      const hosts = readCredentialHosts(r, m.get("hosts"), at, e.key);
+      const onViolation =
+        r.oneOf(m.get("on_violation"), ["block", "block_and_terminate"] as const) ?? "block";
+      if (accessKeyId && secretAccessKey) {
+        out.push({
+          name: e.key,
+          loc: e.keyLoc,
+          kind,
+          from: null,
+          sigv4: { accessKeyId, secretAccessKey, ...(sessionToken ? { sessionToken } : {}) },
+          hosts,
+          // Nothing is substituted as a string: requests are re-signed (lib/credentials/sigv4.ts).
+          in: [],
+          onViolation,
+        });
+      }
       continue;
     }
     const shared = ["kind", "hosts", "placeholder", "in", "inject", "on_violation"];

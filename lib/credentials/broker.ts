@@ -49,6 +49,7 @@ import { Matcher } from "./scrub.ts";
 import { MIN_SECRET_LENGTH, SecretError, type SecretValue } from "./secrets.ts";
 import { type ClientCerts, NO_CLIENT_CERTS } from "./client_certs.ts";
 import type { OAuth2Tokens, TokenCell } from "./oauth2.ts";
+import { type AwsKeys, type AwsPlaceholders, awsPlaceholders } from "./sigv4.ts";
 
 /** The oauth2 credentials' token cells (lib/credentials/oauth2.ts), and their registry. */
 export type BrokerTokens = { tokens: OAuth2Tokens; cells: ReadonlyMap<string, TokenCell> };
@@ -294,12 +295,15 @@ export function makeBroker(
   secrets: ReadonlyMap<string, SecretValue>,
   clientCerts: ClientCerts = NO_CLIENT_CERTS,
   oauth?: BrokerTokens,
+  aws: ReadonlyMap<string, AwsKeys> = new Map(),
 ): Broker {
   const problems: string[] = [];
   for (const c of creds) {
     if (!placeholders.get(c.name)) problems.push(`credential ${c.name}: no placeholder was given`);
     if (c.kind === "oauth2") {
       if (!oauth?.cells.get(c.name)) problems.push(`credential ${c.name}: no token source`);
+    } else if (c.kind === "aws_sigv4") {
+      if (!aws.get(c.name)) problems.push(`credential ${c.name}: no keys were loaded`);
     } else if (!secrets.get(c.name)) problems.push(`credential ${c.name}: no value was loaded`);
   }
   if (problems.length) throw new SecretError(problems);
@@ -336,7 +340,7 @@ export function makeBroker(
     }
   }
   if (problems.length) throw new SecretError(problems);
-  const broker = new Broker(creds, placeholders, secrets, clientCerts, oauth);
+  const broker = new Broker(creds, placeholders, secrets, clientCerts, oauth, aws);
   if (oauth) oauth.tokens.check = (_name, token) => tokenProblem(token, placeholders);
   return broker;
 }
@@ -416,11 +420,15 @@ export class Broker {
   #entries: Entry[];
   #byName = new Map<string, Entry>();
   #placeholderSet: Matcher;
+  /** The entry index of each pattern of {@link #placeholderSet}. */
+  #patternOwner: number[] = [];
   #caches = new Map<string, unknown>();
   /** Every credential's scrubber, once built ({@link responseScrubber}). */
   #all: Scrubber | null | undefined;
   #creds: readonly Credential[];
   #oauth: BrokerTokens | undefined;
+  #aws: ReadonlyMap<string, AwsKeys>;
+  #awsPlaceholders = new Map<string, AwsPlaceholders>();
   /** The token registry's version the entries were built at. */
   #tokenVersion = -1;
 
@@ -431,10 +439,17 @@ export class Broker {
     secrets: ReadonlyMap<string, SecretValue>,
     clientCerts: ClientCerts = NO_CLIENT_CERTS,
     oauth?: BrokerTokens,
+    aws: ReadonlyMap<string, AwsKeys> = new Map(),
   ) {
     this.clientCerts = clientCerts;
     this.#creds = creds;
     this.#oauth = oauth;
+    this.#aws = aws;
+    for (const c of creds) {
+      if (c.kind === "aws_sigv4") {
+        this.#awsPlaceholders.set(c.name, awsPlaceholders(c.name, placeholders));
+      }
+    }
     this.#entries = creds.map((c, index) =>
       entryFor(c, index, placeholders.get(c.name)!, secrets.get(c.name) ?? null)
     );
@@ -442,7 +457,16 @@ export class Broker {
     this.#syncTokens(true);
     for (const e of this.#entries) this.#byName.set(e.name, e);
     this.names = this.#entries.map((e) => e.name);
-    this.#placeholderSet = new Matcher(this.#entries.map((e) => e.placeholderBytes));
+    // Every placeholder, an aws_sigv4 credential's secret key and session token included; each
+    // pattern's owner is its credential's entry.
+    const patterns: Uint8Array[] = [];
+    for (const [key, p] of placeholders) {
+      const owner = this.#entries.findIndex((e) => e.name === key.split("#")[0]);
+      if (owner < 0) continue;
+      patterns.push(encoder.encode(p));
+      this.#patternOwner.push(owner);
+    }
+    this.#placeholderSet = new Matcher(patterns);
     this.scanner = new PlaceholderScanner(placeholders);
   }
 
@@ -462,6 +486,27 @@ export class Broker {
     });
     this.#caches.clear();
     this.#all = undefined;
+  }
+
+  /**
+   * The aws_sigv4 credential among `names` whose placeholder key id signs this request, with
+   * its placeholders and real keys (lib/credentials/sigv4.ts re-signs with them).
+   */
+  sigv4(names: CredentialNames, keyId: string):
+    | { name: string; placeholders: AwsPlaceholders; keys: AwsKeys }
+    | undefined {
+    for (const n of this.#nameSet(names)) {
+      const ph = this.#awsPlaceholders.get(n);
+      if (ph && ph.accessKeyId === keyId) {
+        return { name: n, placeholders: ph, keys: this.#aws.get(n)! };
+      }
+    }
+    return undefined;
+  }
+
+  /** Whether any credential is of kind aws_sigv4. */
+  get hasSigv4(): boolean {
+    return this.#aws.size > 0;
   }
 
   /** The names of the oauth2 credentials among `names`. */
@@ -685,7 +730,9 @@ export class Broker {
     const ok = this.#nameSet(allowed);
     const seen = new Set<number>();
     const entries = this.#entries;
-    return (i) => {
+    const owner = this.#patternOwner;
+    return (p) => {
+      const i = owner[p];
       const e = entries[i];
       if (!seen.has(i)) {
         seen.add(i);
@@ -748,6 +795,16 @@ export class Broker {
     return this.#cached("scrub:", entries, () => {
       const pairs: { secret: string; placeholder: string }[] = [];
       for (const e of entries) {
+        const keys = this.#aws.get(e.name);
+        if (keys) {
+          // An aws_sigv4 credential: each real key scrubbed to its own placeholder.
+          const ph = this.#awsPlaceholders.get(e.name)!;
+          pairs.push({ secret: keys.accessKeyId.reveal(), placeholder: ph.accessKeyId });
+          pairs.push({ secret: keys.secretAccessKey.reveal(), placeholder: ph.secretAccessKey });
+          const token = keys.sessionToken?.reveal();
+          if (token) pairs.push({ secret: token, placeholder: ph.sessionToken ?? ph.accessKeyId });
+          continue;
+        }
         const cell = this.#oauth?.cells.get(e.name);
         // An oauth2 credential: every token sluice minted for it, and its material.
         const values = cell ? cell.scrubValues().map((v) => v.reveal()) : [

@@ -19,6 +19,7 @@ import {
 import { type ClientCerts, loadClientCerts } from "./client_certs.ts";
 import { type Broker, makeBroker } from "./broker.ts";
 import { loadOAuth2Material, OAuth2Tokens, type TokenCell } from "./oauth2.ts";
+import { loadAwsKeys } from "./sigv4.ts";
 
 /**
  * The broker, the placeholders it recognises (name to placeholder), and the
@@ -29,7 +30,7 @@ export type Brokerage = {
   broker: Broker;
   placeholders: Map<string, string>;
   secrets: ReadonlyMap<string, SecretValue>;
-  /** oauth2 credentials' long-lived material (refresh tokens, client secrets, keys). */
+  /** oauth2 credentials' long-lived material (refresh tokens, client secrets, keys), AWS keys. */
   material: readonly SecretValue[];
 };
 
@@ -51,13 +52,14 @@ export async function buildBrokerage(
   const readFile = (p: string) => Deno.readTextFile(p);
   const directory = env.get("CREDENTIALS_DIRECTORY");
   // Both loaded, and every problem of both reported at once.
-  const [secretsOr, certsOr, materialOr] = await Promise.allSettled([
+  const [secretsOr, certsOr, materialOr, awsOr] = await Promise.allSettled([
     loadSecrets(creds, env, readFile, directory),
     loadClientCerts(compiled.policy.clientCerts, env, readFile, directory),
     loadOAuth2Material(creds, env, readFile, directory),
+    loadAwsKeys(creds, env, readFile, directory),
   ]);
   const problems: string[] = [];
-  for (const r of [secretsOr, certsOr, materialOr]) {
+  for (const r of [secretsOr, certsOr, materialOr, awsOr]) {
     if (r.status === "fulfilled") continue;
     if (!(r.reason instanceof SecretError)) throw r.reason;
     problems.push(...r.reason.problems);
@@ -67,6 +69,7 @@ export async function buildBrokerage(
   const clientCerts = (certsOr as PromiseFulfilledResult<ClientCerts>).value;
   const materials =
     (materialOr as PromiseFulfilledResult<Awaited<ReturnType<typeof loadOAuth2Material>>>).value;
+  const aws = (awsOr as PromiseFulfilledResult<Awaited<ReturnType<typeof loadAwsKeys>>>).value;
   const cells = new Map<string, TokenCell>();
   for (const c of creds) {
     if (c.kind === "oauth2") cells.set(c.name, tokens.cell(c, materials.get(c.name)!));
@@ -77,9 +80,14 @@ export async function buildBrokerage(
     : stateDir;
   const placeholders = await placeholdersFor(creds, key);
   return {
-    broker: makeBroker(creds, placeholders, secrets, clientCerts, { tokens, cells }),
+    broker: makeBroker(creds, placeholders, secrets, clientCerts, { tokens, cells }, aws),
     placeholders,
     secrets,
-    material: [...cells.values()].flatMap((c) => c.scrubValues()),
+    material: [
+      ...[...cells.values()].flatMap((c) => c.scrubValues()),
+      ...[...aws.values()].flatMap((k) =>
+        [k.accessKeyId, k.secretAccessKey, k.sessionToken].filter((v) => v !== undefined)
+      ),
+    ],
   };
 }

@@ -384,6 +384,17 @@ export async function placeholdersFor(
 ): Promise<Map<string, string>> {
   const out = new Map<string, string>();
   for (const c of credentials) {
+    if (c.kind === "aws_sigv4") {
+      // Placeholder keys shaped like AWS's own (some tools check the key id's form), and a
+      // secret key and session token of their own, under `NAME#...` (lib/credentials/sigv4.ts).
+      const id = await derivePlaceholder(key, c.name);
+      out.set(c.name, `AKIA${id.slice(-16).toUpperCase()}`);
+      out.set(`${c.name}#secret_access_key`, await derivePlaceholder(key, `${c.name}#secret`));
+      if (c.sigv4?.sessionToken) {
+        out.set(`${c.name}#session_token`, await derivePlaceholder(key, `${c.name}#session`));
+      }
+      continue;
+    }
     out.set(c.name, c.placeholder ?? await derivePlaceholder(key, c.name));
   }
   return out;

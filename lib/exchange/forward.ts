@@ -33,6 +33,7 @@ import { removeHopByHop } from "../http1/response.ts";
 import { isWebSocketUpgrade, proxyWebSocket } from "./websocket/mod.ts";
 import { BUFFERED_BODY_LIMIT } from "../credentials/broker.ts";
 import type { SecretValue } from "../credentials/secrets.ts";
+import { parseSigV4, resign } from "../credentials/sigv4.ts";
 import type { Credential } from "../../policy/types.ts";
 import { grpcRefusal, isGrpc } from "../http2/grpc.ts";
 import { isHttp2, setTrailers } from "../http2/meta.ts";
@@ -341,8 +342,56 @@ export function makeRequestHandler(
       if (grpc) out.push(["grpc-accept-encoding", "identity"]);
       return out;
     };
+    let upstreamPath = rewritten.target;
+    // aws_sigv4: a request signed with a credential's placeholder keys is verified with them and
+    // re-signed with the real ones (lib/credentials/sigv4.ts); nothing is substituted as text.
+    if (broker.hasSigv4) {
+      const auth = parseSigV4(path, fields);
+      const cred = auth && !("error" in auth) ? broker.sigv4(allowed, auth.keyId) : undefined;
+      const signedFor = allowed.find((c) => c.kind === "aws_sigv4" && plan.found.has(c.name));
+      if (cred && auth && !("error" in auth)) {
+        // The Host the client signed is the authority it asked for, which is the one decided.
+        const host: [string, string] = ["host", new URL(req.url).host];
+        const r = resign(
+          cred.name,
+          auth,
+          {
+            method: req.method,
+            target: path,
+            headers: [...fields.filter(([n]) => n.toLowerCase() !== "host"), host],
+          },
+          { target: upstreamPath, headers: [...headers, host] },
+          whole ?? (req.body === null ? null : undefined),
+          cred.placeholders,
+          cred.keys,
+        );
+        if (!r.ok) {
+          return finish(errorResponse(403, "credential-signature", r.reason), {
+            code: "credential-signature",
+            reason: r.reason,
+          });
+        }
+        headers = r.headers.filter(([n]) => n.toLowerCase() !== "host");
+        upstreamPath = r.target;
+        if (r.body && body !== null) {
+          const stream = body instanceof Uint8Array
+            ? new Blob([body as Uint8Array<ArrayBuffer>]).stream()
+            : body;
+          body = stream.pipeThrough(r.body);
+        }
+        applied.add(cred.name);
+      } else if (signedFor) {
+        const reason = `credential ${signedFor.name}: the request carries its placeholder keys ` +
+          `but no SigV4 signature sluice can verify (${
+            auth && "error" in auth ? auth.error : "the placeholder is not the signing key id"
+          })`;
+        return finish(errorResponse(403, "credential-signature", reason), {
+          code: "credential-signature",
+          reason,
+        });
+      }
+    }
     if (applied.size) headers = identity(headers);
-    const upstreamPath = rewritten.target;
     const trust = ctx.trust().forHost(bare);
     // A client_cert credential scoped to this host and port: sluice presents it (mTLS).
     const presented = meta.secure ? broker.clientCerts.forHost(bare, port) : undefined;

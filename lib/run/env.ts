@@ -98,6 +98,36 @@ export function caVariables(trust: TrustFiles, javaToolOptions?: string): Record
   return vars;
 }
 
+/**
+ * Where an aws_sigv4 credential's placeholders go (placeholder map key suffix, variable), as
+ * the AWS CLI and SDKs read them. The placeholder map's entries for it are `NAME@aws`
+ * (key id), `NAME#secret_access_key`, `NAME#session_token`: see {@link awsChildPlaceholders}.
+ */
+const AWS_VARIABLES: readonly [string, string][] = [
+  ["@aws", "AWS_ACCESS_KEY_ID"],
+  ["#secret_access_key", "AWS_SECRET_ACCESS_KEY"],
+  ["#session_token", "AWS_SESSION_TOKEN"],
+];
+
+/**
+ * The placeholders as the command gets them: an aws_sigv4 credential's key id is keyed
+ * `NAME@aws` so it lands in AWS_ACCESS_KEY_ID (the first such credential; later ones keep
+ * only their own name), and the other credentials unchanged.
+ */
+export function awsChildPlaceholders(
+  policy: Policy,
+  placeholders: ReadonlyMap<string, string>,
+): Map<string, string> {
+  const first = policy.credentials.find((c) => c.kind === "aws_sigv4")?.name;
+  const out = new Map<string, string>();
+  for (const [name, ph] of placeholders) {
+    if (name === first) out.set(`${name}@aws`, ph);
+    else if (first && name.startsWith(`${first}#`)) out.set(name, ph);
+    else if (!name.includes("#")) out.set(name, ph);
+  }
+  return out;
+}
+
 /** What {@link buildChildEnv} needs to know. */
 export type ChildEnvInputs = {
   /** sluice's own environment. */
@@ -146,7 +176,12 @@ export function buildChildEnv(inputs: ChildEnvInputs): ChildEnv {
     }
     env[name] = value;
   }
-  for (const [name, ph] of inputs.placeholders) env[name] = ph;
+  for (const [name, ph] of inputs.placeholders) {
+    // An aws_sigv4 credential's keys go where AWS tools read them.
+    const aws = AWS_VARIABLES.find(([suffix]) => name.endsWith(suffix));
+    if (aws) env[aws[1]] = ph;
+    else if (!name.includes("#")) env[name] = ph;
+  }
   Object.assign(env, inputs.ca);
   if (inputs.proxy) {
     for (const v of ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"]) {

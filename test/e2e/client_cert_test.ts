@@ -177,13 +177,13 @@ Deno.test({
     const pki = await opensslPki("mtls.test");
     const client = await opensslClientCert(pki, "sluice-run-client");
     const dir = await Deno.makeTempDir({ prefix: "sluice-mtls-run-" });
-    // On 127.0.0.2:443, where sluice connects for the name (other tests use 127.0.0.1:443).
+    // On 127.0.0.4:443, where sluice connects for the name (other tests use 127.0.0.1-3:443).
     const server = await mtlsServer(
       pki.dir,
       `${pki.dir}/leaf.pem`,
       `${pki.dir}/leaf.key`,
       `${pki.dir}/ca.pem`,
-      "127.0.0.2",
+      "127.0.0.4",
       443,
     );
     const policy = `${dir}/policy.yaml`;
@@ -191,7 +191,7 @@ Deno.test({
       policy,
       `version: 1
 network:
-  allow: [mtls.test, "127.0.0.2:443"]
+  allow: [mtls.test, "127.0.0.4:443"]
 credentials:
   PARTNER_MTLS:
     kind: client_cert
@@ -209,7 +209,7 @@ tls:
           {
             policy,
             dir,
-            args: ["--resolve", "mtls.test=127.0.0.2"],
+            args: ["--resolve", "mtls.test=127.0.0.4"],
             env: { SLUICE_TEST_MTLS_KEY: key },
           },
           "curl -sS -w '\\n%{http_code}\\n' --resolve mtls.test:443:192.0.2.10 https://mtls.test/ | tail -n 1; " +
