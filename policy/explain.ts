@@ -54,6 +54,8 @@ export type Explanation = {
     violations: { name: string; places: Place[]; hosts: string[] }[];
     /** A `client_cert` credential sluice would present in the upstream TLS handshake. */
     presented?: string;
+    /** An aws_sigv4 credential whose placeholder keys sign the request: sluice re-signs it. */
+    resigned?: string;
   };
   notes: string[];
   error?: string;
@@ -204,6 +206,10 @@ export function explain(compiled: CompiledPolicy, input: ExplainInput): Explanat
     const places = (plan.found.get(c.name) ?? []).filter((p) =>
       c.in.includes(p.split(" ")[0] as never)
     );
+    if (c.kind === "aws_sigv4" && plan.found.has(c.name)) {
+      out.credentials.resigned = c.name;
+      continue;
+    }
     const minted = c.oauth2 ? { minted: c.oauth2.tokenUrl } : {};
     if (places.length) {
       out.credentials.substituted.push({ name: c.name, places: [...places], ...minted });

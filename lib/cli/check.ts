@@ -33,18 +33,25 @@ export function summarize(loaded: Loaded): string {
   );
   for (const c of p.credentials) {
     const o = c.oauth2;
-    const from = c.from ? `from ${source(c.from)}` : o
+    const k = c.sigv4;
+    const from = c.from
+      ? `from ${source(c.from)}`
+      : k
+      ? `AWS keys ${source(k.accessKeyId)}, ${source(k.secretAccessKey)}` +
+        (k.sessionToken ? `, session token ${source(k.sessionToken)}` : "") +
+        " (requests signed with the placeholder keys are re-signed)"
+      : o
       ? `minted by ${o.grant} at ${o.tokenUrl}` +
         [o.refreshToken, o.clientSecret, o.key].filter((x) => x).map((x) => `, ${source(x!)}`).join(
           "",
         )
       : "";
-    const extra = [
+    const extra = (k ? ["derived placeholder keys", c.onViolation] : [
       `in ${c.in.join(",") || "nowhere"}`,
       c.inject ? `inject ${c.inject.header}` : "",
       c.placeholder ? "fixed placeholder" : "derived placeholder",
       c.onViolation,
-    ].filter(Boolean).join("; ");
+    ]).filter(Boolean).join("; ");
     lines.push(`  ${c.name} ${from} -> ${c.hosts.map((h) => h.source).join(", ")} (${extra})`);
   }
   for (const c of p.clientCerts) {

@@ -84,6 +84,12 @@ export function formatExplanation(e: Explanation): string {
       }`,
     );
   }
+  if (e.credentials.resigned) {
+    lines.push(
+      `  credential   ${e.credentials.resigned}: signed with its placeholder keys; sluice checks ` +
+        "the signature and re-signs with the real keys (SigV4)",
+    );
+  }
   if (e.credentials.presented) {
     lines.push(
       `  credential   ${e.credentials.presented}: client certificate presented by sluice (mTLS)`,
@@ -91,7 +97,7 @@ export function formatExplanation(e: Explanation): string {
   }
   if (
     e.verdict === "allow" && !e.credentials.substituted.length && !e.credentials.injected.length &&
-    !e.credentials.presented
+    !e.credentials.presented && !e.credentials.resigned
   ) {
     lines.push(`  credentials  none applied`);
   }

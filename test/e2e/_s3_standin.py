@@ -164,9 +164,13 @@ class Handler(BaseHTTPRequestHandler):
     def route(self, data):
         parts = urlsplit(self.path)
         q = dict(parse_qsl(parts.query, keep_blank_values=True))
-        segs = parts.path.lstrip("/").split("/", 1)
-        bucket = segs[0]
-        key = segs[1] if len(segs) > 1 else ""
+        host = self.headers["Host"].split(":")[0]
+        if host.endswith(".amazonaws.com") and ".s3." in host:  # virtual-hosted: bucket in the name
+            bucket, key = host.split(".s3.")[0], parts.path.lstrip("/")
+        else:  # path style
+            segs = parts.path.lstrip("/").split("/", 1)
+            bucket = segs[0]
+            key = segs[1] if len(segs) > 1 else ""
         xml = {"Content-Type": "application/xml"}
         if not bucket:
             return self.reply(200, b"<ListAllMyBucketsResult><Buckets><Bucket><Name>ci-artifacts</Name>"

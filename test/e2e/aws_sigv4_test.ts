@@ -7,57 +7,23 @@
  */
 import { assert, assertEquals, assertMatch } from "../_assert.ts";
 import { opensslPki } from "../_pki.ts";
-import { curl, IS_ROOT, placeholders, ROOT, sha256, startSluice } from "./_harness.ts";
+import { curl, IS_ROOT, placeholders, sha256, startSluice } from "./_harness.ts";
+import {
+  available,
+  AWS,
+  KEY_ID,
+  PY,
+  SECRET,
+  STANDIN,
+  startStandin,
+  TOKEN,
+} from "./_s3.ts";
 import { output, sluiceRunCommand } from "./_run.ts";
-
-const KEY_ID = "AKIAREALKEY0EXAMPLE7";
-const SECRET = "real/Secret+Access/Key0000sluiceTEST1234";
-const TOKEN = "real-session-token-FwoGZXIvYXdzEJr/example==";
-const PY = "/usr/bin/python3";
-const AWS = "/usr/bin/aws";
-const STANDIN = `${ROOT}test/e2e/_s3_standin.py`;
-
-const available = await Promise.all(
-  [PY, AWS].map((p) => Deno.stat(p).then(() => true, () => false)),
-);
-
-async function startStandin(dir: string, cert: string, key: string, at = "127.0.0.1:0") {
-  const [host, port] = at.split(":");
-  const child = new Deno.Command(PY, {
-    args: [STANDIN, port, cert, key, `${dir}/s3.jsonl`, host],
-    env: {
-      REAL_AWS_ACCESS_KEY_ID: KEY_ID,
-      REAL_AWS_SECRET_ACCESS_KEY: SECRET,
-      REAL_AWS_SESSION_TOKEN: TOKEN,
-    },
-    stdout: "piped",
-    stderr: "inherit",
-  }).spawn();
-  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  let text = "";
-  while (!/ready \d+/.test(text)) {
-    const { value, done } = await reader.read();
-    if (done) throw new Error(`the S3 stand-in exited: ${text}`);
-    text += value;
-  }
-  reader.releaseLock();
-  return {
-    port: Number(/ready (\d+)/.exec(text)![1]),
-    log: async () =>
-      (await Deno.readTextFile(`${dir}/s3.jsonl`).catch(() => "")).split("\n").filter(Boolean)
-        .map((l) => JSON.parse(l) as Record<string, unknown>),
-    stop: async () => {
-      child.kill("SIGKILL");
-      await child.status;
-      await child.stdout.cancel().catch(() => {});
-    },
-  };
-}
 
 Deno.test({
   name:
     "aws_sigv4: the AWS CLI with placeholder keys, re-signed by sluice for a SigV4-verifying S3",
-  ignore: !available.every(Boolean),
+  ignore: !available,
   async fn(t) {
     const dir = await Deno.makeTempDir({ prefix: "sluice-sigv4-" });
     const pki = await opensslPki("s3.test");
@@ -272,7 +238,7 @@ tls:
 
 Deno.test({
   name: "aws_sigv4 under sluice run: aws s3 cp with the placeholders sluice puts in AWS_*",
-  ignore: !IS_ROOT || !available.every(Boolean),
+  ignore: !IS_ROOT || !available,
   sanitizeResources: false,
   async fn() {
     const dir = await Deno.makeTempDir({ prefix: "sluice-sigv4-run-" });

@@ -20,6 +20,14 @@ import { type Block, extractBlocks } from "./_recipes/extract.ts";
 import { type Registry, startRegistry, tarballText } from "./_recipes/registry.ts";
 import { type Ran, runScript, type ScriptOptions, startScript } from "./_recipes/sh.ts";
 import { type Accounts, type Shims, writeAccounts, writeShims } from "./_recipes/shims.ts";
+import { opensslPki } from "../_pki.ts";
+import {
+  available as s3Available,
+  AWS,
+  KEY_ID,
+  SECRET as AWS_SECRET,
+  startStandin,
+} from "./_s3.ts";
 
 const DOCS_ROOT = Deno.env.get("SLUICE_DOCS_ROOT") ?? ROOT;
 
@@ -29,6 +37,10 @@ const SECRET = "npm_Q3vX9kLp2Rt7Wm4Yc8Hn1Bz6Df0Gs5Jk2Ea";
 const REGISTRY = "127.0.0.2";
 /** What npm inside the namespace resolves registry.npmjs.org to (see shims.ts, DNS_PIN). */
 const PIN = "192.0.2.10";
+/** docs/ci.md's AWS recipe, and where its S3 stand-in listens (other tests use 127.0.0.1-5). */
+const AWS_RECIPE =
+  "docs/ci.md: sudo --preserve-env=CI_AWS_ACCESS_KEY_ID,CI_AWS_SECRET_ACCESS_KEY sluice run --policy ci-aws.yaml -- aws s3 cp dist/app.tar.gz s3://ci-artifacts/";
+const S3_AT = "127.0.0.6";
 /** The user the CI runner runs as ("$USER" in the recipes), as on GitHub's runners. */
 const RUNNER_USER = "runner";
 
@@ -129,6 +141,23 @@ const TABLE: Record<string, Entry> = {
   },
   "docs/credentials.md: # access tokens sluice mints (OAuth2)": {
     config: "passes sluice check inside a policy that allows its hosts and token endpoints",
+  },
+  "docs/credentials.md: # AWS keys sluice re-signs with (SigV4)": {
+    config: "passes sluice check inside a policy that allows its hosts",
+  },
+  "docs/ci.md: # ci-aws.yaml: the artifact upload step": {
+    config: "passes sluice check as it is",
+  },
+  [AWS_RECIPE]: {
+    run: "as root in a dir holding dist/app.tar.gz and ci-aws.yaml (the block above + the " +
+      "stand-in's address in network.allow and its CA in tls.upstream.ca); sluice resolves " +
+      "ci-artifacts.s3.us-east-1.amazonaws.com (where the CLI sends it) to an S3 stand-in (test/e2e/_s3_standin.py) that verifies " +
+      "the signature with the real keys; the CLI (Debian's aws) is handed a documentation " +
+      "address for the name, as npm is; region from AWS_CONFIG_FILE, kept by the sudo stand-in",
+    rewrite: [[
+      "sluice run ",
+      `sluice run --resolve ci-artifacts.s3.us-east-1.amazonaws.com=${S3_AT} --state {STATE} `,
+    ]],
   },
   "docs/enforcement.md: sudo --preserve-env=NPM_TOKEN sluice run --policy examples/ci-npm-publish.yaml --user ci -- npm publish":
     {
@@ -385,6 +414,9 @@ Deno.test("docs: explain and check commands, output and configuration samples", 
           use("docs/systemd.md: credentials:").text + "\n",
         "client-cert-md.yaml": "version: 1\nnetwork:\n  allow: [api.partner.example]\n" +
           use("docs/credentials.md: # a client certificate sluice presents (mTLS)").text + "\n",
+        "aws-md.yaml": 'version: 1\nnetwork:\n  allow: ["*.amazonaws.com"]\n' +
+          use("docs/credentials.md: # AWS keys sluice re-signs with (SigV4)").text + "\n",
+        "ci-aws.yaml": use("docs/ci.md: # ci-aws.yaml: the artifact upload step").text,
         "oauth2-md.yaml": "version: 1\nnetwork:\n  allow: [github.com, api.github.com, " +
           "oauth2.googleapis.com, storage.googleapis.com, auth.partner.example, " +
           "api.partner.example]\n" +
@@ -869,6 +901,82 @@ Deno.test({
       });
     } finally {
       await ci.registry.close();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "docs/ci.md: aws s3 cp under sluice run, for real, against an S3 stand-in",
+  ignore: !IS_ROOT || !s3Available, // network namespaces, netfilter, port 443
+  sanitizeResources: false,
+  async fn() {
+    const dir = await tempDir("sluice-rcp-aws-");
+    const pki = await opensslPki("*.s3.us-east-1.amazonaws.com");
+    const s3 = await startStandin(
+      dir,
+      `${pki.dir}/leaf.pem`,
+      `${pki.dir}/leaf.key`,
+      `${S3_AT}:443`,
+      false,
+    );
+    const shims = await writeShims(dir, ROOT);
+    try {
+      const work = `${dir}/job`;
+      await Deno.mkdir(`${work}/dist`, { recursive: true });
+      const artifact = new Uint8Array(300_000).map((_, i) => (i * 7) & 0xff);
+      await Deno.writeFile(`${work}/dist/app.tar.gz`, artifact);
+      await Deno.writeTextFile(
+        `${work}/ci-aws.yaml`,
+        use("docs/ci.md: # ci-aws.yaml: the artifact upload step").text.replace(
+          'allow: ["*.amazonaws.com"]',
+          `allow: ["*.amazonaws.com", "${S3_AT}:443"]`,
+        ) + `\ntls:\n  upstream: { ca: [${pki.dir}/ca.pem] }\n`,
+      );
+      // The CLI is Debian's aws (whatever else PATH holds), and inside the namespace it gets a
+      // documentation address for the bucket's name (sluice's DNS would answer the stand-in's
+      // loopback address, which a namespace cannot reach).
+      await Deno.mkdir(`${dir}/awsbin`);
+      await Deno.symlink(AWS, `${dir}/awsbin/aws`);
+      await Deno.mkdir(`${dir}/pin`);
+      await Deno.writeTextFile(
+        `${dir}/pin/sitecustomize.py`,
+        "import socket\n_real = socket.getaddrinfo\n" +
+          "def _pinned(host, *a, **k):\n" +
+          `    return _real('${PIN}' if str(host).endswith('.amazonaws.com') else host, *a, **k)\n` +
+          "socket.getaddrinfo = _pinned\n",
+      );
+      await Deno.writeTextFile(`${dir}/aws-config`, "[default]\nregion = us-east-1\n");
+      const r = await runScript(adapted(AWS_RECIPE, { STATE: `${dir}/state` }), {
+        shell: SH,
+        cwd: work,
+        env: {
+          PATH: `${dir}/awsbin:${shims.installed}:${shims.bin}:${HOST_PATH}`,
+          HOME: `${dir}/home`,
+          LANG: "C.UTF-8",
+          CI_AWS_ACCESS_KEY_ID: KEY_ID,
+          CI_AWS_SECRET_ACCESS_KEY: AWS_SECRET,
+          AWS_CONFIG_FILE: `${dir}/aws-config`,
+          AWS_EC2_METADATA_DISABLED: "true",
+          PYTHONPATH: `${dir}/pin`,
+          RCP_SUDO_ENV_KEEP: "HOME AWS_CONFIG_FILE AWS_EC2_METADATA_DISABLED PYTHONPATH",
+          RCP_SUDO_HOME: `${dir}/home`,
+        },
+      });
+      assertEquals(r.code, 0, show(r));
+      assertMatch(
+        r.stdout,
+        /upload: dist\/app\.tar\.gz to s3:\/\/ci-artifacts\/app\.tar\.gz/,
+        show(r),
+      );
+      const put = (await s3.log()).find((x) => x.method === "PUT");
+      assertEquals([put?.key_id, put?.error], [KEY_ID, undefined], show(r));
+      for (const v of [KEY_ID, AWS_SECRET]) {
+        assert(!r.stdout.includes(v) && !r.stderr.includes(v), "the job's output shows a real key");
+      }
+    } finally {
+      await s3.stop();
+      await Deno.remove(pki.dir, { recursive: true });
       await Deno.remove(dir, { recursive: true });
     }
   },

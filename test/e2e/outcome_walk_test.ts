@@ -29,6 +29,7 @@ import { AuditLog } from "../../lib/ops/audit.ts";
 import { websocketAccept } from "../../lib/exchange/websocket/mod.ts";
 import {
   curl,
+  placeholders,
   type Sluice,
   startPlainUpstream,
   startSluice,
@@ -243,6 +244,11 @@ credentials:
     client_secret: env:SLUICE_WALK_KEY
     hosts: ["tok.test:${up.port}"]
     placeholder: sluice-walk-unminted-placeholder
+  AWS:
+    kind: aws_sigv4
+    access_key_id: env:SLUICE_WALK_KEY
+    secret_access_key: env:SLUICE_WALK_KEY
+    hosts: ["tok.test:${up.port}"]
 `,
   );
   const resolve = ["untrusted.test", "api.test", "denied.test", "nowhere.test", "tok.test"]
@@ -618,6 +624,24 @@ credentials:
           "token",
         );
         assertEquals(r.credentials, ["MINTED"]);
+      },
+    );
+
+    await provoke(
+      "credential-signature",
+      "a request naming an aws_sigv4 placeholder key id with a signature that does not verify",
+      async () => {
+        const ph = await placeholders(policy, `${dir}/state`);
+        const text = await through([
+          "-H",
+          `Authorization: AWS4-HMAC-SHA256 Credential=${ph.AWS}/20261201/us-east-1/s3/aws4_request, ` +
+          `SignedHeaders=host;x-amz-date, Signature=${"0".repeat(64)}`,
+          "-H",
+          "x-amz-date: 20261201T000000Z",
+          `https://tok.test:${up.port}/bucket/key`,
+        ]);
+        assertMatch(text, /^HTTP\/[\d.]+ 403/m);
+        assertEquals(headerCode(text), "credential-signature");
       },
     );
 

@@ -378,3 +378,50 @@ credentials:
   });
   assertEquals([toAuth.verdict, toAuth.refusal?.code], ["deny", "credential-violation"]);
 });
+
+Deno.test("explain() says a request signed with aws_sigv4 placeholder keys is re-signed, and only toward its hosts", () => {
+  const { compiled } = loadPolicyText(
+    `version: 1
+network:
+  allow: [s3.test, other.test]
+credentials:
+  AWS:
+    kind: aws_sigv4
+    access_key_id: env:K
+    secret_access_key: env:S
+    hosts: [s3.test]
+`,
+    "p.yaml",
+  );
+  const placeholders = new Map([
+    ["AWS", "AKIAPLACEHOLDER00000"],
+    ["AWS#secret_access_key", "sluice-aws-secret-placeholder"],
+  ]);
+  const headers: [string, string][] = [[
+    "authorization",
+    "AWS4-HMAC-SHA256 Credential=AKIAPLACEHOLDER00000/20261201/us-east-1/s3/aws4_request, " +
+    `SignedHeaders=host, Signature=${"0".repeat(64)}`,
+  ]];
+  const e = explain(compiled!, {
+    method: "GET",
+    url: "https://s3.test/b/k",
+    headers,
+    placeholders,
+  });
+  assertEquals([e.verdict, e.credentials.resigned], ["allow", "AWS"]);
+  const other = explain(compiled!, {
+    method: "GET",
+    url: "https://other.test/b/k",
+    headers,
+    placeholders,
+  });
+  assertEquals([other.verdict, other.refusal?.code], ["deny", "credential-violation"]);
+  // The secret key's placeholder is a placeholder too: sent anywhere, it is found.
+  const leak = explain(compiled!, {
+    method: "POST",
+    url: "https://other.test/paste",
+    headers: [["x-note", "sluice-aws-secret-placeholder"]],
+    placeholders,
+  });
+  assertEquals([leak.verdict, leak.refusal?.code], ["deny", "credential-violation"]);
+});

@@ -142,7 +142,7 @@ const errors: [string, string, RegExp][] = [
   [
     "rejects an unknown credential kind, suggesting the nearest",
     "version: 1\nnetwork:\n  allow: [a.com]\ncredentials:\n  M:\n    kind: client-cert\n    from: env:M\n    hosts: [a.com]\n",
-    /^p\.yaml:6:11: credentials\.M\.kind: expected one of static \| oauth2 \| client_cert, found "client-cert"; did you mean "client_cert"\?/,
+    /^p\.yaml:6:11: credentials\.M\.kind: expected one of static \| oauth2 \| aws_sigv4 \| client_cert, found "client-cert"; did you mean "client_cert"\?/,
   ],
   [
     "rejects an oauth2 credential without a token_url",
@@ -178,6 +178,16 @@ const errors: [string, string, RegExp][] = [
     "rejects an unknown oauth2 grant",
     "version: 1\nnetwork:\n  allow: [a.com]\ncredentials:\n  O:\n    kind: oauth2\n    token_url: https://a.com/token\n    grant: password\n    hosts: [a.com]\n",
     /^p\.yaml:8:12: credentials\.O\.grant: expected one of refresh_token \| client_credentials \| jwt_bearer, found "password"/,
+  ],
+  [
+    "rejects an aws_sigv4 credential without a secret key",
+    "version: 1\nnetwork:\n  allow: [s3.test]\ncredentials:\n  AWS:\n    kind: aws_sigv4\n    access_key_id: env:K\n    hosts: [s3.test]\n",
+    /^p\.yaml:5:3: credentials\.AWS: an aws_sigv4 credential needs `access_key_id` and `secret_access_key`/,
+  ],
+  [
+    "rejects a placeholder field on an aws_sigv4 credential",
+    "version: 1\nnetwork:\n  allow: [s3.test]\ncredentials:\n  AWS:\n    kind: aws_sigv4\n    access_key_id: env:K\n    secret_access_key: env:S\n    in: [header]\n    hosts: [s3.test]\n",
+    /^p\.yaml:9:5: credentials\.AWS\.in: unknown key "in"/,
   ],
   [
     "rejects a client_cert host the network denies",
