@@ -8,16 +8,7 @@
 import { assert, assertEquals, assertMatch } from "../_assert.ts";
 import { opensslPki } from "../_pki.ts";
 import { curl, IS_ROOT, placeholders, sha256, startSluice } from "./_harness.ts";
-import {
-  available,
-  AWS,
-  KEY_ID,
-  PY,
-  SECRET,
-  STANDIN,
-  startStandin,
-  TOKEN,
-} from "./_s3.ts";
+import { available, AWS, KEY_ID, PY, SECRET, STANDIN, startStandin, TOKEN } from "./_s3.ts";
 import { output, sluiceRunCommand } from "./_run.ts";
 
 Deno.test({
@@ -223,6 +214,20 @@ tls:
           assertEquals(r.key_id, KEY_ID);
         }
         const audit = await Deno.readTextFile(sluice.auditPath);
+        // Every file sluice wrote: its state directory (CA, placeholder key) and the audit log.
+        const written: string[] = [];
+        const walk = async (d: string) => {
+          for await (const e of Deno.readDir(d)) {
+            const p = `${d}/${e.name}`;
+            if (e.isDirectory) await walk(p);
+            else if (e.isFile) written.push(new TextDecoder().decode(await Deno.readFile(p)));
+          }
+        };
+        await walk(`${dir}/state`);
+        assert(written.length >= 2, "the state directory holds sluice's files");
+        for (const v of [KEY_ID, SECRET, TOKEN]) {
+          assert(!written.some((f) => f.includes(v)), "a file sluice wrote holds a real key");
+        }
         const all = seen.join("\n");
         for (const v of [KEY_ID, SECRET, TOKEN]) {
           assert(!all.includes(v), "the workload read a real key");

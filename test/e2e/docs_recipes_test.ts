@@ -148,6 +148,12 @@ const TABLE: Record<string, Entry> = {
   "docs/ci.md: # ci-aws.yaml: the artifact upload step": {
     config: "passes sluice check as it is",
   },
+  "docs/ci.md: # ci-deploy.yaml: a deploy step calling an API that wants OAuth2 access tokens": {
+    config: "passes sluice check as it is",
+  },
+  "docs/ci.md: # ci-mtls.yaml: a step calling an API that authenticates clients by certificate": {
+    config: "passes sluice check as it is",
+  },
   [AWS_RECIPE]: {
     run: "as root in a dir holding dist/app.tar.gz and ci-aws.yaml (the block above + the " +
       "stand-in's address in network.allow and its CA in tls.upstream.ca); sluice resolves " +
@@ -417,6 +423,12 @@ Deno.test("docs: explain and check commands, output and configuration samples", 
         "aws-md.yaml": 'version: 1\nnetwork:\n  allow: ["*.amazonaws.com"]\n' +
           use("docs/credentials.md: # AWS keys sluice re-signs with (SigV4)").text + "\n",
         "ci-aws.yaml": use("docs/ci.md: # ci-aws.yaml: the artifact upload step").text,
+        "ci-deploy.yaml": use(
+          "docs/ci.md: # ci-deploy.yaml: a deploy step calling an API that wants OAuth2 access tokens",
+        ).text,
+        "ci-mtls.yaml": use(
+          "docs/ci.md: # ci-mtls.yaml: a step calling an API that authenticates clients by certificate",
+        ).text,
         "oauth2-md.yaml": "version: 1\nnetwork:\n  allow: [github.com, api.github.com, " +
           "oauth2.googleapis.com, storage.googleapis.com, auth.partner.example, " +
           "api.partner.example]\n" +

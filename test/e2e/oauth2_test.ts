@@ -7,7 +7,8 @@
  */
 import { generateKeyPairSync, verify } from "node:crypto";
 import { assert, assertEquals, assertMatch } from "../_assert.ts";
-import { curl, placeholders, startSluice, startTlsUpstream, testCas } from "./_harness.ts";
+import { curl, IS_ROOT, placeholders, startSluice, startTlsUpstream, testCas } from "./_harness.ts";
+import { output, sluiceRunCommand } from "./_run.ts";
 
 const CLIENT_SECRET = "client-secret-7f3a9c1e55";
 const FIRST_REFRESH = "refresh-token-0-c41d8e2b9a";
@@ -320,4 +321,72 @@ tls:
     await tokenServer.close();
     await api.close();
   }
+});
+
+Deno.test({
+  name: "oauth2 under sluice run: the command holds the placeholder, never the refresh material",
+  ignore: !IS_ROOT,
+  sanitizeResources: false,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "sluice-oauth2-run-" });
+    const cas = await testCas(dir);
+    const issuer = new Issuer("", () => "");
+    await Deno.writeTextFile(`${dir}/refresh`, `${FIRST_REFRESH}\n`);
+    const tokenServer = startTlsUpstream(cas.trusted, 0, "127.0.0.1", (r) => issuer.handle(r));
+    // The API on 127.0.0.7:443, where sluice connects for the name (other tests use 127.0.0.1-6).
+    const api = startTlsUpstream(cas.trusted, 443, "127.0.0.7", (req) => {
+      const token = (req.headers.get("authorization") ?? "").replace(/^Bearer /, "");
+      return issuer.valid(token, "api")
+        ? new Response(`ok ${req.headers.get("authorization")}\n`)
+        : new Response("unauthorized\n", { status: 401 });
+    });
+    const policy = `${dir}/policy.yaml`;
+    await Deno.writeTextFile(
+      policy,
+      `version: 1
+network:
+  allow: [api.test, "127.0.0.7:443", "token.test:${tokenServer.port}", "127.0.0.1:${tokenServer.port}"]
+credentials:
+  API_TOKEN:
+    kind: oauth2
+    token_url: https://token.test:${tokenServer.port}/token
+    client_id: sluice-test
+    client_secret: env:SLUICE_TEST_CLIENT_SECRET
+    refresh_token: file:${dir}/refresh
+    hosts: [api.test]
+tls:
+  upstream: { ca: [${cas.trustedPath}] }
+`,
+    );
+    try {
+      const r = await output(
+        sluiceRunCommand(
+          {
+            policy,
+            dir,
+            args: ["--resolve", "api.test=127.0.0.7", "--resolve", "token.test=127.0.0.1"],
+            env: { SLUICE_TEST_CLIENT_SECRET: CLIENT_SECRET },
+          },
+          // A documentation address for the name: every TCP 443 leaving the namespace goes to
+          // sluice, which connects where its own --resolve says.
+          'curl -sS --resolve api.test:443:192.0.2.10 -H "Authorization: Bearer $API_TOKEN" ' +
+            "https://api.test/; echo placeholder=$API_TOKEN; env; cat " + `${dir}/refresh 2>&1`,
+        ),
+      );
+      assertEquals(r.code, 0, r.stderr);
+      const ph = /^placeholder=(\S+)$/m.exec(r.stdout)?.[1] ?? "";
+      assertMatch(ph, /^sluice-api-token-/);
+      // The API got the real token; the command read it back as the placeholder.
+      assertMatch(r.stdout, new RegExp(`^ok Bearer ${ph}$`, "m"), r.stdout + r.stderr);
+      assertEquals(issuer.refreshGrants, 1);
+      for (const v of issuer.secrets()) {
+        assert(!r.stdout.includes(v), "the command read a real value (env, file or response)");
+      }
+      assertMatch(r.stderr, /withheld from the command.*SLUICE_TEST_CLIENT_SECRET/);
+    } finally {
+      await tokenServer.close();
+      await api.close();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
 });
