@@ -127,6 +127,12 @@ class ExchangeFailure {
  * pool.close();
  * ```
  */
+/**
+ * What an upstream (a pool key) is known to speak: "h1", it chose http/1.1 when offered h2 too;
+ * "h2", it chose h2 when offered both; "h2-only", it refused an http/1.1-only handshake.
+ */
+type Protocol = "h1" | "h2" | "h2-only";
+
 export class UpstreamPool {
   readonly #connectMs: number;
   readonly #headerMs: number;
@@ -143,9 +149,10 @@ export class UpstreamPool {
   readonly #h2: H2Sessions;
   /**
    * What each TLS upstream (by pool key) chose when offered h2, or needed (it refused HTTP/1.1):
-   * so later requests go straight to the right pool. Bounded: cleared past 4,096 keys.
+   * so later requests go straight to the right pool ({@link Protocol}). Bounded: cleared past
+   * 4,096 keys.
    */
-  readonly #protocols = new Map<string, "h1" | "h2">();
+  readonly #protocols = new Map<string, Protocol>();
 
   /** @param opts pool sizes and timeouts; see {@link UpstreamPoolOptions} for defaults */
   constructor(opts?: UpstreamPoolOptions) {
@@ -187,11 +194,13 @@ export class UpstreamPool {
       throw new UpstreamError("connect", `Cannot send request to ${where}: the pool is closed`);
     }
     const key = poolKey(target);
-    // HTTP/2 where the upstream is known to speak it, or may when the client spoke it. Not
-    // with `verify: false` (node:tls, HTTP/1.1 only).
+    // HTTP/2 for a client that spoke it, where the upstream speaks it or may; for an HTTP/1.1
+    // client only where the upstream speaks nothing else: sluice's HTTP/1.1 pool costs less
+    // per request than node:http2 (bench/peers.sh: an HTTP/1.1 client multiplexed onto h2 to
+    // nginx ran at half the MiB/s). Not with `verify: false` (node:tls, HTTP/1.1 only).
     if (target.tls && target.verify && !target.clientCert) {
       const known = this.#protocols.get(key);
-      if (known === "h2" || (known === undefined && req.http2)) {
+      if (known === "h2-only" || (req.http2 && known !== "h1")) {
         return await this.#viaH2(target, req, key, where, signal);
       }
     }
@@ -219,7 +228,7 @@ export class UpstreamPool {
         /NoApplicationProtocol/i.test(e.message) &&
         target.verify
       ) {
-        this.#remember(key, "h2");
+        this.#remember(key, "h2-only");
         return await this.#viaH2(target, req, key, where, signal);
       }
       throw e;
@@ -231,7 +240,7 @@ export class UpstreamPool {
     }
   }
 
-  #remember(key: string, protocol: "h1" | "h2"): void {
+  #remember(key: string, protocol: Protocol): void {
     if (this.#protocols.size >= 4096 && !this.#protocols.has(key)) this.#protocols.clear();
     this.#protocols.set(key, protocol);
   }
@@ -263,7 +272,8 @@ export class UpstreamPool {
         throw e instanceof ExchangeFailure ? e.error : e;
       }
     }
-    this.#remember(key, "h2");
+    // An upstream known to refuse HTTP/1.1 stays so; one that chose h2 among both is "h2".
+    if (this.#protocols.get(key) !== "h2-only") this.#remember(key, "h2");
     return await this.#h2.request(this.#h2.adopt(io, key, target), req, where, signal);
   }
 

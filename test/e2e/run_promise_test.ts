@@ -207,10 +207,17 @@ audit:
           while (!(await exists(started)) && Date.now() < end) {
             await new Promise((r) => setTimeout(r, 50));
           }
+          // The run's temp dir, as its marker names it (unless a parallel run already recovered).
+          const markerFile = `/run/sluice/runs/${child.pid}.json`;
           child.kill("SIGKILL");
           await child.status;
           await child.stdout.cancel();
           await child.stderr.cancel();
+          const tmp: string | undefined = await Deno.readTextFile(markerFile).then(
+            (t) => JSON.parse(t).tmp,
+            () => undefined,
+          );
+          if (tmp) assert(await exists(tmp), "the killed run's temp dir is gone before recovery");
           // The command goes with sluice (parent-death signal through unshare to the init).
           let alive = true;
           for (let i = 0; i < 50 && alive; i++) {
@@ -224,6 +231,7 @@ audit:
           // removes what the killed run left; with recovery broken, it all stays.
           assertEquals(await leftovers(child.pid), []);
           assertEquals(await leftovers(r.pid), []);
+          if (tmp) assert(!(await exists(tmp)), `the killed run's temp dir ${tmp} was left`);
         },
       );
 
