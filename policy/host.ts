@@ -31,6 +31,23 @@ const LABEL = /^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$/;
  * ```
  */
 export function normalizeHostname(raw: string): Parsed<string> {
+  // Every request's host goes through here (more than once: plan, decision, route), and a
+  // workload talks to few hosts: answers are remembered, bounded. Uncached, it was ~1% of the
+  // CPU profile of bench/request_path_bench.ts (a regex per label, a split, a lowercase).
+  let known = normalized.get(raw);
+  if (known === undefined) {
+    known = Object.freeze(normalizeUncached(raw));
+    if (normalized.size >= NORMALIZED_LIMIT) normalized.clear();
+    normalized.set(raw, known);
+  }
+  return known;
+}
+
+/** Hosts already normalized (results are frozen; both outcomes are kept). */
+const normalized = new Map<string, Parsed<string>>();
+const NORMALIZED_LIMIT = 4096;
+
+function normalizeUncached(raw: string): Parsed<string> {
   let name = raw.endsWith(".") ? raw.slice(0, -1) : raw;
   if (name.length === 0) return { ok: false, message: "the host name is empty" };
   // Fast path: plain ASCII needs only lowercasing. Anything else goes through
