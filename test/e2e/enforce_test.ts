@@ -243,6 +243,46 @@ enforce:
         },
       );
 
+      await t.step(
+        "a reload whose rules cannot be applied keeps the running policy and rules",
+        async () => {
+          const good = await Deno.readTextFile(policy);
+          // Valid as a policy (and it would let denied.test through), but its subject cannot be
+          // resolved when the rules are built: the reload must be refused as a whole.
+          await Deno.writeTextFile(
+            policy,
+            good.replace("deny: [denied.test]", "deny: []")
+              .replace("allow: [allowed.test,", "allow: [allowed.test, denied.test,")
+              .replace(`users: [${NOBODY}]`, "users: [no-such-user-sluice]"),
+          );
+          try {
+            Deno.kill(sluice!.pid, "SIGHUP");
+            for (let i = 0; i < 100 && !/reload \(SIGHUP\) refused/.test(sluice!.stderr()); i++) {
+              await new Promise((r) => setTimeout(r, 100));
+            }
+            assertMatch(sluice!.stderr(), /reload \(SIGHUP\) refused; the running policy stays/);
+            assertMatch(sluice!.stderr(), /no-such-user-sluice/);
+            const list = await inNs(ns, ["nft", "list", "table", "inet", "sluice"]);
+            assertMatch(list.out, /meta skuid 65534 jump to_listeners/);
+            // The policy in force is still the old one: denied.test is still denied.
+            const denied = await asNobody([
+              "--cacert",
+              sluice!.caPath,
+              "-o",
+              "/dev/null",
+              "-w",
+              "%{http_code}",
+              "--resolve",
+              "denied.test:443:192.0.2.10",
+              "https://denied.test/",
+            ]);
+            assertEquals(denied.out, "403", sluice!.stderr());
+          } finally {
+            await Deno.writeTextFile(policy, good);
+          }
+        },
+      );
+
       await t.step("sluice rules prints the same ruleset without applying it", async () => {
         const printed = await new Deno.Command(Deno.execPath(), {
           args: ["run", "-A", `${ROOT}main.ts`, "rules", "--policy", policy],
