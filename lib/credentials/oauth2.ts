@@ -12,14 +12,15 @@
  *   Concurrent requests that need a token share one fetch (single flight).
  * - Cells outlive policy reloads while the credential's endpoint, grant and material are
  *   unchanged ({@link OAuth2Tokens.cell}), so a reload does not throw away a token or a rotated
- *   refresh token.
+ *   refresh token; a rotated refresh token also outlives a restart, in the state directory
+ *   ({@link fileRefreshStore}), because providers that rotate revoke the one it replaced.
  * - The HTTP exchange itself is not here: the gateway gives {@link OAuth2Tokens.connect} a
  *   function that posts through sluice's own upstream client (policy, resolver, trust), so the
  *   token endpoint is reached exactly as `network` and `tls.upstream` say.
  *
  * @module
  */
-import { createPrivateKey, type KeyObject, sign } from "node:crypto";
+import { createHash, createPrivateKey, type KeyObject, sign } from "node:crypto";
 import type { Credential, OAuth2Spec } from "../../policy/types.ts";
 import {
   type EnvReader,
@@ -251,6 +252,48 @@ export type TokenEvent = {
   durationMs: number;
 };
 
+/**
+ * Where a rotated refresh token outlives the process: keyed by credential and by a fingerprint
+ * of the refresh token its source holds, so a source that is given a new token wins again.
+ */
+export type RefreshStore = {
+  load(credential: string, source: string): string | undefined;
+  save(credential: string, source: string, token: string): void;
+};
+
+/** A SHA-256 fingerprint of a value (hex): what the store keeps of the source's token. */
+function fingerprint(v: SecretValue): string {
+  return createHash("sha256").update(v.revealBytes()).digest("hex");
+}
+
+/**
+ * The refresh store in sluice's state directory: one JSON file, 0600, replaced whole on each
+ * save (write then rename). `sluice run` keeps none (its state is the run's own).
+ */
+export function fileRefreshStore(path: string): RefreshStore {
+  const read = (): Record<string, { source: string; token: string }> => {
+    try {
+      return JSON.parse(Deno.readTextFileSync(path));
+    } catch {
+      return {};
+    }
+  };
+  return {
+    load(credential, source) {
+      const e = read()[credential];
+      return e && e.source === source && typeof e.token === "string" ? e.token : undefined;
+    },
+    save(credential, source, token) {
+      const all = read();
+      all[credential] = { source, token };
+      const tmp = `${path}.${Deno.pid}.tmp`;
+      Deno.writeTextFileSync(tmp, JSON.stringify(all), { mode: 0o600 });
+      Deno.chmodSync(tmp, 0o600);
+      Deno.renameSync(tmp, path);
+    },
+  };
+}
+
 /** No access token could be had for a credential; the message names it and why. */
 export class TokenError extends Error {
   readonly credential: string;
@@ -289,7 +332,13 @@ export class TokenCell {
     this.credential = credential;
     this.spec = credential.oauth2!;
     this.material = material;
-    this.refreshToken = material.refreshToken;
+    // A refresh token the endpoint rotated earlier (before a restart) replaces the source's, as
+    // long as the source still holds the one it was rotated from.
+    const rotated = material.refreshToken &&
+      owner.store?.load(credential.name, fingerprint(material.refreshToken));
+    this.refreshToken = rotated
+      ? new SecretValue(`${credential.name}.refresh_token`, rotated)
+      : material.refreshToken;
   }
 
   /** Every value of this credential to scrub from responses: tokens and material. */
@@ -370,6 +419,9 @@ export class TokenCell {
     this.current = token;
     if (answer.refreshToken) {
       this.refreshToken = new SecretValue(`${name}.refresh_token`, answer.refreshToken);
+      if (this.material.refreshToken) {
+        this.#owner.store?.save(name, fingerprint(this.material.refreshToken), answer.refreshToken);
+      }
     }
     const life = answer.expiresIn === null ? DEFAULT_LIFETIME_MS : answer.expiresIn * 1000;
     this.#expiresAt = this.#owner.now() + life - Math.min(EXPIRY_MARGIN_MS, life / 10);
@@ -398,9 +450,15 @@ export class OAuth2Tokens {
   /** Checks a new token against the broker's rules (no placeholder inside, and so on). */
   check: (credential: string, token: string) => string | null = () => null;
 
-  constructor(opts: { now?: () => number; onEvent?: (e: TokenEvent) => void } = {}) {
+  /** Where rotated refresh tokens are kept across restarts (none: memory only). */
+  readonly store: RefreshStore | undefined;
+
+  constructor(
+    opts: { now?: () => number; onEvent?: (e: TokenEvent) => void; store?: RefreshStore } = {},
+  ) {
     this.now = opts.now ?? (() => performance.now());
     this.#onEvent = opts.onEvent ?? (() => {});
+    this.store = opts.store;
   }
 
   /** Sets how token requests are sent (the gateway's upstream client). */

@@ -16,7 +16,7 @@ import type { Credential } from "../../policy/types.ts";
 import type { Ip } from "../../policy/address.ts";
 import { type Brokerage, buildBrokerage } from "../credentials/brokerage.ts";
 import type { Broker } from "../credentials/broker.ts";
-import { OAuth2Tokens } from "../credentials/oauth2.ts";
+import { fileRefreshStore, OAuth2Tokens } from "../credentials/oauth2.ts";
 import { type DnsServer, startDnsServer } from "../dns/server.ts";
 import type { Limits } from "../ingress/limits.ts";
 import type { AuditSink } from "../ops/audit.ts";
@@ -77,7 +77,11 @@ export type Gateway = {
 /** Starts the gateway: credentials, resolver, server, DNS, in that order. */
 export async function startGateway(opts: GatewayOptions): Promise<Gateway> {
   // Token state outlives reloads: an unchanged oauth2 credential keeps its token.
-  const tokens = new OAuth2Tokens();
+  const tokens = new OAuth2Tokens({
+    store: typeof opts.stateDir === "string"
+      ? fileRefreshStore(`${opts.stateDir}/oauth2-refresh-tokens.json`)
+      : undefined,
+  });
   let brokerage = await buildBrokerage(opts.loaded.compiled, opts.stateDir, Deno.env, tokens);
   let compiled = opts.loaded.compiled;
   const resolver = hostResolver([...opts.resolve]);

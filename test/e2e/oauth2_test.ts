@@ -7,7 +7,15 @@
  */
 import { generateKeyPairSync, verify } from "node:crypto";
 import { assert, assertEquals, assertMatch } from "../_assert.ts";
-import { curl, IS_ROOT, placeholders, startSluice, startTlsUpstream, testCas } from "./_harness.ts";
+import {
+  curl,
+  IS_ROOT,
+  placeholders,
+  type Sluice,
+  startSluice,
+  startTlsUpstream,
+  testCas,
+} from "./_harness.ts";
 import { output, sluiceRunCommand } from "./_run.ts";
 
 const CLIENT_SECRET = "client-secret-7f3a9c1e55";
@@ -168,20 +176,18 @@ tls:
   upstream: { ca: [${cas.trustedPath}] }
 `,
   );
-  const sluice = await startSluice(
-    policy,
-    dir,
-    [
-      "--resolve",
-      "api.test=127.0.0.1",
-      "--resolve",
-      "token.test=127.0.0.1",
-      "--admin",
-      "127.0.0.1:0",
-    ],
-    undefined,
-    { SLUICE_TEST_CLIENT_SECRET: CLIENT_SECRET },
-  );
+  const sluiceArgs = [
+    "--resolve",
+    "api.test=127.0.0.1",
+    "--resolve",
+    "token.test=127.0.0.1",
+    "--admin",
+    "127.0.0.1:0",
+  ];
+  const sluice = await startSluice(policy, dir, sluiceArgs, undefined, {
+    SLUICE_TEST_CLIENT_SECRET: CLIENT_SECRET,
+  });
+  let restarted: Sluice | undefined;
   const ph = await placeholders(policy, `${dir}/state`);
   const via = ["-x", `http://127.0.0.1:${sluice.proxyPort}`, "--cacert", sluice.caPath];
   const apiUrl = `https://api.test:${api.port}/echo`;
@@ -302,6 +308,34 @@ tls:
     });
 
     await t.step(
+      "after a restart the rotated refresh token is used (the stand-in revoked the first)",
+      async () => {
+        await sluice.stop();
+        const file = `${dir}/state/oauth2-refresh-tokens.json`;
+        assertEquals((await Deno.stat(file)).mode! & 0o777, 0o600);
+        restarted = await startSluice(policy, dir, sluiceArgs, undefined, {
+          SLUICE_TEST_CLIENT_SECRET: CLIENT_SECRET,
+        });
+        const before = issuer.refreshGrants;
+        const r = await curl([
+          "-x",
+          `http://127.0.0.1:${restarted.proxyPort}`,
+          "--cacert",
+          restarted.caPath,
+          "-H",
+          `Authorization: Bearer ${ph.API_TOKEN}`,
+          "-w",
+          "%{http_code}\n",
+          apiUrl,
+        ]);
+        seen.push(r.text, r.stderr);
+        assertMatch(r.text, /\n200\n$/, restarted.stderr());
+        assertEquals(issuer.refreshGrants, before + 1);
+        assertEquals(issuer.rejected, [], "the stand-in refused a refresh token");
+      },
+    );
+
+    await t.step(
       "the workload read no real value; the API saw no placeholder and no material",
       () => {
         const all = seen.join("\n");
@@ -318,6 +352,7 @@ tls:
     );
   } finally {
     await sluice.stop();
+    await restarted?.stop();
     await tokenServer.close();
     await api.close();
   }

@@ -294,3 +294,32 @@ Deno.test("Broker: a minted token is substituted once fetched, checked against p
   next = `x-${ph}-y`;
   await assertRejects(() => cell.renew(cell.current!), TokenError, "overlap");
 });
+
+Deno.test("TokenCell: a rotated refresh token is kept in the store and used after a restart, while the source is unchanged", async () => {
+  const saved = new Map<string, { source: string; token: string }>();
+  const store = {
+    load: (c: string, source: string) =>
+      saved.get(c)?.source === source ? saved.get(c)!.token : undefined,
+    save: (c: string, source: string, token: string) => saved.set(c, { source, token }),
+  };
+  const forms: string[] = [];
+  const registry = () => {
+    const t = new OAuth2Tokens({ store });
+    t.connect((_c, req) => {
+      const n = forms.push(new URLSearchParams(req.form).get("refresh_token")!);
+      return Promise.resolve({
+        status: 200,
+        body: enc.encode(
+          JSON.stringify({ access_token: `access-token-${n}`, refresh_token: `refresh-${n}` }),
+        ),
+      });
+    });
+    return t;
+  };
+  await registry().cell(cred("A"), { refreshToken: secret("refresh-0") }).token();
+  // "Restart": a new registry, the same source.
+  await registry().cell(cred("A"), { refreshToken: secret("refresh-0") }).token();
+  // The source was given a new token: it wins over the stored one.
+  await registry().cell(cred("A"), { refreshToken: secret("refresh-new") }).token();
+  assertEquals(forms, ["refresh-0", "refresh-1", "refresh-new"]);
+});
