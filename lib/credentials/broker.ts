@@ -429,7 +429,7 @@ export class Broker {
   #oauth: BrokerTokens | undefined;
   #aws: ReadonlyMap<string, AwsKeys>;
   #awsPlaceholders = new Map<string, AwsPlaceholders>();
-  /** The token registry's version the entries were built at. */
+  /** The token registry's version the entries were built at (-1: not yet; versions start at 0). */
   #tokenVersion = -1;
 
   /** Use {@link makeBroker}, which validates the inputs. */
@@ -453,8 +453,7 @@ export class Broker {
     this.#entries = creds.map((c, index) =>
       entryFor(c, index, placeholders.get(c.name)!, secrets.get(c.name) ?? null)
     );
-    this.#tokenVersion = oauth?.tokens.version ?? -1;
-    this.#syncTokens(true);
+    this.#syncTokens();
     for (const e of this.#entries) this.#byName.set(e.name, e);
     this.names = this.#entries.map((e) => e.name);
     // Every placeholder, an aws_sigv4 credential's secret key and session token included; each
@@ -474,9 +473,9 @@ export class Broker {
    * Brings oauth2 credentials' entries up to their current tokens, and drops what was built on
    * the old ones (cached scrubbers). One comparison when nothing changed.
    */
-  #syncTokens(force = false): void {
+  #syncTokens(): void {
     const o = this.#oauth;
-    if (!o || (!force && o.tokens.version === this.#tokenVersion)) return;
+    if (!o || o.tokens.version === this.#tokenVersion) return;
     this.#tokenVersion = o.tokens.version;
     this.#creds.forEach((c, index) => {
       if (c.kind !== "oauth2") return;

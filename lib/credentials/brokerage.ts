@@ -80,7 +80,15 @@ export async function buildBrokerage(
     : stateDir;
   const placeholders = await placeholdersFor(creds, key);
   return {
-    broker: makeBroker(creds, placeholders, secrets, clientCerts, { tokens, cells }, aws),
+    // No oauth2 credential, no token state: the broker's per-request token checks stay off.
+    broker: makeBroker(
+      creds,
+      placeholders,
+      secrets,
+      clientCerts,
+      cells.size ? { tokens, cells } : undefined,
+      aws,
+    ),
     placeholders,
     secrets,
     material: [

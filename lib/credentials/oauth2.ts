@@ -25,7 +25,7 @@ import type { Credential, OAuth2Spec } from "../../policy/types.ts";
 import {
   type EnvReader,
   formatSource,
-  readSource,
+  readSecretField,
   SecretError,
   SecretValue,
   type TextFileReader,
@@ -57,19 +57,9 @@ export async function loadOAuth2Material(
     const spec = c.oauth2;
     if (!spec) continue;
     const m: OAuth2Material = {};
-    const read = async (field: string, from: OAuth2Spec["clientSecret"]) => {
-      if (!from) return undefined;
-      const r = await readSource(`${c.name} (${field})`, from, env, readFile, directory);
-      if (typeof r === "object") {
-        problems.push(r.problem);
-        return undefined;
-      }
-      if (r === "") {
-        problems.push(`credential ${c.name} (${field}): ${formatSource(from)} is empty`);
-        return undefined;
-      }
-      return new SecretValue(`${c.name}.${field}`, r);
-    };
+    const io = { env, readFile, directory };
+    const read = (field: string, from: OAuth2Spec["clientSecret"]) =>
+      readSecretField(c.name, field, from, io, problems, (v) => v === "" ? "is empty" : null);
     m.clientSecret = await read("client_secret", spec.clientSecret);
     m.refreshToken = await read("refresh_token", spec.refreshToken);
     const key = await read("key", spec.key);

@@ -240,6 +240,36 @@ export async function readSource(
   }
 }
 
+/**
+ * One secret field of a credential (an oauth2 credential's client secret, an AWS key...): its
+ * value, or undefined with the problem added to `problems`. `invalid` says what is wrong with a
+ * value that was read (null: nothing).
+ *
+ * @param field the policy key, for the problem sentence and the value's name
+ * @param from the field's source; undefined when the policy does not set the field
+ */
+export async function readSecretField(
+  name: string,
+  field: string,
+  from: CredentialSource | undefined,
+  io: { env: EnvReader; readFile: TextFileReader; directory: string | undefined },
+  problems: string[],
+  invalid: (value: string) => string | null,
+): Promise<SecretValue | undefined> {
+  if (!from) return undefined;
+  const r = await readSource(`${name} (${field})`, from, io.env, io.readFile, io.directory);
+  if (typeof r === "object") {
+    problems.push(r.problem);
+    return undefined;
+  }
+  const why = invalid(r);
+  if (why !== null) {
+    problems.push(`credential ${name} (${field}): ${formatSource(from)} ${why}`);
+    return undefined;
+  }
+  return new SecretValue(`${name}.${field}`, r);
+}
+
 async function readTrimmed(
   where: string,
   path: string,

@@ -26,10 +26,9 @@ import { createHash, createHmac, timingSafeEqual } from "node:crypto";
 import type { Credential } from "../../policy/types.ts";
 import {
   type EnvReader,
-  formatSource,
-  readSource,
+  readSecretField,
   SecretError,
-  SecretValue,
+  type SecretValue,
   type TextFileReader,
 } from "./secrets.ts";
 
@@ -80,22 +79,19 @@ export async function loadAwsKeys(
   for (const c of creds) {
     const s = c.sigv4;
     if (!s) continue;
-    const read = async (field: string, from: typeof s.accessKeyId | undefined) => {
-      if (!from) return undefined;
-      const r = await readSource(`${c.name} (${field})`, from, env, readFile, directory);
-      if (typeof r === "object") {
-        problems.push(r.problem);
-        return undefined;
-      }
-      if (!/^[\x21-\x7e]{8,}$/.test(r)) {
-        problems.push(
-          `credential ${c.name} (${field}): ${formatSource(from)} is not a key ` +
-            "(at least 8 printable characters, no spaces)",
-        );
-        return undefined;
-      }
-      return new SecretValue(`${c.name}.${field}`, r);
-    };
+    const io = { env, readFile, directory };
+    const read = (field: string, from: typeof s.accessKeyId | undefined) =>
+      readSecretField(
+        c.name,
+        field,
+        from,
+        io,
+        problems,
+        (v) =>
+          /^[\x21-\x7e]{8,}$/.test(v)
+            ? null
+            : "is not a key (at least 8 printable characters, no spaces)",
+      );
     const accessKeyId = await read("access_key_id", s.accessKeyId);
     const secretAccessKey = await read("secret_access_key", s.secretAccessKey);
     const sessionToken = await read("session_token", s.sessionToken);

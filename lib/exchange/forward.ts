@@ -41,6 +41,20 @@ import { isHttp2, setTrailers } from "../http2/meta.ts";
 /** Request headers a proxy must not pass on (besides hop-by-hop ones). */
 const PROXY_ONLY = new Set(["proxy-authorization", "proxy-connection", "proxy-authenticate"]);
 
+/**
+ * The fields with the client's accept-encoding (and grpc-accept-encoding) replaced by
+ * `identity`: asked when a credential was applied, so an echoed secret can be scrubbed.
+ */
+function identityEncoding(fields: [string, string][], grpc: boolean): [string, string][] {
+  const out = fields.filter(([n]) => {
+    const lower = n.toLowerCase();
+    return lower !== "accept-encoding" && lower !== "grpc-accept-encoding";
+  });
+  out.push(["accept-encoding", "identity"]);
+  if (grpc) out.push(["grpc-accept-encoding", "identity"]);
+  return out;
+}
+
 /** No credentials substituted or injected (a policy without credentials), shared. */
 const NOTHING: readonly string[] = Object.freeze([]);
 
@@ -276,10 +290,11 @@ export function makeRequestHandler(
       });
     // oauth2 credentials about to be used: sluice obtains the access token first (one fetch
     // shared by every request waiting for it; lib/credentials/oauth2.ts). No token, no request.
-    const minted = broker.minted(allowed).filter((n) => {
-      const c = allowed.find((x) => x.name === n)!;
-      return c.inject || plan.found.has(n) || (req.body !== null && c.in.includes("body"));
-    });
+    const minted = broker.minted(
+      allowed.filter((c) =>
+        c.inject || plan.found.has(c.name) || (req.body !== null && c.in.includes("body"))
+      ),
+    );
     let tokensUsed: Map<string, SecretValue> | undefined;
     if (minted.length) {
       try {
@@ -332,16 +347,6 @@ export function makeRequestHandler(
         }
       }
     }
-    // Ask for an uncompressed response so an echoed secret can be scrubbed.
-    const identity = (fields: [string, string][]) => {
-      const out = fields.filter(([n]) => {
-        const lower = n.toLowerCase();
-        return lower !== "accept-encoding" && lower !== "grpc-accept-encoding";
-      });
-      out.push(["accept-encoding", "identity"]);
-      if (grpc) out.push(["grpc-accept-encoding", "identity"]);
-      return out;
-    };
     let upstreamPath = rewritten.target;
     // aws_sigv4: a request signed with a credential's placeholder keys is verified with them and
     // re-signed with the real ones (lib/credentials/sigv4.ts); nothing is substituted as text.
@@ -391,7 +396,7 @@ export function makeRequestHandler(
         });
       }
     }
-    if (applied.size) headers = identity(headers);
+    if (applied.size) headers = identityEncoding(headers, grpc);
     const trust = ctx.trust().forHost(bare);
     // A client_cert credential scoped to this host and port: sluice presents it (mTLS).
     const presented = meta.secure ? broker.clientCerts.forHost(bare, port) : undefined;
@@ -564,7 +569,7 @@ export function makeRequestHandler(
             {
               method: req.method,
               path: rewritten.target,
-              headers: identity(rewritten.headers),
+              headers: identityEncoding(rewritten.headers, grpc),
               body,
               bodyLength: body?.length,
               http2: isHttp2(req),

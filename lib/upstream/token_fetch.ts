@@ -49,7 +49,7 @@ export function tokenFetch(ctx: ProxyContext, pool: UpstreamPool): TokenFetch {
       ctx.signal,
     );
     if (res.whole) return { status: res.status, body: res.whole };
-    const chunks: Uint8Array[] = [];
+    const chunks: Uint8Array<ArrayBuffer>[] = [];
     let size = 0;
     if (res.body) {
       for await (const c of res.body) {
@@ -57,15 +57,9 @@ export function tokenFetch(ctx: ProxyContext, pool: UpstreamPool): TokenFetch {
         if (size > MAX_TOKEN_RESPONSE) {
           throw new Error(`its answer is longer than ${MAX_TOKEN_RESPONSE} bytes`);
         }
-        chunks.push(c);
+        chunks.push(c as Uint8Array<ArrayBuffer>);
       }
     }
-    const out = new Uint8Array(size);
-    let o = 0;
-    for (const c of chunks) {
-      out.set(c, o);
-      o += c.length;
-    }
-    return { status: res.status, body: out };
+    return { status: res.status, body: new Uint8Array(await new Blob(chunks).arrayBuffer()) };
   };
 }

@@ -6,12 +6,13 @@
 import { assert, assertEquals } from "../../_assert.ts";
 import {
   type AwsKeys,
+  loadAwsKeys,
   parseSigV4,
   resign,
   signature,
   type SigV4Auth,
 } from "../../../lib/credentials/sigv4.ts";
-import { SecretValue } from "../../../lib/credentials/secrets.ts";
+import { SecretError, SecretValue } from "../../../lib/credentials/secrets.ts";
 
 const EXAMPLE_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
 const EMPTY = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
@@ -312,4 +313,35 @@ Deno.test("resign(): header and presigned requests; forged ones are refused", as
     );
     assert("error" in (parseSigV4("/x?X-Amz-Algorithm=AWS4-HMAC-SHA256", []) as object));
   });
+});
+
+Deno.test("loadAwsKeys(): a value that is not a key, and a missing variable, are named with their source", async () => {
+  const loc = { file: "p.yaml", line: 1, col: 1 };
+  const cred = {
+    name: "AWS",
+    loc,
+    kind: "aws_sigv4" as const,
+    from: null,
+    sigv4: {
+      accessKeyId: { kind: "env" as const, name: "ID" },
+      secretAccessKey: { kind: "env" as const, name: "SECRET" },
+    },
+    hosts: [],
+    in: [],
+    onViolation: "block" as const,
+  };
+  const env = new Map([["ID", "short"]]);
+  let problems: readonly string[] = [];
+  try {
+    await loadAwsKeys([cred], env, () => Promise.reject(new Error("no files")), undefined);
+  } catch (e) {
+    assert(e instanceof SecretError);
+    problems = e.problems;
+  }
+  assertEquals(problems.length, 2, problems.join("\n"));
+  assertEquals(
+    problems[0],
+    "credential AWS (access_key_id): env:ID is not a key (at least 8 printable characters, no spaces)",
+  );
+  assert(problems[1].startsWith("credential AWS (secret_access_key): env:SECRET is not set"));
 });
