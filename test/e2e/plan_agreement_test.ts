@@ -87,6 +87,90 @@ async function sendTls(
   }
 }
 
+/** One generated request: what explain is asked, and the head serve is sent. */
+type Generated = { host: string; method: string; target: string; headers: [string, string][] };
+
+/**
+ * A request generator over a seeded PRNG: a host among `names`, a method, a path of odd segments
+ * (dot segments, runs of slashes, escapes, a placeholder), sometimes a query with a placeholder,
+ * a Host header that is sometimes another name, and placeholders in headers and header names.
+ *
+ * @param authority the Host a client would send for `host` (the port, when not the default)
+ * @param basic also place placeholders inside Basic credentials
+ */
+function generator(
+  seed: number,
+  names: readonly string[],
+  authority: (host: string) => string,
+  basic: boolean,
+): () => Generated {
+  const rand = mulberry32(Number(Deno.env.get("SLUICE_FUZZ_SEED") ?? seed));
+  const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rand() * xs.length)];
+  const segments = ["admin", "v1", "x", "..", ".", "", "%2e", "a%2Fb", "AdMin", KEY];
+  return () => {
+    const host = pick(names);
+    const method = pick(["GET", "POST", "DELETE", "HEAD"]);
+    const depth = 1 + Math.floor(rand() * 4);
+    let path = "";
+    for (let d = 0; d < depth; d++) path += pick(["/", "//"]) + pick(segments);
+    const query = rand() < 0.2 ? `?q=${pick(["1", KEY, PLAIN, encodeURIComponent(KEY)])}` : "";
+    const headers: [string, string][] = [["Host", rand() < 0.15 ? pick(names) : authority(host)]];
+    if (rand() < 0.4) headers.push(["Authorization", `Bearer ${pick([KEY, PLAIN, "nothing"])}`]);
+    if (rand() < 0.1) headers.push([`x-${KEY}`, "1"]);
+    if (basic && rand() < 0.1) {
+      headers.push(["Authorization", `Basic ${btoa(`u:${pick([KEY, PLAIN])}`)}`]);
+    }
+    return { host, method, target: `${path}${query}`, headers };
+  };
+}
+
+/** The head a client sends: `requestTarget` is origin-form, or absolute-form to a proxy. */
+function requestHead(g: Generated, requestTarget: string): string {
+  return `${g.method} ${requestTarget} HTTP/1.1\r\n` +
+    g.headers.map(([n, v]) => `${n}: ${v}\r\n`).join("") +
+    (g.method === "POST" ? "content-length: 0\r\n" : "") + "connection: close\r\n\r\n";
+}
+
+/**
+ * serve's answer against explain's: the same verdict (every refusal carries its decision; an
+ * allowed request reached the upstream), code and rule; a refusal forwarded nothing; what was
+ * forwarded carries the decided Host and a path with its slashes merged.
+ *
+ * @param before `received.length` before the request was sent
+ * @param host the Host the upstream must receive
+ */
+function assertAgreement(
+  e: ReturnType<typeof explain>,
+  r: { status: number; decision: string },
+  before: number,
+  what: string,
+  host: string,
+): void {
+  const served = r.decision.startsWith("deny") || r.decision.startsWith("error")
+    ? "deny"
+    : received.length > before
+    ? "allow"
+    : `neither a decision nor a forward (status ${r.status})`;
+  assertEquals(
+    served,
+    e.verdict,
+    `${what}\nserve: ${r.status} ${r.decision}\nexplain: ${JSON.stringify(e)}`,
+  );
+  if (e.verdict === "deny") {
+    const d = e.refusal ?? e.request ?? e.address ?? e.connection!;
+    const code = /code=([^;]+)/.exec(r.decision)?.[1];
+    const rule = /rule=(.+)$/.exec(r.decision)?.[1];
+    assertEquals(code, d.code, `${what}\nserve: ${r.decision}\nexplain: ${d.reason}`);
+    if (rule !== undefined) assertEquals(rule, d.rule.at, `${what}: rule`);
+    assertEquals(received.length, before, `${what}: a denied request reached the upstream`);
+  } else {
+    assertEquals(received.length, before + 1, `${what}: not forwarded`);
+    const got = received[received.length - 1];
+    assertEquals(got.headers.host, host);
+    assertEquals(got.target.includes("//"), false, got.target);
+  }
+}
+
 Deno.test({
   name: "explain and serve agree on generated HTTPS requests through CONNECT (verdict, code, rule)",
   // The TLS upstream listens on 127.0.0.8:443 (a privileged port; other tests use 127.0.0.1-7).
@@ -129,57 +213,29 @@ tls:
       SECRETS,
     );
     const ca = await Deno.readTextFile(sluice.caPath);
-    const rand = mulberry32(Number(Deno.env.get("SLUICE_FUZZ_SEED") ?? 20261202));
-    const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rand() * xs.length)];
-    const segments = ["admin", "v1", "x", "..", ".", "", "%2e", "a%2Fb", "AdMin", KEY];
+    const next = generator(20261202, names, (h) => h, false);
     let checked = 0;
     try {
       for (let i = 0; i < 120; i++) {
-        const host = pick(names);
-        const method = pick(["GET", "POST", "DELETE", "HEAD"]);
-        const depth = 1 + Math.floor(rand() * 4);
-        let path = "";
-        for (let d = 0; d < depth; d++) path += pick(["/", "//"]) + pick(segments);
-        const query = rand() < 0.2 ? `?q=${pick(["1", KEY, PLAIN, encodeURIComponent(KEY)])}` : "";
-        const headers: [string, string][] = [["Host", rand() < 0.15 ? pick(names) : host]];
-        if (rand() < 0.4) {
-          headers.push(["Authorization", `Bearer ${pick([KEY, PLAIN, "nothing"])}`]);
-        }
-        if (rand() < 0.1) headers.push([`x-${KEY}`, "1"]);
-        const url = `https://${host}${path}${query}`;
-        const e = explain(compiled, { method, url, headers, placeholders: PH });
+        const g = next();
+        const url = `https://${g.host}${g.target}`;
+        const e = explain(compiled, {
+          method: g.method,
+          url,
+          headers: g.headers,
+          placeholders: PH,
+        });
         const before = received.length;
-        const head = `${method} ${path}${query} HTTP/1.1\r\n` +
-          headers.map(([n, v]) => `${n}: ${v}\r\n`).join("") +
-          (method === "POST" ? "content-length: 0\r\n" : "") + "connection: close\r\n\r\n";
-        const r = await sendTls(sluice.proxyPort, host, ca, head);
-        const what = `https ${head.split("\r\n")[0]} ${JSON.stringify(headers)}`;
+        const head = requestHead(g, g.target);
+        const r = await sendTls(sluice.proxyPort, g.host, ca, head);
         if (e.error) continue;
-        // Every refusal carries a decision, and an allowed request reached the upstream: a bare
-        // refusal (Deno's own 400, a dropped tunnel) fails here.
-        const served = r.decision.startsWith("deny") || r.decision.startsWith("error")
-          ? "deny"
-          : received.length > before
-          ? "allow"
-          : `neither a decision nor a forward (status ${r.status})`;
-        assertEquals(
-          served,
-          e.verdict,
-          `${what}\nserve: ${r.status} ${r.decision}\nexplain: ${JSON.stringify(e)}`,
+        assertAgreement(
+          e,
+          r,
+          before,
+          `https ${head.split("\r\n")[0]} ${JSON.stringify(g.headers)}`,
+          g.host,
         );
-        if (e.verdict === "deny") {
-          const d = e.refusal ?? e.request ?? e.address ?? e.connection!;
-          const code = /code=([^;]+)/.exec(r.decision)?.[1];
-          const rule = /rule=(.+)$/.exec(r.decision)?.[1];
-          assertEquals(code, d.code, `${what}\nserve: ${r.decision}\nexplain: ${d.reason}`);
-          if (rule !== undefined) assertEquals(rule, d.rule.at, `${what}: rule`);
-          assertEquals(received.length, before, `${what}: a denied request reached the upstream`);
-        } else {
-          assertEquals(received.length, before + 1, `${what}: not forwarded`);
-          const got = received[received.length - 1];
-          assertEquals(got.headers.host, host);
-          assertEquals(got.target.includes("//"), false, got.target);
-        }
         checked++;
       }
     } finally {
@@ -234,59 +290,23 @@ credentials:
     undefined,
     SECRETS,
   );
-  const rand = mulberry32(Number(Deno.env.get("SLUICE_FUZZ_SEED") ?? 20261201));
-  const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rand() * xs.length)];
-  const segments = ["admin", "v1", "x", "..", ".", "", "%2e", "a%2Fb", "AdMin", KEY];
+  const next = generator(20261201, names, (h) => `${h}:${port}`, true);
   let checked = 0;
   try {
     for (let i = 0; i < 150; i++) {
-      const host = pick(names);
-      const method = pick(["GET", "POST", "DELETE", "HEAD"]);
-      const depth = 1 + Math.floor(rand() * 4);
-      let path = "";
-      for (let d = 0; d < depth; d++) path += pick(["/", "//"]) + pick(segments);
-      const query = rand() < 0.2 ? `?q=${pick(["1", KEY, PLAIN, encodeURIComponent(KEY)])}` : "";
-      const headers: [string, string][] = [];
-      const hostHeader = rand() < 0.15 ? pick(names) : `${host}:${port}`;
-      headers.push(["Host", hostHeader]);
-      if (rand() < 0.4) headers.push(["Authorization", `Bearer ${pick([KEY, PLAIN, "nothing"])}`]);
-      if (rand() < 0.1) headers.push([`x-${KEY}`, "1"]);
-      if (rand() < 0.1) headers.push(["Authorization", `Basic ${btoa(`u:${pick([KEY, PLAIN])}`)}`]);
-      const url = `http://${host}:${port}${path}${query}`;
-      const e = explain(compiled, { method, url, headers, placeholders: PH });
+      const g = next();
+      const url = `http://${g.host}:${port}${g.target}`;
+      const e = explain(compiled, { method: g.method, url, headers: g.headers, placeholders: PH });
       const before = received.length;
-      const head = `${method} ${url} HTTP/1.1\r\n` +
-        headers.map(([n, v]) => `${n}: ${v}\r\n`).join("") +
-        (method === "POST" ? "content-length: 0\r\n" : "") + "connection: close\r\n\r\n";
+      const head = requestHead(g, url);
       const r = await send(sluice.proxyPort, head);
-      const what = `${head.split("\r\n")[0]} ${JSON.stringify(headers)}`;
+      const what = `${head.split("\r\n")[0]} ${JSON.stringify(g.headers)}`;
       if (e.error) {
         // explain could not even read the URL: serve must refuse it too.
         assertEquals(r.status >= 400 && received.length === before, true, `${what}: ${r.status}`);
         continue;
       }
-      const served = r.decision.startsWith("deny") || r.decision.startsWith("error")
-        ? "deny"
-        : "allow";
-      assertEquals(
-        served,
-        e.verdict,
-        `${what}\nserve: ${r.status} ${r.decision}\nexplain: ${JSON.stringify(e)}`,
-      );
-      if (e.verdict === "deny") {
-        const d = e.refusal ?? e.request ?? e.address ?? e.connection!;
-        const code = /code=([^;]+)/.exec(r.decision)?.[1];
-        const rule = /rule=(.+)$/.exec(r.decision)?.[1];
-        assertEquals(code, d.code, `${what}\nserve: ${r.decision}\nexplain: ${d.reason}`);
-        if (rule !== undefined) assertEquals(rule, d.rule.at, `${what}: rule`);
-        assertEquals(received.length, before, `${what}: a denied request reached the upstream`);
-      } else {
-        assertEquals(received.length, before + 1, `${what}: not forwarded`);
-        const got = received[received.length - 1];
-        // What was forwarded is what was decided: the Host, and the path with slashes merged.
-        assertEquals(got.headers.host, `${host}:${port}`);
-        assertEquals(got.target.includes("//"), false, got.target);
-      }
+      assertAgreement(e, r, before, what, `${g.host}:${port}`);
       checked++;
     }
   } finally {
