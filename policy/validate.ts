@@ -198,6 +198,7 @@ const OAUTH2_FIELDS = [
   "client_auth",
 ] as const;
 const OAUTH2_GRANTS = ["refresh_token", "client_credentials", "jwt_bearer"] as const;
+const ON_VIOLATION = ["block", "block_and_terminate"] as const;
 const MIN_PLACEHOLDER = 8;
 
 /**
@@ -462,8 +463,8 @@ function readCredentials(
       if (!m) continue;
       const certNode = m.get("cert");
       const keyNode = m.get("key");
-      const cert = certNode ? readSource(r, certNode) : undefined;
-      const key = keyNode ? readSource(r, keyNode) : undefined;
+      const cert = readSource(r, certNode);
+      const key = readSource(r, keyNode);
       if (!certNode || !keyNode) {
         r.error(
           at,
@@ -485,13 +486,9 @@ function readCredentials(
         "on_violation",
       ]);
       if (!m) continue;
-      const src = (k: string) => {
-        const n = m.get(k);
-        return n ? readSource(r, n) : undefined;
-      };
-      const accessKeyId = src("access_key_id");
-      const secretAccessKey = src("secret_access_key");
-      const sessionToken = src("session_token");
+      const accessKeyId = readSource(r, m.get("access_key_id"));
+      const secretAccessKey = readSource(r, m.get("secret_access_key"));
+      const sessionToken = readSource(r, m.get("session_token"));
       if (!m.has("access_key_id") || !m.has("secret_access_key")) {
         r.error(
           at,
@@ -500,8 +497,7 @@ function readCredentials(
         );
       }
       const hosts = readCredentialHosts(r, m.get("hosts"), at, e.key);
-      const onViolation =
-        r.oneOf(m.get("on_violation"), ["block", "block_and_terminate"] as const) ?? "block";
+      const onViolation = r.oneOf(m.get("on_violation"), ON_VIOLATION) ?? "block";
       if (accessKeyId && secretAccessKey) {
         out.push({
           name: e.key,
@@ -539,7 +535,7 @@ function readCredentials(
       oauth2 = readOAuth2(r, m, at);
     } else {
       const fromNode = m.get("from");
-      from = fromNode ? readSource(r, fromNode) : undefined;
+      from = readSource(r, fromNode);
       if (!fromNode) r.error(at, "the credential has no `from`", "e.g. from: env:NPM_TOKEN");
     }
     const hosts = readCredentialHosts(r, m.get("hosts"), at, e.key);
@@ -621,8 +617,7 @@ function readCredentials(
         "list where placeholders appear, e.g. in: [header]",
       );
     }
-    const onViolation = r.oneOf(m.get("on_violation"), ["block", "block_and_terminate"] as const) ??
-      "block";
+    const onViolation = r.oneOf(m.get("on_violation"), ON_VIOLATION) ?? "block";
     if (kind === "oauth2" ? oauth2 : from) {
       out.push({
         name: e.key,
@@ -669,10 +664,6 @@ function readOAuth2(
   m: Map<string, SourceNode>,
   at: { loc: Loc; path: string },
 ): OAuth2Spec | undefined {
-  const src = (k: string) => {
-    const n = m.get(k);
-    return n ? readSource(r, n) : undefined;
-  };
   const urlNode = m.get("token_url");
   const url = r.string(urlNode);
   let tokenUrl: string | undefined;
@@ -699,9 +690,9 @@ function readOAuth2(
       r.error(urlNode, "the token URL may not hold credentials or a fragment");
     } else if (u) tokenUrl = u.href;
   }
-  const clientSecret = src("client_secret");
-  const refreshToken = src("refresh_token");
-  const key = src("key");
+  const clientSecret = readSource(r, m.get("client_secret"));
+  const refreshToken = readSource(r, m.get("refresh_token"));
+  const key = readSource(r, m.get("key"));
   const grantNode = m.get("grant");
   const grant = grantNode
     ? r.oneOf(grantNode, OAUTH2_GRANTS)
@@ -784,7 +775,9 @@ function readCredentialHosts(
   return hosts;
 }
 
-function readSource(r: Reader, node: SourceNode): CredentialSource | undefined {
+/** A credential source (`env:`, `file:`, `credential:`); undefined when the key is absent. */
+function readSource(r: Reader, node: SourceNode | undefined): CredentialSource | undefined {
+  if (!node) return undefined;
   const s = r.string(node);
   if (s === undefined) return undefined;
   const colon = s.indexOf(":");
