@@ -23,7 +23,7 @@ import {
   terminates,
 } from "../run/namespace.ts";
 import { sh } from "../ops/command.ts";
-import { awsChildPlaceholders, buildChildEnv, caVariables, credentialSources } from "../run/env.ts";
+import { buildChildEnv, caVariables, childPlaceholders, credentialSources } from "../run/env.ts";
 import type { InitSpec, InitStatus } from "../run/init.ts";
 import { READY_FILE, signalNumber } from "../run/init.ts";
 import {
@@ -259,7 +259,7 @@ export async function runRun(
         ...gateway.brokerage().broker.clientCerts.revealKeys(),
         ...gateway.brokerage().material.map((v) => v.reveal()),
       ],
-      placeholders: awsChildPlaceholders(loaded.compiled.policy, placeholders),
+      placeholders: childPlaceholders(loaded.compiled.policy, placeholders),
       ca: caVariables(trust, base.JAVA_TOOL_OPTIONS),
       clear: flags.clearEnv,
       pass: flags.passEnv,

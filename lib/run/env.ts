@@ -99,31 +99,30 @@ export function caVariables(trust: TrustFiles, javaToolOptions?: string): Record
 }
 
 /**
- * Where an aws_sigv4 credential's placeholders go (placeholder map key suffix, variable), as
- * the AWS CLI and SDKs read them. The placeholder map's entries for it are `NAME@aws`
- * (key id), `NAME#secret_access_key`, `NAME#session_token`: see {@link awsChildPlaceholders}.
+ * The placeholders as the command's variables: each credential's under its name, except that the
+ * first aws_sigv4 credential's keys go where the AWS CLI and SDKs read them (its key id in
+ * AWS_ACCESS_KEY_ID, its `NAME#secret_access_key` and `NAME#session_token` placeholders in
+ * AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN). Later aws_sigv4 credentials keep only their key
+ * id, under their name.
+ *
+ * @returns variable name to placeholder
  */
-const AWS_VARIABLES: readonly [string, string][] = [
-  ["@aws", "AWS_ACCESS_KEY_ID"],
-  ["#secret_access_key", "AWS_SECRET_ACCESS_KEY"],
-  ["#session_token", "AWS_SESSION_TOKEN"],
-];
-
-/**
- * The placeholders as the command gets them: an aws_sigv4 credential's key id is keyed
- * `NAME@aws` so it lands in AWS_ACCESS_KEY_ID (the first such credential; later ones keep
- * only their own name), and the other credentials unchanged.
- */
-export function awsChildPlaceholders(
+export function childPlaceholders(
   policy: Policy,
   placeholders: ReadonlyMap<string, string>,
 ): Map<string, string> {
   const first = policy.credentials.find((c) => c.kind === "aws_sigv4")?.name;
+  const aws: Record<string, string> = first
+    ? {
+      [first]: "AWS_ACCESS_KEY_ID",
+      [`${first}#secret_access_key`]: "AWS_SECRET_ACCESS_KEY",
+      [`${first}#session_token`]: "AWS_SESSION_TOKEN",
+    }
+    : {};
   const out = new Map<string, string>();
   for (const [name, ph] of placeholders) {
-    if (name === first) out.set(`${name}@aws`, ph);
-    else if (first && name.startsWith(`${first}#`)) out.set(name, ph);
-    else if (!name.includes("#")) out.set(name, ph);
+    const variable = aws[name] ?? (name.includes("#") ? undefined : name);
+    if (variable) out.set(variable, ph);
   }
   return out;
 }
@@ -136,7 +135,7 @@ export type ChildEnvInputs = {
   sourceVariables: readonly string[];
   /** Every loaded secret value (raw). Used only to compare, never returned. */
   secretValues: readonly string[];
-  /** Credential name to placeholder. */
+  /** Variable name to placeholder ({@link childPlaceholders}). */
   placeholders: ReadonlyMap<string, string>;
   /** CA variables, from {@link caVariables}. */
   ca: Readonly<Record<string, string>>;
@@ -176,12 +175,7 @@ export function buildChildEnv(inputs: ChildEnvInputs): ChildEnv {
     }
     env[name] = value;
   }
-  for (const [name, ph] of inputs.placeholders) {
-    // An aws_sigv4 credential's keys go where AWS tools read them.
-    const aws = AWS_VARIABLES.find(([suffix]) => name.endsWith(suffix));
-    if (aws) env[aws[1]] = ph;
-    else if (!name.includes("#")) env[name] = ph;
-  }
+  for (const [name, ph] of inputs.placeholders) env[name] = ph;
   Object.assign(env, inputs.ca);
   if (inputs.proxy) {
     for (const v of ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"]) {

@@ -4,7 +4,9 @@ import {
   buildChildEnv,
   caVariables,
   type ChildEnvInputs,
+  childPlaceholders,
 } from "../../../lib/run/env.ts";
+import { loadPolicyText } from "../../../policy/mod.ts";
 import { secretForms } from "../../_leak_oracle.ts";
 
 const SECRET = "s3cr3t-value-0123456789";
@@ -165,4 +167,37 @@ Deno.test("secretForms() (the tests' leak oracle) finds a secret in base64 text 
   }
   assert(!forms.some((f) => b64("nothing to see here, really").includes(f)));
   assert(BASE_VARIABLES.includes("PATH"));
+});
+
+Deno.test("childPlaceholders(): the first aws_sigv4 credential's keys in AWS_*, others by name", () => {
+  const { compiled } = loadPolicyText(
+    "version: 1\nnetwork:\n  allow: [a.test]\ncredentials:\n" +
+      "  TOKEN:\n    from: env:T\n    hosts: [a.test]\n" +
+      "  AWS:\n    kind: aws_sigv4\n    access_key_id: env:K\n    secret_access_key: env:S\n" +
+      "    session_token: env:X\n    hosts: [a.test]\n" +
+      "  AWS2:\n    kind: aws_sigv4\n    access_key_id: env:K2\n    secret_access_key: env:S2\n" +
+      "    hosts: [a.test]\n",
+    "p.yaml",
+  );
+  const got = childPlaceholders(
+    compiled.policy,
+    new Map([
+      ["TOKEN", "ph-token"],
+      ["AWS", "AKIAPH"],
+      ["AWS#secret_access_key", "ph-secret"],
+      ["AWS#session_token", "ph-session"],
+      ["AWS2", "AKIAPH2"],
+      ["AWS2#secret_access_key", "ph-secret-2"],
+    ]),
+  );
+  assertEquals(
+    Object.fromEntries(got),
+    {
+      TOKEN: "ph-token",
+      AWS_ACCESS_KEY_ID: "AKIAPH",
+      AWS_SECRET_ACCESS_KEY: "ph-secret",
+      AWS_SESSION_TOKEN: "ph-session",
+      AWS2: "AKIAPH2",
+    },
+  );
 });
