@@ -478,12 +478,13 @@ export class OAuth2Tokens {
    * unchanged (a reload keeps its token and any rotated refresh token), else a new one.
    */
   cell(cred: Credential, material: OAuth2Material): TokenCell {
+    // The material by fingerprint: no copy of a secret is kept as a map key.
     const key = JSON.stringify([
       cred.name,
       cred.oauth2,
-      material.clientSecret?.reveal(),
-      material.refreshToken?.reveal(),
-      material.key?.value.reveal(),
+      ...[material.clientSecret, material.refreshToken, material.key?.value].map((v) =>
+        v && fingerprint(v)
+      ),
     ]);
     let c = this.#cells.get(key);
     if (!c) {
