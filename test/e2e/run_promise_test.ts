@@ -9,13 +9,28 @@
  * run_test.ts (127.0.0.1:443).
  */
 import { assert, assertEquals, assertMatch } from "../_assert.ts";
+import { opensslClientCert, opensslPki } from "../_pki.ts";
 import { IS_ROOT, received, run, startTlsUpstream, testCas } from "./_harness.ts";
 import { exists, leftovers, output, sluiceRunCommand } from "./_run.ts";
 
 const ENV_SECRET = "env-secret-8c1f0a9d7e";
 const FILE_SECRET = "file-secret-5b2e77c4a1";
 const CRED_SECRET = "cred-secret-93d0f6b218";
-const SECRETS = [ENV_SECRET, FILE_SECRET, CRED_SECRET];
+// The other credential kinds' material: an oauth2 client secret (env) and refresh token (file),
+// AWS keys (env, systemd credential); a client certificate's key joins at run time.
+const OAUTH_SECRET = "oauth-client-secret-4d1e9a";
+const OAUTH_REFRESH = "oauth-refresh-token-7b20c5";
+const AWS_ID = "AKIAREALRUNPROMISE01";
+const AWS_SECRET = "aws-real-secret-key-run-promise-0c4f2b";
+const SECRETS = [
+  ENV_SECRET,
+  FILE_SECRET,
+  CRED_SECRET,
+  OAUTH_SECRET,
+  OAUTH_REFRESH,
+  AWS_ID,
+  AWS_SECRET,
+];
 const UP = "127.0.0.3";
 
 function sluiceRun(
@@ -33,6 +48,8 @@ function sluiceRun(
         // A credential source under a name nothing would guess, and copies of the secret in
         // other variables, raw and encoded: none may reach the command.
         CI_DEPLOY_TOKEN: ENV_SECRET,
+        CI_OAUTH_SECRET: OAUTH_SECRET,
+        CI_AWS_ID: AWS_ID,
         AUTH_HEADER: `Bearer ${ENV_SECRET}`,
         BASIC: `Basic ${btoa(`user:${FILE_SECRET}`)}`,
         CREDENTIALS_DIRECTORY: `${dir}/creds`,
@@ -61,13 +78,20 @@ Deno.test({
     await Deno.mkdir(`${dir}/creds`);
     await Deno.writeTextFile(`${dir}/creds/deploy`, `${CRED_SECRET}\n`, { mode: 0o600 });
     await Deno.writeTextFile(`${dir}/file-secret`, `${FILE_SECRET}\n`, { mode: 0o644 });
+    await Deno.writeTextFile(`${dir}/creds/aws-secret`, `${AWS_SECRET}\n`, { mode: 0o600 });
+    await Deno.writeTextFile(`${dir}/oauth-refresh`, `${OAUTH_REFRESH}\n`, { mode: 0o644 });
+    const pki = await opensslPki("allowed.test");
+    const client = await opensslClientCert(pki, "run-promise-client");
+    await Deno.chmod(client.keyPath, 0o644);
+    // One base64 line from the middle of the key: in any copy of it, raw or re-encoded.
+    SECRETS.push((await Deno.readTextFile(client.keyPath)).split("\n")[2]);
     const policy = `${dir}/policy.yaml`;
     const audit = `${dir}/audit.jsonl`;
     await Deno.writeTextFile(
       policy,
       `version: 1
 network:
-  allow: [allowed.test, "${UP}:443"]
+  allow: [allowed.test, auth.test, "${UP}:443"]
 credentials:
   API_TOKEN:
     from: env:CI_DEPLOY_TOKEN
@@ -77,6 +101,23 @@ credentials:
     hosts: [allowed.test]
   CRED_TOKEN:
     from: credential:deploy
+    hosts: [allowed.test]
+  OAUTH_TOKEN:
+    kind: oauth2
+    token_url: https://auth.test/token
+    client_id: ci
+    client_secret: env:CI_OAUTH_SECRET
+    refresh_token: file:${dir}/oauth-refresh
+    hosts: [allowed.test]
+  AWS:
+    kind: aws_sigv4
+    access_key_id: env:CI_AWS_ID
+    secret_access_key: credential:aws-secret
+    hosts: [allowed.test]
+  PARTNER_MTLS:
+    kind: client_cert
+    cert: file:${client.certPath}
+    key: file:${client.keyPath}
     hosts: [allowed.test]
 tls:
   upstream: { ca: [${cas.trustedPath}] }
@@ -124,7 +165,7 @@ audit:
               // every process the command can see, sluice's own and its parents' included
               "for p in /proc/[0-9]*; do cat $p/environ $p/cmdline 2>/dev/null | tr '\\0' '\\n'; done",
               "echo ---files",
-              `cat ${dir}/file-secret ${dir}/creds/* ${dir}/state/* 2>&1`,
+              `cat ${dir}/file-secret ${dir}/oauth-refresh ${client.keyPath} ${dir}/creds/* ${dir}/state/* 2>&1`,
               "ls -la $CREDENTIALS_DIRECTORY 2>&1",
               `grep -ra . /tmp/sluice-run-* 2>/dev/null | grep -v -e BEGIN -e END | head -c 100000`,
               "echo ---devices",
@@ -146,8 +187,12 @@ audit:
           );
           assertMatch(
             r.stderr,
-            /withheld from the command \(they hold a secret\): AUTH_HEADER, BASIC, CI_DEPLOY_TOKEN/,
+            /withheld from the command \(they hold a secret\): AUTH_HEADER, BASIC, CI_AWS_ID, CI_DEPLOY_TOKEN, CI_OAUTH_SECRET\n/,
           );
+          // The other kinds' placeholders are where their tools read them.
+          assertMatch(r.stdout, /^OAUTH_TOKEN=sluice-oauth-token-/m);
+          assertMatch(r.stdout, /^AWS_ACCESS_KEY_ID=AKIA[A-Z2-7]{16}$/m);
+          assertMatch(r.stdout, /^AWS_SECRET_ACCESS_KEY=sluice-aws-secret-/m);
           assertNoSecret(await Deno.readTextFile(audit), "the audit log");
         },
       );
