@@ -252,7 +252,8 @@ export function makeRequestHandler(
     const dest = plan.dest;
     const hostText = plan.host;
     const path = plan.target;
-    base.path = path.split("?")[0];
+    const query = path.indexOf("?");
+    base.path = query < 0 ? path : path.slice(0, query);
 
     // Names are resolved only now, after every check that needs no network: the address
     // decision (private guard) runs on what will actually be dialled.
@@ -312,7 +313,10 @@ export function makeRequestHandler(
       ? broker.rewriteRequest(path, headers, allowed)
       : { target: path, headers, substituted: NOTHING, injected: NOTHING };
     headers = rewritten.headers;
-    const applied = new Set(rewritten.substituted);
+    // Filled by loops, not `new Set(iterable)`: the iterable form showed in the request path's
+    // CPU profile, for a set that is empty on most requests.
+    const applied = new Set<string>();
+    for (const name of rewritten.substituted) applied.add(name);
     for (const name of rewritten.injected) applied.add(name);
 
     const lengthHeader = req.headers.get("content-length");
@@ -599,11 +603,10 @@ export function makeRequestHandler(
         reason: scrubbed.reason,
       });
     }
-    const responseHeaders = new Headers();
-    for (const [name, value] of scrubbed.headers) responseHeaders.append(name, value);
-    // The Response gets the fields as iterating `responseHeaders` gives them (names lowercased,
-    // sorted, repeats joined): what handing it the Headers object did, without its iterator.
-    const responseFields = headerFields(responseHeaders);
+    // The fields go to the Response as they are: its Headers validates and lowercases them as a
+    // Headers object would, and a repeated field stays one line per value (no copy through a
+    // Headers object and its iterator: ~1 µs per response in the CPU profile).
+    const responseFields = scrubbed.headers;
     let down = 0;
     let recorded = false;
     const record = (reason?: string) => {

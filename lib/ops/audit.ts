@@ -76,14 +76,48 @@ export function auditLine(record: AuditRecord, iso: string): string {
 }
 
 /**
- * How long a busy log may hold lines before writing them. A write that finds the last flush at
- * least this long ago is flushed on the next macrotask (as before: sparse traffic, and tests that
- * read the file right after a request, see it at once); under load, lines written within this
- * window share one write. Measured (bench/request_path_bench.ts, one keep-alive client): each
- * sequential request used to cost a timer and a `writeSync` of its own; at ~100 µs per request
- * a 2 ms window put ~19 lines in a write (~35 µs per flush, ~1.5 µs per line).
+ * How long a log may hold lines before writing them. A write that finds the last flush at least
+ * this long ago is flushed on the next macrotask (sparse traffic, and tests that read the file
+ * right after a request, see it at once); lines written within the window share one write.
+ * Measured (bench/request_path_bench.ts, one keep-alive client): each sequential request used to
+ * cost a timer and a `writeSync` of its own; at ~100 µs per request a 2 ms window put ~19 lines
+ * in a write (~35 µs per flush, ~1.5 µs per line).
  */
 const FLUSH_WINDOW_MS = 2;
+/**
+ * Under load (the last write carried at least {@link BUSY_LINES} lines) the window widens to this:
+ * ~100 lines per write at 10k requests/s, so the write and its timer cost ~0.5 µs per line, not
+ * ~2.5 (CPU profile of bench/request_path_bench.ts, 2026-12-02). A line still waits at most this
+ * long, plus a macrotask; a log that quietens returns to the short window after one write.
+ */
+const BUSY_WINDOW_MS = 10;
+const BUSY_LINES = 16;
+
+/**
+ * `new Date(ms).toISOString()`, made once per millisecond and, within a second, by patching the
+ * milliseconds (`toISOString` costs ~1 µs; it showed in the request path's CPU profile).
+ */
+export class IsoTime {
+  #ms = NaN;
+  #text = "";
+  #second = NaN;
+  #prefix = "";
+
+  /** @param ms milliseconds since the epoch, as `Date.now()` gives them */
+  format(ms: number): string {
+    if (ms === this.#ms) return this.#text;
+    const second = ms - (((ms % 1000) + 1000) % 1000);
+    if (second !== this.#second) {
+      this.#second = second;
+      const iso = new Date(second).toISOString(); // "…T12:34:56.000Z"
+      this.#prefix = iso.slice(0, iso.length - 4);
+    }
+    const milli = ms - second;
+    this.#ms = ms;
+    this.#text = `${this.#prefix}${milli < 10 ? "00" : milli < 100 ? "0" : ""}${milli}Z`;
+    return this.#text;
+  }
+}
 
 /**
  * Writes records as JSON lines. Lines are batched: a burst of requests costs one write, not one
@@ -95,11 +129,10 @@ export class AuditLog implements AuditSink {
   #scheduled = false;
   #closed = false;
   #lastFlush = -Infinity;
+  #window = FLUSH_WINDOW_MS;
   #out: { writeSync(p: Uint8Array): number; close?(): void };
   #now: (() => Date) | undefined;
-  /** The ISO time of `#isoMs`: one `toISOString` per millisecond, not per record (~1 µs each). */
-  #iso = "";
-  #isoMs = NaN;
+  readonly #iso = new IsoTime();
   readonly #flushNow = (): void => this.#flush();
 
   private constructor(
@@ -159,18 +192,13 @@ export class AuditLog implements AuditSink {
       this.#scheduled = true;
       // Date.now() may step back (clock set): then flush at once, never wait longer than the window.
       const since = ms - this.#lastFlush;
-      const wait = since >= 0 && since < FLUSH_WINDOW_MS ? FLUSH_WINDOW_MS - since : 0;
+      const wait = since >= 0 && since < this.#window ? this.#window - since : 0;
       setTimeout(this.#flushNow, wait);
     }
   }
 
   #time(ms: number): string {
-    if (this.#now !== undefined) return this.#now().toISOString();
-    if (ms !== this.#isoMs) {
-      this.#isoMs = ms;
-      this.#iso = new Date(ms).toISOString();
-    }
-    return this.#iso;
+    return this.#now !== undefined ? this.#now().toISOString() : this.#iso.format(ms);
   }
 
   #flush(): void {
@@ -185,6 +213,7 @@ export class AuditLog implements AuditSink {
       return;
     }
     const count = this.#pending.length;
+    this.#window = count >= BUSY_LINES ? BUSY_WINDOW_MS : FLUSH_WINDOW_MS;
     this.#pending.push("");
     const data = encoder.encode(this.#pending.join("\n"));
     this.#pending = [];

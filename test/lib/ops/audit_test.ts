@@ -1,5 +1,5 @@
 import { assert, assertEquals, assertMatch } from "../../_assert.ts";
-import { AuditLog } from "../../../lib/ops/audit.ts";
+import { AuditLog, IsoTime } from "../../../lib/ops/audit.ts";
 
 Deno.test("AuditLog writes one JSON line per record, time first, to a file it appends to", async () => {
   const dir = await Deno.makeTempDir();
@@ -153,5 +153,29 @@ Deno.test("AuditLog under load batches lines for at most a few ms, and close() l
     assertMatch(lines[59], /^\{"time":"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z","event":"request",/);
   } finally {
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("IsoTime.format() is toISOString, across milliseconds, seconds, years and the epoch", () => {
+  const iso = new IsoTime();
+  const cases: [string, number][] = [
+    ["the epoch", 0],
+    ["one ms in", 1],
+    ["two-digit ms", 42],
+    ["three-digit ms", 999],
+    ["the next second", 1000],
+    ["same ms twice", 1000],
+    ["back within the second", 1005],
+    ["a minute's last ms", 59_999],
+    ["today", Date.UTC(2026, 11, 2, 7, 30, 15, 7)],
+    ["a leap day", Date.UTC(2028, 1, 29, 23, 59, 59, 999)],
+    ["after year 9999", Date.UTC(10000, 0, 1, 0, 0, 0, 5)],
+    ["before the epoch", -1],
+    ["a clock set back", 1_700_000_000_123],
+  ];
+  for (const [name, ms] of cases) assertEquals(iso.format(ms), new Date(ms).toISOString(), name);
+  // A run of consecutive milliseconds, as a busy log sees them.
+  for (let ms = 1_764_000_000_000 - 1500; ms < 1_764_000_000_000 + 1500; ms++) {
+    assertEquals(iso.format(ms), new Date(ms).toISOString(), String(ms));
   }
 });
