@@ -5,7 +5,7 @@
  * Unknown keys are errors (with "did you mean"): a misspelt `deny:` silently
  * ignored would be a hole in the policy, so anything unrecognised is refused.
  *
- * Why one file of ~830 lines: one pass over the located tree that reports every problem at once
+ * Why one file of ~1,050 lines: one pass over the located tree that reports every problem at once
  * with its file:line:col; each section's checks are a function here, in the policy's order.
  *
  * @module

@@ -32,7 +32,7 @@
  * split across chunks is still found, and a placeholder is always detected
  * before any of its bytes are passed on.
  *
- * Why one file of ~700 lines: every operation of the broker (scan, substitute, scan bodies,
+ * Why one file of ~900 lines: every operation of the broker (scan, substitute, scan bodies,
  * rewrite streams) shares the per-credential entries built once in its constructor.
  *
  * @module

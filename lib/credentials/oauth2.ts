@@ -2,8 +2,9 @@
  * OAuth2 credentials (`kind: oauth2`): sluice holds the long-lived material (a refresh token,
  * a client secret, or a service-account key) and mints the short-lived access tokens it
  * substitutes for the workload's placeholder. The workload never sees either: its placeholder is
- * replaced only toward the credential's hosts (as for a static credential), and every token
- * sluice ever minted, with the material, is scrubbed from responses.
+ * replaced only toward the credential's hosts (as for a static credential), and the current
+ * token, the four before it and the material are scrubbed from responses (a token older than
+ * that has expired long since; docs/credentials.md).
  *
  * - Grants: `refresh_token` (RFC 6749 §6), `client_credentials` (§4.4), `jwt_bearer` (RFC 7523,
  *   an RS256 assertion as Google's service accounts use; the key may be the service-account JSON).

@@ -20,6 +20,10 @@
  * Canonical forms follow the SigV4 specification (and botocore, whose S3 signer does not
  * normalize or re-encode the path while every other service's does).
  *
+ * Why one file of ~500 lines: parsing the client's signature, the canonical request, verifying,
+ * re-signing and the chunk-by-chunk body transform share the canonical forms and the signing-key
+ * chain; split apart, each piece would export its internals to the others.
+ *
  * @module
  */
 import { createHash, createHmac, timingSafeEqual } from "node:crypto";

@@ -9,6 +9,18 @@
  * @module
  */
 
+/**
+ * Connection-specific fields, which HTTP/2 forbids in either direction (RFC 9113 8.2.2; node:http2
+ * throws on them). Each side adds what else it must leave out.
+ */
+export const CONNECTION_FIELDS: readonly string[] = [
+  "connection",
+  "keep-alive",
+  "proxy-connection",
+  "transfer-encoding",
+  "upgrade",
+];
+
 const http2Requests = new WeakSet<Request>();
 const trailersOf = new WeakMap<Response, Promise<[string, string][]>>();
 

@@ -21,7 +21,7 @@
 
 import http2 from "node:http2";
 import { drained, duplexOf } from "../http2/duplex.ts";
-import { markHttp2, trailers } from "../http2/meta.ts";
+import { CONNECTION_FIELDS, markHttp2, trailers } from "../http2/meta.ts";
 import type { ConnectionHandler, ServedListener } from "../tls/deno_internal.ts";
 
 /**
@@ -35,13 +35,7 @@ function reset(stream: http2.ServerHttp2Stream): void {
 }
 
 /** Response fields HTTP/2 forbids (RFC 9113 8.2.2); node:http2 throws on them. */
-const NOT_IN_H2 = new Set([
-  "connection",
-  "keep-alive",
-  "proxy-connection",
-  "transfer-encoding",
-  "upgrade",
-]);
+const NOT_IN_H2 = new Set(CONNECTION_FIELDS);
 
 type Fields = Record<string, string | string[] | undefined>;
 

@@ -19,6 +19,7 @@
 import { bracketHost, formatHostPort } from "../../policy/address.ts";
 import http2 from "node:http2";
 import { drained, duplexOf } from "../http2/duplex.ts";
+import { CONNECTION_FIELDS } from "../http2/meta.ts";
 import type { Io } from "./connection.ts";
 import {
   errorText,
@@ -34,16 +35,7 @@ const { NGHTTP2_CANCEL } = http2.constants;
  * Request fields HTTP/2 forbids (RFC 9113 8.2.2) or that the pseudo-headers replace. `te` is
  * handled apart: only `te: trailers` may be sent.
  */
-const NOT_IN_H2 = new Set([
-  "connection",
-  "keep-alive",
-  "proxy-connection",
-  "transfer-encoding",
-  "upgrade",
-  "host",
-  "http2-settings",
-  "content-length",
-]);
+const NOT_IN_H2 = new Set([...CONNECTION_FIELDS, "host", "http2-settings", "content-length"]);
 
 /** Streams per session when the server sets no limit (nghttp2's own default is unbounded). */
 const DEFAULT_MAX_STREAMS = 100;
