@@ -515,3 +515,33 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "Deno's own server still cannot send trailers (why HTTP/2 and gRPC go through node:http2)",
+  async fn() {
+    // docs/data-path.md "Why not Deno's own HTTP/2 server": addTrailers exists but needs a
+    // handle no user-made Response has. If this starts to pass, a Deno upgrade made trailers
+    // possible on the native server: revisit lib/ingress/h2_server.ts and the direct path's
+    // `grpc-no-trailers` refusal (lib/exchange/forward.ts), which could then serve gRPC.
+    const internal = (Deno as unknown as Record<symbol, Record<string, unknown>>)[
+      (Deno as unknown as { internal: symbol }).internal
+    ];
+    assert.equal(typeof internal.addTrailers, "function");
+    const addTrailers = internal.addTrailers as (r: Response, f: [string, string][]) => void;
+    const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, () => {
+      const res = new Response("x");
+      try {
+        addTrailers(res, [["grpc-status", "0"]]);
+        return new Response("accepted");
+      } catch (e) {
+        return new Response(`${(e as Error).name}: ${(e as Error).message}`);
+      }
+    });
+    try {
+      const r = await fetch(`http://127.0.0.1:${server.addr.port}/`);
+      assert.equal(await r.text(), "TypeError: expected external");
+    } finally {
+      await server.shutdown();
+    }
+  },
+});
