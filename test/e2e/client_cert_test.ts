@@ -8,60 +8,8 @@
 import { assert, assertEquals, assertMatch } from "../_assert.ts";
 import { opensslClientCert, opensslPki } from "../_pki.ts";
 import { curl, IS_ROOT, startSluice } from "./_harness.ts";
+import { mtlsServer } from "./_mtls.ts";
 import { output, sluiceRunCommand } from "./_run.ts";
-
-/** `openssl s_server -www` that requires a client certificate from the test CA. */
-async function mtlsServer(
-  dir: string,
-  cert: string,
-  key: string,
-  ca: string,
-  hostname = "127.0.0.1",
-  fixedPort?: number,
-) {
-  let port = fixedPort;
-  if (port === undefined) {
-    const probe = Deno.listen({ hostname, port: 0 });
-    port = probe.addr.port;
-    probe.close();
-  }
-  const child = new Deno.Command("openssl", {
-    args: [
-      "s_server",
-      "-accept",
-      `${hostname}:${port}`,
-      "-cert",
-      cert,
-      "-key",
-      key,
-      "-CAfile",
-      ca,
-      "-Verify",
-      "1",
-      "-www",
-      "-quiet",
-    ],
-    cwd: dir,
-    stdin: "null",
-    stdout: "null",
-    stderr: "null",
-  }).spawn();
-  for (let i = 0; i < 100; i++) {
-    try {
-      (await Deno.connect({ hostname, port })).close();
-      break;
-    } catch {
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
-  return {
-    port: port!,
-    close: async () => {
-      child.kill("SIGKILL");
-      await child.status;
-    },
-  };
-}
 
 Deno.test("client_cert: sluice presents the certificate where the credential says, and only there", async (t) => {
   const pki = await opensslPki("mtls.test");

@@ -15,12 +15,13 @@
  */
 import { parse as parseYaml, parseDocument } from "yaml";
 import { assert, assertEquals, assertMatch } from "../_assert.ts";
-import { IS_ROOT, ROOT } from "./_harness.ts";
+import { IS_ROOT, ROOT, startTlsUpstream, testCas } from "./_harness.ts";
 import { type Block, extractBlocks } from "./_recipes/extract.ts";
 import { type Registry, startRegistry, tarballText } from "./_recipes/registry.ts";
 import { type Ran, runScript, type ScriptOptions, startScript } from "./_recipes/sh.ts";
 import { type Accounts, type Shims, writeAccounts, writeShims } from "./_recipes/shims.ts";
-import { opensslPki } from "../_pki.ts";
+import { opensslClientCert, opensslPki } from "../_pki.ts";
+import { mtlsServer } from "./_mtls.ts";
 import {
   available as s3Available,
   AWS,
@@ -149,10 +150,12 @@ const TABLE: Record<string, Entry> = {
     config: "passes sluice check as it is",
   },
   "docs/ci.md: # ci-deploy.yaml: a deploy step calling an API that wants OAuth2 access tokens": {
-    config: "passes sluice check as it is",
+    config: "passes sluice check as it is, and runs the OAuth2 step under sluice run (the " +
+      "stand-ins' addresses in network.allow, their CA in tls.upstream.ca)",
   },
   "docs/ci.md: # ci-mtls.yaml: a step calling an API that authenticates clients by certificate": {
-    config: "passes sluice check as it is",
+    config: "passes sluice check as it is, and runs a step under sluice run against an " +
+      "mTLS API (the stand-in's address in network.allow, a test certificate for the file)",
   },
   [AWS_RECIPE]: {
     run: "as root in a dir holding dist/app.tar.gz and ci-aws.yaml (the block above + the " +
@@ -988,6 +991,181 @@ Deno.test({
       }
     } finally {
       await s3.stop();
+      await Deno.remove(pki.dir, { recursive: true });
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+/**
+ * docs/ci.md's OAuth2 step as the doc words it (`sudo --preserve-env=... sluice run --policy
+ * ci-deploy.yaml -- ./deploy.sh`, inline in the prose, so read from there), with ci-deploy.yaml
+ * as the doc's block: a client_credentials token endpoint stand-in for auth.partner.example and
+ * an API stand-in for api.partner.example that takes only the tokens the endpoint issued.
+ */
+const OAUTH2_AT = { auth: "127.0.0.9", api: "127.0.0.10" }; // other root tests use 127.0.0.1-8
+
+Deno.test({
+  name: "docs/ci.md: the OAuth2 deploy step under sluice run, for real, against stand-ins",
+  ignore: !IS_ROOT, // network namespaces, netfilter, port 443
+  sanitizeResources: false,
+  async fn() {
+    const ciMd = await Deno.readTextFile(`${ROOT}docs/ci.md`);
+    const inline =
+      /`(sudo --preserve-env=CI_PARTNER_CLIENT_SECRET sluice run --policy\s+ci-deploy\.yaml -- \.\/deploy\.sh)`/
+        .exec(ciMd)?.[1].replace(/\s+/g, " ");
+    assert(inline, "docs/ci.md no longer words the OAuth2 step as this test runs it; update it");
+    const dir = await tempDir("sluice-rcp-oauth2-");
+    const cas = await testCas(dir);
+    const secret = "ci-partner-client-secret-5d2e81";
+    const issued: string[] = [];
+    const seen: string[] = [];
+    const auth = startTlsUpstream(cas.trusted, 443, OAUTH2_AT.auth, async (req) => {
+      const form = new URLSearchParams(await req.text());
+      const ok = new URL(req.url).pathname === "/oauth/token" &&
+        req.headers.get("authorization") === `Basic ${btoa(`ci-pipeline:${secret}`)}` &&
+        form.get("grant_type") === "client_credentials";
+      if (!ok) return Response.json({ error: "invalid_client" }, { status: 401 });
+      const token = `partner-access-${issued.length + 1}-${crypto.randomUUID()}`;
+      issued.push(token);
+      return Response.json({ access_token: token, token_type: "Bearer", expires_in: 3600 });
+    });
+    const api = startTlsUpstream(cas.trusted, 443, OAUTH2_AT.api, (req) => {
+      const token = (req.headers.get("authorization") ?? "").replace(/^Bearer /, "");
+      seen.push(token);
+      return issued.includes(token)
+        ? new Response(`deployed with ${req.headers.get("authorization")}\n`)
+        : new Response("unauthorized\n", { status: 401 });
+    });
+    const shims = await writeShims(dir, ROOT);
+    try {
+      const work = `${dir}/job`;
+      await Deno.mkdir(work);
+      const block = use(
+        "docs/ci.md: # ci-deploy.yaml: a deploy step calling an API that wants OAuth2 access tokens",
+      ).text;
+      const from = "allow: [api.partner.example, auth.partner.example]";
+      assert(block.includes(from), "ci-deploy.yaml's network changed; update this test");
+      await Deno.writeTextFile(
+        `${work}/ci-deploy.yaml`,
+        block.replace(
+          from,
+          `allow: [api.partner.example, auth.partner.example, "${OAUTH2_AT.api}:443", ` +
+            `"${OAUTH2_AT.auth}:443"]`,
+        ) + `\ntls:\n  upstream: { ca: [${cas.trustedPath}] }\n`,
+      );
+      // The step: what the doc says the script does, with the name pinned to a documentation
+      // address (every TCP 443 leaving the namespace goes to sluice, which resolves it itself).
+      await Deno.writeTextFile(
+        `${work}/deploy.sh`,
+        `#!/bin/sh\nset -e\ncurl -fsS --resolve api.partner.example:443:${PIN} ` +
+          `-H "Authorization: Bearer $PARTNER_TOKEN" https://api.partner.example/deploy\n` +
+          `echo "placeholder=$PARTNER_TOKEN"\nenv\n`,
+      );
+      await Deno.chmod(`${work}/deploy.sh`, 0o755);
+      const command = inline.replace(
+        "sluice run ",
+        `sluice run --resolve auth.partner.example=${OAUTH2_AT.auth} ` +
+          `--resolve api.partner.example=${OAUTH2_AT.api} --state ${dir}/state `,
+      );
+      const r = await runScript(command, {
+        shell: SH,
+        cwd: work,
+        env: {
+          PATH: `${shims.installed}:${shims.bin}:${HOST_PATH}`,
+          HOME: `${dir}/home`,
+          LANG: "C.UTF-8",
+          CI_PARTNER_CLIENT_SECRET: secret,
+          RCP_SUDO_HOME: `${dir}/home`,
+        },
+      });
+      assertEquals(r.code, 0, show(r));
+      const ph = /^placeholder=(\S+)$/m.exec(r.stdout)?.[1] ?? "";
+      assertMatch(ph, /^sluice-partner-token-/, show(r));
+      // The API got the real token sluice minted; the step read it back as its placeholder.
+      assertEquals(issued.length, 1, show(r));
+      assertEquals(seen, [issued[0]], show(r));
+      assertMatch(r.stdout, new RegExp(`^deployed with Bearer ${ph}$`, "m"), show(r));
+      for (const v of [secret, ...issued]) {
+        assert(
+          !r.stdout.includes(v) && !r.stderr.includes(v),
+          "the step's output shows a real value",
+        );
+      }
+      assertMatch(r.stderr, /withheld from the command.*CI_PARTNER_CLIENT_SECRET/, show(r));
+    } finally {
+      await auth.close();
+      await api.close();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+/** Where docs/ci.md's client-certificate API stand-in listens (127.0.0.1-10 are taken). */
+const MTLS_AT = "127.0.0.11";
+
+Deno.test({
+  name: "docs/ci.md: the client-certificate step under sluice run, for real, against an mTLS API",
+  ignore: !IS_ROOT, // network namespaces, netfilter, port 443
+  sanitizeResources: false,
+  async fn() {
+    const dir = await tempDir("sluice-rcp-mtls-");
+    const pki = await opensslPki("api.bank.example");
+    const client = await opensslClientCert(pki, "ci-bank-client");
+    const bank = await mtlsServer(
+      pki.dir,
+      `${pki.dir}/leaf.pem`,
+      `${pki.dir}/leaf.key`,
+      `${pki.dir}/ca.pem`,
+      MTLS_AT,
+      443,
+    );
+    const shims = await writeShims(dir, ROOT);
+    try {
+      const work = `${dir}/job`;
+      await Deno.mkdir(work);
+      const block = use(
+        "docs/ci.md: # ci-mtls.yaml: a step calling an API that authenticates clients by certificate",
+      ).text;
+      for (const from of ["allow: [api.bank.example]", "cert: file:/etc/ci/bank-client.crt"]) {
+        assert(block.includes(from), `ci-mtls.yaml no longer says ${from}; update this test`);
+      }
+      await Deno.writeTextFile(
+        `${work}/ci-mtls.yaml`,
+        block
+          .replace("allow: [api.bank.example]", `allow: [api.bank.example, "${MTLS_AT}:443"]`)
+          .replace("cert: file:/etc/ci/bank-client.crt", `cert: file:${client.certPath}`) +
+          `\ntls:\n  upstream: { ca: [${pki.dir}/ca.pem] }\n`,
+      );
+      const key = await Deno.readTextFile(client.keyPath);
+      // The step as the doc describes it: it calls the API and holds no certificate or key.
+      const r = await runScript(
+        `sudo --preserve-env=CI_BANK_CLIENT_KEY sluice run --resolve api.bank.example=${MTLS_AT} ` +
+          `--state ${dir}/state --policy ci-mtls.yaml -- sh -c 'curl -fsS --resolve ` +
+          `api.bank.example:443:${PIN} https://api.bank.example/ && env'`,
+        {
+          shell: SH,
+          cwd: work,
+          env: {
+            PATH: `${shims.installed}:${shims.bin}:${HOST_PATH}`,
+            HOME: `${dir}/home`,
+            LANG: "C.UTF-8",
+            CI_BANK_CLIENT_KEY: key,
+            RCP_SUDO_HOME: `${dir}/home`,
+          },
+        },
+      );
+      assertEquals(r.code, 0, show(r));
+      // s_server -www reports the client certificate it verified: the one sluice holds.
+      assertMatch(r.stdout, /ci-bank-client/, show(r));
+      const keyBody = key.split("\n").filter((l) => l && !l.startsWith("-----")).join("");
+      assert(
+        !r.stdout.replace(/\s/g, "").includes(keyBody.slice(0, 40)),
+        "the step's output shows the client key",
+      );
+      assertMatch(r.stderr, /withheld from the command.*CI_BANK_CLIENT_KEY/, show(r));
+    } finally {
+      await bank.close();
       await Deno.remove(pki.dir, { recursive: true });
       await Deno.remove(dir, { recursive: true });
     }
