@@ -3,8 +3,8 @@
  * nftables redirects the client's TCP 443 (to a documentation address) to sluice, and a real
  * grpc-js client calls a real grpc-js server (both in the namespace). On the hop data path the
  * calls work as through the explicit proxy (unary with a credential in metadata, a timed server
- * stream, bidi); on the direct data path, whose HTTP/2 server cannot send trailers, a call gets
- * UNAVAILABLE naming the fix, and is audited.
+ * stream, client streaming, bidi); on the direct data path, whose HTTP/2 server cannot send
+ * trailers, a call gets UNAVAILABLE naming the fix, and is audited.
  */
 import { assert, assertEquals, assertMatch } from "../_assert.ts";
 import { IS_ROOT, placeholders, run, startReady, startSluice, testNamespace } from "./_harness.ts";
@@ -96,6 +96,12 @@ tls:
             assertEquals(r.messages.map((m) => m.text), ["t0", "t1", "t2"]);
             const gaps = r.messages.slice(1).map((m, i) => m.at - r.messages[i].at);
             for (const gap of gaps) assert(gap >= 250, JSON.stringify(r.messages));
+          });
+
+          await t.step("client streaming: 200 messages of 1 KiB add up", async () => {
+            const r = await call("sum", "200,1024");
+            assert(r.ok, JSON.stringify(r));
+            assertEquals(r.messages.map((m) => m.text), [String(200 * 1024)]);
           });
 
           await t.step("bidi works", async () => {
