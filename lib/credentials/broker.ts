@@ -37,6 +37,7 @@
  *
  * @module
  */
+import { concatBytes } from "../bytes.ts";
 import type { Credential } from "../../policy/types.ts";
 import {
   decodeBasic,
@@ -219,12 +220,7 @@ export function rewriteTransformer(
   let tail = EMPTY;
   return {
     transform(chunk, controller) {
-      let buf = chunk;
-      if (tail.length) {
-        buf = new Uint8Array(tail.length + chunk.length);
-        buf.set(tail);
-        buf.set(chunk, tail.length);
-      }
+      const buf = tail.length ? concatBytes(tail, chunk) : chunk;
       // Hold back only a tail that could still begin a placeholder: a chunk that cannot (a
       // gRPC message, a line of an interactive stream) goes on whole, at once, so a client
       // waiting for the answer to what it just sent is not left waiting on sluice.

@@ -8,6 +8,7 @@
  *
  * @module
  */
+import { concatBytes } from "../bytes.ts";
 import type { Decision } from "../../policy/mod.ts";
 import { type OutcomeCode, OUTCOMES } from "../../policy/outcomes.ts";
 
@@ -57,7 +58,7 @@ export function rawDenial(d: Pick<Decision, "verdict" | "code" | "reason" | "rul
         decisionHeader(d)
       }\r\ncontent-length: ${body.length}\r\nconnection: close\r\n\r\n`,
   );
-  return concat(head, body);
+  return concatBytes(head, body);
 }
 
 /** A raw HTTP/1.1 error response with a short text body. */
@@ -75,13 +76,6 @@ export function rawError(
       }\r\n` +
       `connection: close\r\n\r\n${body}`,
   );
-}
-
-function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
-  const out = new Uint8Array(a.length + b.length);
-  out.set(a);
-  out.set(b, a.length);
-  return out;
 }
 
 /** A fatal TLS alert record, access_denied (49): what a passthrough denial sends instead of a bare close. */

@@ -8,6 +8,8 @@
  * @module
  */
 
+import { concatBytes } from "../bytes.ts";
+
 /** gRPC status codes sluice answers with (grpc/doc/statuscodes.md). */
 export const GRPC_STATUS = {
   INVALID_ARGUMENT: 3,
@@ -106,12 +108,7 @@ export function grpcMessageStream(
   let pending: Uint8Array = new Uint8Array(0);
   return new TransformStream({
     transform(chunk, controller) {
-      let buf = chunk;
-      if (pending.length) {
-        buf = new Uint8Array(pending.length + chunk.length);
-        buf.set(pending);
-        buf.set(chunk, pending.length);
-      }
+      const buf = pending.length ? concatBytes(pending, chunk) : chunk;
       let at = 0;
       while (buf.length - at >= FRAME_HEADER) {
         const length = new DataView(buf.buffer, buf.byteOffset + at + 1, 4).getUint32(0);

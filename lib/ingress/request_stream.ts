@@ -31,6 +31,7 @@
  *
  * @module
  */
+import { concatBytes } from "../bytes.ts";
 import { parseDestinationHost } from "../../policy/decide.ts";
 import { refuseNameWithPlaceholder } from "../../policy/plan.ts";
 import type { AuditRecord } from "../ops/audit.ts";
@@ -172,7 +173,7 @@ export class RequestStreamChecker {
     if (st.s === "refused") return st.refusal;
     if (st.s === "raw") return { kind: "pass", bytes: input.length ? [input] : [] };
     if (st.s === "outcome") {
-      this.#held = concat([this.#held, input]);
+      this.#held = concatBytes(this.#held, input);
       return { kind: "pass", bytes: [], wait: "outcome" };
     }
     const step = this.#run(input);
@@ -234,7 +235,7 @@ export class RequestStreamChecker {
         this.#moreBytes += input.length;
         return { kind: "pass", bytes: [] };
       }
-      data = concat([this.#held, ...this.#more, input]);
+      data = concatBytes(this.#held, ...this.#more, input);
       this.#held = EMPTY;
       this.#more = [];
       this.#moreBytes = 0;
@@ -322,19 +323,6 @@ export class RequestStreamChecker {
     }
     return { kind: "pass", bytes: out };
   }
-}
-
-/** One buffer holding `parts` in order (an array, not arguments: there may be many). */
-function concat(parts: Uint8Array[]): Uint8Array {
-  let n = 0;
-  for (const p of parts) n += p.length;
-  const out = new Uint8Array(n);
-  n = 0;
-  for (const p of parts) {
-    out.set(p, n);
-    n += p.length;
-  }
-  return out;
 }
 
 /** A value for a reason sentence: quoted, and cut short so an audit line stays bounded. */
@@ -556,7 +544,7 @@ class CheckedClient implements Duplex {
 
   #learnOutcome(p: Uint8Array): void {
     const need = STATUS_LINE_BYTES - this.#status.length;
-    this.#status = concat([this.#status, p.subarray(0, need)]);
+    this.#status = concatBytes(this.#status, p.subarray(0, need));
     if (this.#status.length < STATUS_LINE_BYTES && !p.includes(0x0a)) return;
     const line = String.fromCharCode(...this.#status);
     this.#status = EMPTY;

@@ -8,6 +8,7 @@
  * @module
  */
 
+import { concatBytes } from "../bytes.ts";
 import {
   ChunkedDecoder,
   encodeChunk,
@@ -29,13 +30,6 @@ export type SendState = {
   /** Stop reading the request body stream (set while one is being sent). */
   stop?: (reason: unknown) => void;
 };
-
-function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
-  const out = new Uint8Array(a.length + b.length);
-  out.set(a);
-  out.set(b, a.length);
-  return out;
-}
 
 /**
  * Write the head and the body; `state` tells the exchange how far it got.
@@ -72,7 +66,7 @@ export async function sendRequest(
   };
   if (plan.kind === "none") return await write(head);
   if (plan.kind === "bytes") {
-    if (plan.data.length <= COALESCE_LIMIT) return await write(concat(head, plan.data));
+    if (plan.data.length <= COALESCE_LIMIT) return await write(concatBytes(head, plan.data));
     await write(head);
     return await write(plan.data);
   }
@@ -120,7 +114,7 @@ export async function sendRequest(
     } else {
       r = first;
       if (!r.done) {
-        await write(concat(head, frame(r.value)));
+        await write(concatBytes(head, frame(r.value)));
         r = await read();
       } else {
         await write(head);
