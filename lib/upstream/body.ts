@@ -194,16 +194,7 @@ export function bodyReader(
       }
       conn.start += r.consumed;
       if (pieces.length === 1) return pieces[0].slice();
-      if (pieces.length > 1) {
-        const total = pieces.reduce((n, p) => n + p.length, 0);
-        const out = new Uint8Array(total);
-        let at = 0;
-        for (const p of pieces) {
-          out.set(p, at);
-          at += p.length;
-        }
-        return out;
-      }
+      if (pieces.length > 1) return concatBytes(...pieces);
     }
   };
 }
