@@ -59,7 +59,9 @@
  *
  * @module
  */
-import { canonicalAddress, decodeProcAddress, granted } from "./sockopt.ts";
+import { canonicalAddress, decodeProcAddress, granted, TcpState } from "./sockopt.ts";
+
+export { TcpState };
 
 const IPPROTO_TCP = 6;
 const TCP_INFO = 11;
@@ -84,21 +86,6 @@ export const TCP_INFO_OFFSETS = {
 /** Enough for tcp_info up to tcpi_bytes_received. */
 const TCP_INFO_NEEDED = TCP_INFO_OFFSETS.bytesReceived + 8;
 const TCP_INFO_BUFFER = 256;
-
-/** TCP states (include/net/tcp_states.h), as in `tcpi_state` and /proc/net/tcp. */
-export const TcpState = {
-  ESTABLISHED: 1,
-  SYN_SENT: 2,
-  SYN_RECV: 3,
-  FIN_WAIT1: 4,
-  FIN_WAIT2: 5,
-  TIME_WAIT: 6,
-  CLOSE: 7,
-  CLOSE_WAIT: 8,
-  LAST_ACK: 9,
-  LISTEN: 10,
-  CLOSING: 11,
-} as const;
 
 /** The TCP_INFO fields the watch reads. */
 export type TcpInfo = {

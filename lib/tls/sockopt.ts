@@ -23,9 +23,20 @@ const SOL_IPV6 = 41;
 const SO_ORIGINAL_DST = 80;
 const AF_INET = 2;
 const AF_INET6 = 10;
-/** Socket states in /proc/net/tcp (include/net/tcp_states.h). */
-const TCP_ESTABLISHED = 0x01;
-const TCP_LISTEN = 0x0a;
+/** TCP states (include/net/tcp_states.h), as in `tcpi_state` and /proc/net/tcp. */
+export const TcpState = {
+  ESTABLISHED: 1,
+  SYN_SENT: 2,
+  SYN_RECV: 3,
+  FIN_WAIT1: 4,
+  FIN_WAIT2: 5,
+  TIME_WAIT: 6,
+  CLOSE: 7,
+  CLOSE_WAIT: 8,
+  LAST_ACK: 9,
+  LISTEN: 10,
+  CLOSING: 11,
+} as const;
 
 const LIBC_SYMBOLS = {
   setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
@@ -177,9 +188,9 @@ export function findSocketFd(local: Deno.NetAddr, remote?: Deno.NetAddr): number
     for (const s of readProcTcp()) {
       if (s.localPort !== local.port || s.localAddress !== localAddress) continue;
       if (remote === undefined) {
-        if (s.state !== TCP_LISTEN) continue;
+        if (s.state !== TcpState.LISTEN) continue;
       } else if (
-        s.state !== TCP_ESTABLISHED || s.remotePort !== remote.port ||
+        s.state !== TcpState.ESTABLISHED || s.remotePort !== remote.port ||
         s.remoteAddress !== remoteAddress
       ) continue;
       // inode 0 means the socket belongs to no file (e.g. orphaned in TIME_WAIT).
@@ -213,7 +224,9 @@ export function setListenerNoDelay(listener: Deno.Listener | Deno.TlsListener): 
   try {
     const local = canonicalAddress(addr.hostname);
     for (const s of readProcTcp()) {
-      if (s.localPort !== addr.port || s.localAddress !== local || s.state !== TCP_LISTEN) continue;
+      if (s.localPort !== addr.port || s.localAddress !== local || s.state !== TcpState.LISTEN) {
+        continue;
+      }
       if (s.inode === "0") continue;
       const fd = fdOfInode(s.inode);
       if (fd === undefined) continue;
