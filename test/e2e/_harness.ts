@@ -231,7 +231,11 @@ export async function startSluice(
     stderr: () => text,
     audit: async () => {
       const raw = await Deno.readTextFile(auditPath).catch(() => "");
-      return raw.split("\n").filter(Boolean).map((l) => JSON.parse(l));
+      // Whole lines only: a read may catch a batch half on disk (a write larger than a page
+      // lands page by page); the partial last line comes whole with the next read, as with
+      // `tail -f`.
+      return raw.slice(0, raw.lastIndexOf("\n") + 1).split("\n").filter(Boolean)
+        .map((l) => JSON.parse(l));
     },
     stop: async (signal: Deno.Signal = "SIGTERM") => {
       try {
