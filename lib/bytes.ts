@@ -9,16 +9,17 @@
  */
 
 /**
- * The parts, in order, in one new array of their own.
+ * The parts, in order, in one new array of their own. An array, not arguments: a dripped
+ * request head may arrive in thousands of pieces, more than a spread call should carry.
  *
  * @example
  * ```ts
  * import { concatBytes } from "./bytes.ts";
- * const joined = concatBytes(new Uint8Array([1, 2]), new Uint8Array([3]));
+ * const joined = concatBytes([new Uint8Array([1, 2]), new Uint8Array([3])]);
  * if (joined.join(",") !== "1,2,3") throw new Error(String(joined));
  * ```
  */
-export function concatBytes(...parts: readonly Uint8Array[]): Uint8Array<ArrayBuffer> {
+export function concatBytes(parts: readonly Uint8Array[]): Uint8Array<ArrayBuffer> {
   let n = 0;
   for (const p of parts) n += p.length;
   const out = new Uint8Array(n);

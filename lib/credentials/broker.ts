@@ -220,7 +220,7 @@ export function rewriteTransformer(
   let tail = EMPTY;
   return {
     transform(chunk, controller) {
-      const buf = tail.length ? concatBytes(tail, chunk) : chunk;
+      const buf = tail.length ? concatBytes([tail, chunk]) : chunk;
       // Hold back only a tail that could still begin a placeholder: a chunk that cannot (a
       // gRPC message, a line of an interactive stream) goes on whole, at once, so a client
       // waiting for the answer to what it just sent is not left waiting on sluice.

@@ -58,7 +58,7 @@ export function rawDenial(d: Pick<Decision, "verdict" | "code" | "reason" | "rul
         decisionHeader(d)
       }\r\ncontent-length: ${body.length}\r\nconnection: close\r\n\r\n`,
   );
-  return concatBytes(head, body);
+  return concatBytes([head, body]);
 }
 
 /** A raw HTTP/1.1 error response with a short text body. */

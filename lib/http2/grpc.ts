@@ -108,7 +108,7 @@ export function grpcMessageStream(
   let pending: Uint8Array = new Uint8Array(0);
   return new TransformStream({
     transform(chunk, controller) {
-      const buf = pending.length ? concatBytes(pending, chunk) : chunk;
+      const buf = pending.length ? concatBytes([pending, chunk]) : chunk;
       let at = 0;
       while (buf.length - at >= FRAME_HEADER) {
         const length = new DataView(buf.buffer, buf.byteOffset + at + 1, 4).getUint32(0);

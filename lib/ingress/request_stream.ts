@@ -173,7 +173,7 @@ export class RequestStreamChecker {
     if (st.s === "refused") return st.refusal;
     if (st.s === "raw") return { kind: "pass", bytes: input.length ? [input] : [] };
     if (st.s === "outcome") {
-      this.#held = concatBytes(this.#held, input);
+      this.#held = concatBytes([this.#held, input]);
       return { kind: "pass", bytes: [], wait: "outcome" };
     }
     const step = this.#run(input);
@@ -235,7 +235,7 @@ export class RequestStreamChecker {
         this.#moreBytes += input.length;
         return { kind: "pass", bytes: [] };
       }
-      data = concatBytes(this.#held, ...this.#more, input);
+      data = concatBytes([this.#held, ...this.#more, input]);
       this.#held = EMPTY;
       this.#more = [];
       this.#moreBytes = 0;
@@ -544,7 +544,7 @@ class CheckedClient implements Duplex {
 
   #learnOutcome(p: Uint8Array): void {
     const need = STATUS_LINE_BYTES - this.#status.length;
-    this.#status = concatBytes(this.#status, p.subarray(0, need));
+    this.#status = concatBytes([this.#status, p.subarray(0, need)]);
     if (this.#status.length < STATUS_LINE_BYTES && !p.includes(0x0a)) return;
     const line = String.fromCharCode(...this.#status);
     this.#status = EMPTY;

@@ -136,19 +136,19 @@ export function buildLeafTemplate(parts: LeafTemplateParts): LeafTemplate {
   const algorithm = ALGORITHMS[parts.signature];
   return Object.freeze({
     version: hexBytes("a003020102"),
-    algorithmAndIssuer: concatBytes(algorithm, issuer),
+    algorithmAndIssuer: concatBytes([algorithm, issuer]),
     spki: parts.leafSpkiDer.slice(),
-    extensionsBeforeSan: concatBytes(
+    extensionsBeforeSan: concatBytes([
       // A leaf, and says so (critical, CA:FALSE is the empty SEQUENCE).
       extension(OID_BASIC_CONSTRAINTS, true, hexBytes("3000")),
       // digitalSignature only: ECDHE key exchange signs with the leaf key, nothing else.
       extension(OID_KEY_USAGE, true, hexBytes("03020780")),
       extension(OID_EXT_KEY_USAGE, false, tlv(TAG_SEQUENCE, OID_SERVER_AUTH)),
-    ),
-    extensionsAfterSan: concatBytes(
+    ]),
+    extensionsAfterSan: concatBytes([
       extension(OID_AKI, false, tlv(TAG_SEQUENCE, tlv(TAG_KEY_ID, parts.authorityKeyId))),
       extension(OID_SKI, false, tlv(TAG_OCTET_STRING, parts.subjectKeyId)),
-    ),
+    ]),
     algorithm,
     signature: parts.signature,
   });
@@ -173,24 +173,24 @@ export function encodeLeafTbs(t: LeafTemplate, f: LeafFields): Uint8Array<ArrayB
   const subject = fitsCn
     ? tlv(
       TAG_SEQUENCE,
-      tlv(TAG_SET, tlv(TAG_SEQUENCE, concatBytes(OID_CN, cnString(f.name.value)))),
+      tlv(TAG_SET, tlv(TAG_SEQUENCE, concatBytes([OID_CN, cnString(f.name.value)]))),
     )
     : hexBytes("3000");
   const san = extension(OID_SAN, !fitsCn, tlv(TAG_SEQUENCE, generalName(f.name)));
   return tlv(
     TAG_SEQUENCE,
-    concatBytes(
+    concatBytes([
       t.version,
       tlv(TAG_INTEGER, s),
       t.algorithmAndIssuer,
-      tlv(TAG_SEQUENCE, concatBytes(time(f.notBefore), time(f.notAfter))),
+      tlv(TAG_SEQUENCE, concatBytes([time(f.notBefore), time(f.notAfter)])),
       subject,
       t.spki,
       tlv(
         TAG_EXTENSIONS,
-        tlv(TAG_SEQUENCE, concatBytes(t.extensionsBeforeSan, san, t.extensionsAfterSan)),
+        tlv(TAG_SEQUENCE, concatBytes([t.extensionsBeforeSan, san, t.extensionsAfterSan])),
       ),
-    ),
+    ]),
   );
 }
 
@@ -211,7 +211,7 @@ export function encodeCertificate(
   const value = t.signature === "rsa-sha256" ? signature : ecdsaSigValue(signature);
   const bits = new Uint8Array(value.length + 1); // leading 0: no unused bits
   bits.set(value, 1);
-  return tlv(TAG_SEQUENCE, concatBytes(tbs, t.algorithm, tlv(TAG_BIT_STRING, bits)));
+  return tlv(TAG_SEQUENCE, concatBytes([tbs, t.algorithm, tlv(TAG_BIT_STRING, bits)]));
 }
 
 /**
@@ -273,8 +273,8 @@ function extension(oid: Uint8Array, critical: boolean, value: Uint8Array): Uint8
   return tlv(
     TAG_SEQUENCE,
     critical
-      ? concatBytes(oid, CRITICAL, tlv(TAG_OCTET_STRING, value))
-      : concatBytes(oid, tlv(TAG_OCTET_STRING, value)),
+      ? concatBytes([oid, CRITICAL, tlv(TAG_OCTET_STRING, value)])
+      : concatBytes([oid, tlv(TAG_OCTET_STRING, value)]),
   );
 }
 
@@ -313,7 +313,7 @@ function ecdsaSigValue(raw: Uint8Array): Uint8Array {
   const half = raw.length / 2;
   return tlv(
     TAG_SEQUENCE,
-    concatBytes(unsignedInteger(raw.subarray(0, half)), unsignedInteger(raw.subarray(half))),
+    concatBytes([unsignedInteger(raw.subarray(0, half)), unsignedInteger(raw.subarray(half))]),
   );
 }
 

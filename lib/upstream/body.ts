@@ -66,7 +66,7 @@ export async function sendRequest(
   };
   if (plan.kind === "none") return await write(head);
   if (plan.kind === "bytes") {
-    if (plan.data.length <= COALESCE_LIMIT) return await write(concatBytes(head, plan.data));
+    if (plan.data.length <= COALESCE_LIMIT) return await write(concatBytes([head, plan.data]));
     await write(head);
     return await write(plan.data);
   }
@@ -114,7 +114,7 @@ export async function sendRequest(
     } else {
       r = first;
       if (!r.done) {
-        await write(concatBytes(head, frame(r.value)));
+        await write(concatBytes([head, frame(r.value)]));
         r = await read();
       } else {
         await write(head);
@@ -194,7 +194,7 @@ export function bodyReader(
       }
       conn.start += r.consumed;
       if (pieces.length === 1) return pieces[0].slice();
-      if (pieces.length > 1) return concatBytes(...pieces);
+      if (pieces.length > 1) return concatBytes(pieces);
     }
   };
 }
