@@ -20,9 +20,9 @@
  *         [--only sluice|minimal]
  *
  * prints µs/request per round (rounds alternate the variants), the median, and the median
- * difference; `--cpu-prof --cpu-prof-dir=/tmp/prof` with `--only sluice` profiles it (summarise
- * with `deno run -A bench/lib/cpuprofile_top.ts /tmp/prof/*.cpuprofile`). Under `deno bench` (`deno task bench`)
- * the same two handlers are `Deno.bench` rows.
+ * difference; `--cpu-prof --cpu-prof-dir=/tmp/prof` with `--only sluice` profiles it
+ * (summarise with `deno run -A bench/lib/cpuprofile_top.ts /tmp/prof/*.cpuprofile`). Under
+ * `deno bench` (`deno task bench`) the same two handlers are `Deno.bench` rows.
  */
 import { cpuUsage } from "node:process";
 import { parseArgs } from "node:util";

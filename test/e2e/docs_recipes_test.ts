@@ -311,6 +311,31 @@ const SH = ["sh"];
 const ACTIONS_BASH = ["bash", "--noprofile", "--norc", "-eo", "pipefail"];
 const HOST_PATH = Deno.env.get("PATH") ?? "/usr/bin:/bin";
 
+/**
+ * How a root CI step runs here: in `cwd`, through the shims (`sudo`'s stand-in keeps only what
+ * the step names, with `$dir/home` as root's home), plus the step's own variables (which may put
+ * a directory before PATH).
+ */
+function rootStep(
+  dir: string,
+  shims: Shims,
+  cwd: string,
+  env: Record<string, string>,
+  pathBefore = "",
+): ScriptOptions {
+  return {
+    shell: SH,
+    cwd,
+    env: {
+      PATH: `${pathBefore}${shims.installed}:${shims.bin}:${HOST_PATH}`,
+      HOME: `${dir}/home`,
+      LANG: "C.UTF-8",
+      RCP_SUDO_HOME: `${dir}/home`,
+      ...env,
+    },
+  };
+}
+
 // ---------------------------------------------------------------------------------------------
 
 Deno.test("docs: every fenced block in README.md and docs/*.md has an entry in TABLE", () => {
@@ -962,22 +987,17 @@ Deno.test({
           "socket.getaddrinfo = _pinned\n",
       );
       await Deno.writeTextFile(`${dir}/aws-config`, "[default]\nregion = us-east-1\n");
-      const r = await runScript(adapted(AWS_RECIPE, { STATE: `${dir}/state` }), {
-        shell: SH,
-        cwd: work,
-        env: {
-          PATH: `${dir}/awsbin:${shims.installed}:${shims.bin}:${HOST_PATH}`,
-          HOME: `${dir}/home`,
-          LANG: "C.UTF-8",
+      const r = await runScript(
+        adapted(AWS_RECIPE, { STATE: `${dir}/state` }),
+        rootStep(dir, shims, work, {
           CI_AWS_ACCESS_KEY_ID: KEY_ID,
           CI_AWS_SECRET_ACCESS_KEY: AWS_SECRET,
           AWS_CONFIG_FILE: `${dir}/aws-config`,
           AWS_EC2_METADATA_DISABLED: "true",
           PYTHONPATH: `${dir}/pin`,
           RCP_SUDO_ENV_KEEP: "HOME AWS_CONFIG_FILE AWS_EC2_METADATA_DISABLED PYTHONPATH",
-          RCP_SUDO_HOME: `${dir}/home`,
-        },
-      });
+        }, `${dir}/awsbin:`),
+      );
       assertEquals(r.code, 0, show(r));
       assertMatch(
         r.stdout,
@@ -1068,17 +1088,10 @@ Deno.test({
         `sluice run --resolve auth.partner.example=${OAUTH2_AT.auth} ` +
           `--resolve api.partner.example=${OAUTH2_AT.api} --state ${dir}/state `,
       );
-      const r = await runScript(command, {
-        shell: SH,
-        cwd: work,
-        env: {
-          PATH: `${shims.installed}:${shims.bin}:${HOST_PATH}`,
-          HOME: `${dir}/home`,
-          LANG: "C.UTF-8",
-          CI_PARTNER_CLIENT_SECRET: secret,
-          RCP_SUDO_HOME: `${dir}/home`,
-        },
-      });
+      const r = await runScript(
+        command,
+        rootStep(dir, shims, work, { CI_PARTNER_CLIENT_SECRET: secret }),
+      );
       assertEquals(r.code, 0, show(r));
       const ph = /^placeholder=(\S+)$/m.exec(r.stdout)?.[1] ?? "";
       assertMatch(ph, /^sluice-partner-token-/, show(r));
@@ -1143,17 +1156,7 @@ Deno.test({
         `sudo --preserve-env=CI_BANK_CLIENT_KEY sluice run --resolve api.bank.example=${MTLS_AT} ` +
           `--state ${dir}/state --policy ci-mtls.yaml -- sh -c 'curl -fsS --resolve ` +
           `api.bank.example:443:${PIN} https://api.bank.example/ && env'`,
-        {
-          shell: SH,
-          cwd: work,
-          env: {
-            PATH: `${shims.installed}:${shims.bin}:${HOST_PATH}`,
-            HOME: `${dir}/home`,
-            LANG: "C.UTF-8",
-            CI_BANK_CLIENT_KEY: key,
-            RCP_SUDO_HOME: `${dir}/home`,
-          },
-        },
+        rootStep(dir, shims, work, { CI_BANK_CLIENT_KEY: key }),
       );
       assertEquals(r.code, 0, show(r));
       // s_server -www reports the client certificate it verified: the one sluice holds.
