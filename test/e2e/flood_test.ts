@@ -43,6 +43,15 @@ const RESERVE = 40;
 /** sluice's RSS may grow by at most this much during the flood (a held connection costs < 100 KiB). */
 const RSS_GROWTH_KIB = 48 * 1024;
 
+/** `Promise.all`, except that it waits for every promise before rejecting with the first failure. */
+async function allSettledOrThrow<T extends readonly unknown[]>(
+  promises: readonly [...{ [K in keyof T]: Promise<T[K]> }],
+): Promise<T> {
+  const settled = await Promise.allSettled(promises);
+  for (const r of settled) if (r.status === "rejected") throw r.reason;
+  return settled.map((r) => (r as PromiseFulfilledResult<unknown>).value) as unknown as T;
+}
+
 Deno.test({
   name: "sluice serve under a connection flood: deadlines, caps, and the well-behaved client",
   sanitizeOps: false,
@@ -259,29 +268,14 @@ tls:
             ws.close();
           }
         };
-        // allSettled: a case that fails early must not leave the others holding places into the
-        // next step (whose per-client counts would then be off too).
-        const settled = await Promise.allSettled([
-          Promise.allSettled(cases.map((c) => c.held())).then((all) =>
-            all.map((r) => {
-              if (r.status === "rejected") throw r.reason;
-              return r.value;
-            })
-          ),
+        // A case that fails early must not leave the others holding places into the next step
+        // (whose per-client counts would then be off too): wait for all, then fail.
+        const [closed, h1, h2, ws] = await allSettledOrThrow([
+          allSettledOrThrow(cases.map((c) => c.held())),
           download("--http1.1"),
           download("--http2"),
           websocket(),
         ]);
-        const failed = settled.find((r) => r.status === "rejected");
-        if (failed) throw failed.reason;
-        const [closed, h1, h2, ws] = settled.map((r) =>
-          (r as PromiseFulfilledResult<unknown>).value
-        ) as [
-          (number | undefined)[],
-          Awaited<ReturnType<typeof download>>,
-          Awaited<ReturnType<typeof download>>,
-          string[],
-        ];
         const report = cases.map((c, i) => `${c.name}: closed after ${closed[i]} ms`).join("\n");
         console.log(report);
         cases.forEach((c, i) => {
