@@ -51,7 +51,7 @@
 #                  round's numbers), OUT.memory.tsv, OUT.md (the table as printed)
 #   SOAK [0]       seconds of keep-alive soak on sluice after its last round, RSS every 10 s
 #   PROFILE [0]    1: one more sluice run under `deno run --cpu-prof`, summarized
-#   PROFILE_SCENARIO [keep-alive]  or new-conn, h2: what the profiled run does
+#   PROFILE_SCENARIO [keep-alive]  or new-conn, h2, 1MB: what the profiled run does
 #   PROFILE_OUT [] copy the .cpuprofile there
 #   KEEP [0]       1: keep the temp dir (every log) for debugging
 #   SLUICE_DENO_FLAGS [--v8-flags=--max-semi-space-size=2]  `deno run` flags for sluice
@@ -620,6 +620,8 @@ if [ "$PROFILE" = 1 ]; then
       wrk_cell sluice-profiled new-conn "$SECS" https://ka.bench.test/ok -H "Connection: close"
     elif [ "$PROFILE_SCENARIO" = h2 ]; then
       h2_cell sluice-profiled
+    elif [ "$PROFILE_SCENARIO" = 1MB ]; then
+      wrk_cell sluice-profiled 1MB "$SECS" https://ka.bench.test/1m
     else
       wrk_cell sluice-profiled keep-alive "$SECS" https://ka.bench.test/ok
     fi

@@ -19,6 +19,10 @@
  *   ~0.6 ms through the template, which is the one signature's cost. It covers every CA key
  *   this module accepts (P-256, P-384, RSA), so there is no fallback; the @peculiar/x509 path
  *   stays as {@link mintLeafReference}, the oracle the tests compare the template's bytes with.
+ * - A CA is read with `node:crypto`'s native `X509Certificate` and ./der.ts, not
+ *   `@peculiar/x509`: that library costs ~14 MiB of resident memory once loaded (./der.ts says
+ *   how it was measured), so it is imported only when a CA is generated or by
+ *   {@link mintLeafReference}. A `serve` that loads an existing CA never loads it.
  * - Leaf names come from attacker-influenced SNI and Host values, so they are checked to be a
  *   plain DNS name or IP literal before they go into a certificate.
  *
@@ -27,13 +31,11 @@
  *
  * @module
  */
-// @peculiar/x509's dependency injection (tsyringe) needs the Reflect metadata polyfill loaded
-// before it is.
 import { parseIp } from "../../policy/address.ts";
-import "reflect-metadata";
-import * as x509 from "@peculiar/x509";
+import type * as X509 from "@peculiar/x509";
 import { Buffer } from "node:buffer";
-import { createPrivateKey, createPublicKey, type KeyObject } from "node:crypto";
+import { createPrivateKey, createPublicKey, type KeyObject, X509Certificate } from "node:crypto";
+import { allowsCertSign, certificateParts, keyIdentifier, subjectKeyId } from "./der.ts";
 import {
   buildLeafTemplate,
   certificatePem,
@@ -42,8 +44,6 @@ import {
   type LeafSignatureAlgorithm,
   type LeafTemplate,
 } from "./leaf_template.ts";
-
-x509.cryptoProvider.set(crypto);
 
 /** Thrown for every CA problem: unreadable or mismatched files, a non-CA certificate, a bad name. */
 export class CaError extends Error {
@@ -122,11 +122,11 @@ export const CA_KEY_FILE = "ca.key";
 
 /** What stays private to this module for each CA object. */
 interface Internals {
-  cert: x509.X509Certificate;
+  certDer: Uint8Array<ArrayBuffer>;
   signingKey: CryptoKey;
   signingAlgorithm: Algorithm | EcdsaParams;
-  /** authorityKeyIdentifier for its leaves, matching the CA's own subjectKeyIdentifier. */
-  aki: x509.AuthorityKeyIdentifierExtension;
+  /** The key id of its leaves' authorityKeyIdentifier: the CA's own subjectKeyIdentifier. */
+  authorityKeyId: Uint8Array;
   /** The shared leaf key pair and the leaf template, made with the CA object. */
   leafKey: LeafKey;
 }
@@ -135,7 +135,7 @@ interface Internals {
 interface LeafKey {
   pair: CryptoKeyPair;
   pem: string;
-  ski: x509.SubjectKeyIdentifierExtension;
+  subjectKeyId: Uint8Array;
   template: LeafTemplate;
 }
 
@@ -230,14 +230,16 @@ export async function loadCa(
         `point tls.ca.cert at the CA certificate in PEM form`,
     );
   }
-  let certs: x509.X509Certificate[];
+  let certs: X509Certificate[];
+  let parts: ReturnType<typeof certificateParts>;
   try {
-    certs = blocks.map((b) => new x509.X509Certificate(b));
+    certs = blocks.map((b) => new X509Certificate(b));
+    parts = certificateParts(new Uint8Array(certs[0].raw));
   } catch (e) {
     throw new CaError(`Cannot parse certificate in ${certPath}: ${errorText(e)}`, { cause: e });
   }
   const cert = certs[0];
-  checkIsCa(cert, certPath, opts.now ?? new Date());
+  checkIsCa(cert, parts, certPath, opts.now ?? new Date());
 
   let key: KeyObject;
   try {
@@ -257,7 +259,7 @@ export async function loadCa(
     );
   }
   const keySpki = new Uint8Array(createPublicKey(key).export({ type: "spki", format: "der" }));
-  if (!bytesEqual(keySpki, new Uint8Array(cert.publicKey.rawData))) {
+  if (!bytesEqual(keySpki, parts.spki)) {
     throw new CaError(
       `The key in ${keyPath} does not belong to the certificate in ${certPath} (their public ` +
         `keys differ); point tls.ca.key at the key the CA certificate was issued for`,
@@ -269,14 +271,16 @@ export async function loadCa(
   const signingKey = await crypto.subtle.importKey("pkcs8", pkcs8, importAlg, false, ["sign"]);
   pkcs8.fill(0);
 
-  const ski = cert.getExtension(x509.SubjectKeyIdentifierExtension);
   // Leaves must name the CA's key the way the CA names itself, or chain builders that match
   // AKI to SKI will not find it.
-  const aki = ski
-    ? new x509.AuthorityKeyIdentifierExtension(ski.keyId)
-    : await x509.AuthorityKeyIdentifierExtension.create(cert.publicKey);
-  const chainPem = certs.map((c) => pem(c)).join("");
-  return await makeCa(cert, chainPem, signingKey, signingAlgorithm, aki, certPath);
+  let authorityKeyId: Uint8Array;
+  try {
+    authorityKeyId = subjectKeyId(parts) ?? await keyIdentifier(parts.spki);
+  } catch (e) {
+    throw new CaError(`Cannot parse certificate in ${certPath}: ${errorText(e)}`, { cause: e });
+  }
+  const chainPem = certs.map((c) => certificatePem(new Uint8Array(c.raw))).join("");
+  return await makeCa(cert, chainPem, signingKey, signingAlgorithm, authorityKeyId, certPath);
 }
 
 /**
@@ -351,11 +355,12 @@ export async function mintLeafReference(
   const { inner, name: leafName } = plan;
   const { leafKey } = inner;
   const fitsCn = leafName.value.length <= 64;
+  const x509 = await peculiarX509();
   const cert = await x509.X509CertificateGenerator.create({
     serialNumber: hex(randomSerialBytes()),
     // RFC 5280 4.2.1.6: with an empty subject the SAN extension must be critical.
     subject: fitsCn ? [{ CN: [leafName.value] }] : [],
-    issuer: inner.cert.subjectName,
+    issuer: new x509.X509Certificate(inner.certDer).subjectName,
     notBefore: plan.notBefore,
     notAfter: plan.notAfter,
     publicKey: leafKey.pair.publicKey,
@@ -369,12 +374,12 @@ export async function mintLeafReference(
         [{ type: leafName.kind, value: leafName.value }],
         !fitsCn,
       ),
-      inner.aki,
-      leafKey.ski,
+      new x509.AuthorityKeyIdentifierExtension(hex(inner.authorityKeyId)),
+      new x509.SubjectKeyIdentifierExtension(hex(leafKey.subjectKeyId)),
     ],
   });
   return {
-    certPem: pem(cert) + ca.certPem,
+    certPem: certificatePem(new Uint8Array(cert.rawData)) + ca.certPem,
     keyPem: leafKey.pem,
     notBefore: cert.notBefore,
     notAfter: cert.notAfter,
@@ -500,10 +505,11 @@ export function exportCaPem(ca: CertificateAuthority): string {
 async function generateCa(
   kind: "local" | "ephemeral",
 ): Promise<{ ca: CertificateAuthority; keyPem: string }> {
+  const x509 = await peculiarX509();
   const keys = await crypto.subtle.generateKey(P256, true, ["sign", "verify"]);
   const id = hex(crypto.getRandomValues(new Uint8Array(4)));
   const now = Date.now();
-  const cert = await x509.X509CertificateGenerator.createSelfSigned({
+  const created = await x509.X509CertificateGenerator.createSelfSigned({
     serialNumber: randomSerial(),
     // O=sluice plus a random id: distinct from every leaf subject, and two installations' CAs
     // are told apart in a trust store listing.
@@ -524,8 +530,13 @@ async function generateCa(
   // Extractable only so the local CA can be written once; the signing copy below is not.
   const keyPem = kind === "local" ? await pkcs8Pem(keys.privateKey) : "";
   const signingKey = await reimportNonExtractable(keys.privateKey);
-  const aki = await x509.AuthorityKeyIdentifierExtension.create(keys.publicKey);
-  const ca = await makeCa(cert, pem(cert), signingKey, ECDSA_SHA256, aki, undefined);
+  // Read back as a loaded CA is: one description of a CA, whichever way it came.
+  const cert = new X509Certificate(new Uint8Array(created.rawData));
+  const authorityKeyId = await keyIdentifier(
+    new Uint8Array(await crypto.subtle.exportKey("spki", keys.publicKey)),
+  );
+  const chainPem = certificatePem(new Uint8Array(cert.raw));
+  const ca = await makeCa(cert, chainPem, signingKey, ECDSA_SHA256, authorityKeyId, undefined);
   return { ca, keyPem };
 }
 
@@ -537,27 +548,49 @@ async function reimportNonExtractable(key: CryptoKey): Promise<CryptoKey> {
 }
 
 async function makeCa(
-  cert: x509.X509Certificate,
+  cert: X509Certificate,
   chainPem: string,
   signingKey: CryptoKey,
   signingAlgorithm: Algorithm | EcdsaParams,
-  aki: x509.AuthorityKeyIdentifierExtension,
+  authorityKeyId: Uint8Array,
   certPath: string | undefined,
 ): Promise<CertificateAuthority> {
-  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", cert.rawData));
+  const certDer = new Uint8Array(cert.raw);
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", certDer));
   const ca: CertificateAuthority = Object.freeze({
     certPem: chainPem,
-    subject: cert.subject,
+    subject: subjectText(cert),
     fingerprintSha256: colonHex(digest),
-    notBefore: cert.notBefore,
-    notAfter: cert.notAfter,
+    notBefore: validity(cert).notBefore,
+    notAfter: validity(cert).notAfter,
     ...(certPath === undefined ? {} : { certPath }),
   });
   // Made now (~1 ms, once per CA object) rather than at the first mint: the first handshake for
   // a new name then pays one signature like every other, and nothing runs in the background.
-  const leafKey = await newLeafKey(cert, signingAlgorithm, aki);
-  internals.set(ca, { cert, signingKey, signingAlgorithm, aki, leafKey });
+  const leafKey = await newLeafKey(certDer, signingAlgorithm, authorityKeyId);
+  internals.set(ca, { certDer, signingKey, signingAlgorithm, authorityKeyId, leafKey });
   return ca;
+}
+
+/**
+ * `@peculiar/x509`, loaded on first use: only generating a CA and {@link mintLeafReference}
+ * need it (see the module doc for why it is not loaded up front).
+ */
+async function peculiarX509(): Promise<typeof X509> {
+  // Its dependency injection (tsyringe) needs the Reflect metadata polyfill loaded first.
+  await import("reflect-metadata");
+  const x509 = await import("@peculiar/x509");
+  x509.cryptoProvider.set(crypto);
+  return x509;
+}
+
+/** The subject as "CN=..., O=...", the form sluice has always printed (node:crypto joins with newlines). */
+function subjectText(cert: X509Certificate): string {
+  return cert.subject.split("\n").join(", ");
+}
+
+function validity(cert: X509Certificate): { notBefore: Date; notAfter: Date } {
+  return { notBefore: new Date(cert.validFrom), notAfter: new Date(cert.validTo) };
 }
 
 function withPath(ca: CertificateAuthority, certPath: string): CertificateAuthority {
@@ -578,20 +611,21 @@ function internalsOf(ca: CertificateAuthority): Internals {
 }
 
 async function newLeafKey(
-  caCert: x509.X509Certificate,
+  caCertDer: Uint8Array,
   signingAlgorithm: Algorithm | EcdsaParams,
-  aki: x509.AuthorityKeyIdentifierExtension,
+  authorityKeyId: Uint8Array,
 ): Promise<LeafKey> {
   const pair = await crypto.subtle.generateKey(P256, true, ["sign", "verify"]);
-  const ski = await x509.SubjectKeyIdentifierExtension.create(pair.publicKey);
+  const leafSpkiDer = new Uint8Array(await crypto.subtle.exportKey("spki", pair.publicKey));
+  const subjectKeyId = await keyIdentifier(leafSpkiDer);
   const template = buildLeafTemplate({
-    caCertDer: new Uint8Array(caCert.rawData),
-    leafSpkiDer: new Uint8Array(await crypto.subtle.exportKey("spki", pair.publicKey)),
-    authorityKeyId: Buffer.from(aki.keyId ?? "", "hex"),
-    subjectKeyId: Buffer.from(ski.keyId, "hex"),
+    caCertDer,
+    leafSpkiDer,
+    authorityKeyId,
+    subjectKeyId,
     signature: templateSignature(signingAlgorithm),
   });
-  return { pair, pem: await pkcs8Pem(pair.privateKey), ski, template };
+  return { pair, pem: await pkcs8Pem(pair.privateKey), subjectKeyId, template };
 }
 
 /** The template's name for how the CA signs (see signingParams for what can occur). */
@@ -628,31 +662,36 @@ async function writeCaFiles(dir: string, certPem: string, keyPem: string): Promi
   }
 }
 
-function checkIsCa(cert: x509.X509Certificate, path: string, now: Date): void {
-  const bc = cert.getExtension(x509.BasicConstraintsExtension);
-  if (!bc?.ca) {
+function checkIsCa(
+  cert: X509Certificate,
+  parts: ReturnType<typeof certificateParts>,
+  path: string,
+  now: Date,
+): void {
+  const subject = subjectText(cert);
+  const { notBefore, notAfter } = validity(cert);
+  if (!cert.ca) {
     throw new CaError(
-      `The certificate in ${path} ("${cert.subject}") is not a CA certificate (basicConstraints ` +
+      `The certificate in ${path} ("${subject}") is not a CA certificate (basicConstraints ` +
         `CA:TRUE is missing); tls.ca.cert must be a CA that may sign certificates, e.g. one ` +
         `created by "sluice ca init"`,
     );
   }
-  const ku = cert.getExtension(x509.KeyUsagesExtension);
-  if (ku && (ku.usages & x509.KeyUsageFlags.keyCertSign) === 0) {
+  if (allowsCertSign(parts) === false) {
     throw new CaError(
-      `The CA certificate in ${path} ("${cert.subject}") may not sign certificates (its ` +
+      `The CA certificate in ${path} ("${subject}") may not sign certificates (its ` +
         `keyUsage lacks keyCertSign); use a CA certificate issued for certificate signing`,
     );
   }
-  if (now.getTime() >= cert.notAfter.getTime()) {
+  if (now.getTime() >= notAfter.getTime()) {
     throw new CaError(
-      `The CA certificate in ${path} expired on ${cert.notAfter.toISOString()}; renew it, ` +
+      `The CA certificate in ${path} expired on ${notAfter.toISOString()}; renew it, ` +
         `or run "sluice ca init --force" for a new local CA`,
     );
   }
-  if (now.getTime() < cert.notBefore.getTime()) {
+  if (now.getTime() < notBefore.getTime()) {
     throw new CaError(
-      `The CA certificate in ${path} is not valid before ${cert.notBefore.toISOString()}; ` +
+      `The CA certificate in ${path} is not valid before ${notBefore.toISOString()}; ` +
         `check the system clock`,
     );
   }
@@ -713,10 +752,6 @@ async function readText(path: string, what: string, setting: string): Promise<st
 function pemBlocks(text: string, label: string): string[] {
   const re = new RegExp(`-----BEGIN ${label}-----[\\s\\S]*?-----END ${label}-----`, "g");
   return text.match(re) ?? [];
-}
-
-function pem(cert: x509.X509Certificate): string {
-  return cert.toString("pem").trimEnd() + "\n";
 }
 
 async function pkcs8Pem(key: CryptoKey): Promise<string> {

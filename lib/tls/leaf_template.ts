@@ -24,6 +24,7 @@
  * @module
  */
 import { concatBytes } from "../bytes.ts";
+import { certificateParts, DerError } from "./der.ts";
 import { Buffer } from "node:buffer";
 import { parseIp } from "../../policy/address.ts";
 
@@ -132,7 +133,13 @@ export function buildLeafTemplate(parts: LeafTemplateParts): LeafTemplate {
   if (parts.authorityKeyId.length === 0 || parts.subjectKeyId.length === 0) {
     throw new LeafTemplateError("A leaf template needs both key identifiers");
   }
-  const issuer = certificateSubject(parts.caCertDer);
+  let issuer: Uint8Array;
+  try {
+    issuer = certificateParts(parts.caCertDer).subject;
+  } catch (e) {
+    if (!(e instanceof DerError)) throw e;
+    throw new LeafTemplateError(`The CA certificate's DER: ${e.message}`);
+  }
   const algorithm = ALGORITHMS[parts.signature];
   return Object.freeze({
     version: hexBytes("a003020102"),
@@ -228,46 +235,6 @@ export function certificatePem(der: Uint8Array): string {
 }
 
 // ---------------------------------------------------------------------------------------------
-
-/** The Name DER of a certificate's subject: Certificate > TBS > [version] serial sig issuer validity subject. */
-function certificateSubject(der: Uint8Array): Uint8Array {
-  const cert = readTlv(der, 0);
-  if (cert.tag !== TAG_SEQUENCE || cert.end !== der.length) {
-    throw new LeafTemplateError("The CA certificate is not one DER SEQUENCE");
-  }
-  const tbs = readTlv(der, cert.contentStart);
-  if (tbs.tag !== TAG_SEQUENCE) throw new LeafTemplateError("The CA's TBSCertificate is missing");
-  let at = tbs.contentStart;
-  if (readTlv(der, at).tag === 0xa0) at = readTlv(der, at).end; // [0] version
-  for (const what of ["serialNumber", "signature", "issuer", "validity"]) {
-    const field = readTlv(der, at);
-    if (field.end > tbs.end) throw new LeafTemplateError(`The CA's ${what} runs past its TBS`);
-    at = field.end;
-  }
-  const subject = readTlv(der, at);
-  if (subject.tag !== TAG_SEQUENCE || subject.end > tbs.end) {
-    throw new LeafTemplateError("The CA's subject is not a SEQUENCE inside its TBSCertificate");
-  }
-  return der.slice(at, subject.end);
-}
-
-/** One DER TLV header at `at`: its tag, where its content starts and where it ends. */
-function readTlv(der: Uint8Array, at: number): { tag: number; contentStart: number; end: number } {
-  if (at + 2 > der.length) throw new LeafTemplateError("Truncated DER");
-  const tag = der[at];
-  let len = der[at + 1];
-  let p = at + 2;
-  if (len >= 0x80) {
-    const n = len & 0x7f;
-    if (n === 0 || n > 3 || p + n > der.length) {
-      throw new LeafTemplateError("Unsupported DER length");
-    }
-    len = 0;
-    for (let i = 0; i < n; i++) len = len * 256 + der[p++];
-  }
-  if (p + len > der.length) throw new LeafTemplateError("Truncated DER");
-  return { tag, contentStart: p, end: p + len };
-}
 
 function extension(oid: Uint8Array, critical: boolean, value: Uint8Array): Uint8Array {
   return tlv(
