@@ -226,8 +226,46 @@ function requestMatches(rule: NetRule, method: string, path: string): boolean {
  * Decides one HTTP request (intercepted HTTPS or plain HTTP). The path is
  * normalized first (dot segments removed, unreserved escapes decoded, query
  * dropped); a path that cannot be normalized is denied.
+ *
+ * The answer depends only on the policy, the method, the destination, the
+ * port and the path up to its query or fragment, so it is remembered per
+ * compiled policy under exactly that key ({@link REQUEST_MEMO_SIZE} keys,
+ * forgotten all at once when full) and the same frozen Decision is returned
+ * for a repeated request. Why: on keep-alive traffic most requests repeat one
+ * of a few method/host/path shapes, and deciding again (path normalisation,
+ * host candidates, rule filters, the reason sentence) was ~3 µs of sluice's
+ * per-request layer; a remembered reason is also an already flat string,
+ * which the audit line's JSON.stringify copies without flattening it first.
+ * A new policy (reload) is a new compiled object, so nothing outlives it.
  */
 export function decideRequest(compiled: CompiledPolicy, req: RequestInfo): Decision {
+  const { dest, path } = req;
+  let end = path.indexOf("?");
+  if (end === -1) end = path.length;
+  const hash = path.indexOf("#");
+  if (hash !== -1 && hash < end) end = hash;
+  // Unambiguous whatever the method holds: its length first; names have no spaces, IPs are
+  // bracketed (a name never is), the port is a number and the path comes last.
+  const host = dest.kind === "name" ? dest.name : `[${dest.ip.text}]`;
+  const key = `${req.method.length}:${req.method} ${host} ${req.port} ${
+    end === path.length ? path : path.slice(0, end)
+  }`;
+  let memo = requestMemo.get(compiled);
+  if (memo === undefined) requestMemo.set(compiled, memo = new Map());
+  const known = memo.get(key);
+  if (known !== undefined) return known;
+  const decision = Object.freeze(decideRequestOnce(compiled, req));
+  if (memo.size >= REQUEST_MEMO_SIZE) memo.clear();
+  memo.set(key, decision);
+  return decision;
+}
+
+/** How many request shapes {@link decideRequest} remembers per policy. */
+export const REQUEST_MEMO_SIZE = 1024;
+
+const requestMemo = new WeakMap<CompiledPolicy, Map<string, Decision>>();
+
+function decideRequestOnce(compiled: CompiledPolicy, req: RequestInfo): Decision {
   const name = formatDestination(req.dest);
   const np = normalizePath(req.path);
   if (!np.ok) {

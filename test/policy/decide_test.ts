@@ -13,6 +13,7 @@ import {
   loadPolicyText,
   parseDestinationHost,
 } from "../../policy/mod.ts";
+import { REQUEST_MEMO_SIZE } from "../../policy/decide.ts";
 
 const FILE = "test/fixtures/policies/decide.yaml";
 const { compiled } = loadPolicyText(Deno.readTextFileSync(FILE), FILE);
@@ -310,6 +311,69 @@ for (const [name, method, host, port, path, verdict, line] of requests) {
     assertEquals({ verdict: d.verdict, got }, { verdict, got: want });
   });
 }
+
+/**
+ * decideRequest() remembers decisions per compiled policy. Every request of the table above,
+ * with its query and fragment varied, asked of a policy that has seen all of them (and of one
+ * whose memory was filled to overflowing in between), must get what a freshly compiled copy of
+ * the same policy decides the first time it is asked.
+ */
+const MEMO_VARIANTS: [string, (p: string) => string][] = [
+  ["as is", (p) => p],
+  ["with a query", (p) => `${p}?q=1`],
+  ["with another query", (p) => `${p}?q=2&r=%zz`],
+  ["with a fragment", (p) => `${p}#top`],
+  ["lowercase method (decided as uppercase)", (p) => p],
+];
+Deno.test("decideRequest() remembers: a repeated request gets what a fresh policy decides", () => {
+  const text = Deno.readTextFileSync(FILE);
+  const ask = (c: typeof compiled, method: string, host: string, port: number, path: string) =>
+    decideRequest(c, { method, dest: dest(host), port, path });
+  for (let round = 0; round < 3; round++) {
+    if (round === 2) {
+      // Fill the memory past its size: it is forgotten all at once, then refilled.
+      for (let i = 0; i <= REQUEST_MEMO_SIZE; i++) ask(compiled, "GET", "x.test", 443, `/${i}`);
+    }
+    for (const [name, method, host, port, path] of requests) {
+      for (const [variant, vary] of MEMO_VARIANTS) {
+        const m = variant.startsWith("lowercase") ? method.toLowerCase() : method;
+        const fresh = loadPolicyText(text, FILE).compiled;
+        assertEquals(
+          ask(compiled, m, host, port, vary(path)),
+          ask(fresh, m, host, port, vary(path)),
+          `${name}, ${variant}, round ${round}`,
+        );
+      }
+    }
+  }
+});
+
+Deno.test("decideRequest() returns the same frozen decision for the same shape, and tells shapes apart", () => {
+  const ask = (method: string, host: string, port: number, path: string) =>
+    decideRequest(compiled, { method, dest: dest(host), port, path });
+  const first = ask("GET", "example.com", 443, "/anything?a=1");
+  assertEquals(Object.isFrozen(first), true);
+  assertEquals(ask("GET", "example.com", 443, "/anything?b=2") === first, true, "query ignored");
+  // Each differs from `first` in one part of the key, and so is decided on its own.
+  const others: [string, ReturnType<typeof ask>][] = [
+    ["method", ask("DELETE", "example.com", 443, "/anything")],
+    ["host", ask("GET", "api.openai.com", 443, "/anything")],
+    ["port", ask("GET", "example.com", 8443, "/anything")],
+    ["path", ask("GET", "example.com", 443, "/other")],
+  ];
+  for (const [what, d] of others) assertEquals(d === first, false, what);
+  assertEquals(others[0][1].verdict, "deny", "DELETE is denied even after GET was allowed");
+  // An IP literal and a name spelled alike never share a key.
+  const ip = decideRequest(compiled, {
+    method: "GET",
+    dest: dest("10.1.2.3"),
+    port: 443,
+    path: "/",
+  });
+  const name: Destination = { kind: "name", name: "10.1.2.3" };
+  const named = decideRequest(compiled, { method: "GET", dest: name, port: 443, path: "/" });
+  assertEquals(ip === named, false);
+});
 
 /** [name, ip, port, verdict, code] */
 const addresses: [string, string, number, "allow" | "deny", string][] = [
