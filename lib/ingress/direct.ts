@@ -283,13 +283,13 @@ export class DirectListener implements Connections {
       });
       // A leaf all the same (when the name is one): each request is refused with a 403.
       if (p.kind === "invalid") throw new Error("sluice: credential-violation");
-      return this.#opts.leaves.get(serverName);
+      return this.#opts.leaves.lookup(serverName);
     }
     if (p.kind === "invalid") {
       return refuse("missing-sni", `invalid SNI "${serverName}": ${p.reason}`, serverName);
     }
     // sluice_tls_handshakes_total is not counted here: the resolver runs once per name, not
     // per handshake (docs/observability.md says so).
-    return this.#opts.leaves.get(serverName);
+    return this.#opts.leaves.lookup(serverName);
   }
 }

@@ -205,7 +205,7 @@ export class Terminator implements Connections {
       alpnProtocols: h2 ? ["h2"] : ["http/1.1"],
       resolver: (serverName) => {
         names.add(serverName);
-        return this.#opts.leaves.get(serverName);
+        return this.#opts.leaves.lookup(serverName);
       },
     });
     // Without this, every streamed response stalls ~40 ms on Nagle + delayed ACK.

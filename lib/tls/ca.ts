@@ -4,8 +4,9 @@
  *
  * Security choices, each for a reason:
  * - The CA private key never leaves this module: {@link CertificateAuthority} carries only
- *   public data, and the key lives in a non-extractable `CryptoKey` held in a module-private
- *   map, so no log line, JSON dump or error can print it.
+ *   public data, and the key lives in a module-private map, as a `node:crypto` `KeyObject`
+ *   (leaves are signed with it) and a non-extractable `CryptoKey` (for the reference mint).
+ *   Neither prints key material in a log line, a JSON dump or an error.
  * - `ca.key` is created with mode 0600 from its first byte (a fresh temporary file opened with
  *   that mode, then renamed into place), never written first and restricted after.
  * - The CA may sign only leaves (pathLen 0) and its keyUsage is limited to certificate and CRL
@@ -14,7 +15,7 @@
  *   made, never stored). A leaf is only as trustworthy as the CA that signed it anyway; sharing
  *   the key spares a key generation per host, and it never touches disk.
  * - Leaves are minted from a DER template built once per CA object (./leaf_template.ts): only
- *   serial, validity, CN and SAN are encoded per host, then ONE WebCrypto signature. Measured
+ *   serial, validity, CN and SAN are encoded per host, then ONE signature. Measured
  *   with bench/leaf_cache_bench.ts (P-256 CA): median ~3 ms per leaf through @peculiar/x509,
  *   ~0.6 ms through the template, which is the one signature's cost. It covers every CA key
  *   this module accepts (P-256, P-384, RSA), so there is no fallback; the @peculiar/x509 path
@@ -34,7 +35,13 @@
 import { parseIp } from "../../policy/address.ts";
 import type * as X509 from "@peculiar/x509";
 import { Buffer } from "node:buffer";
-import { createPrivateKey, createPublicKey, type KeyObject, X509Certificate } from "node:crypto";
+import {
+  createPrivateKey,
+  createPublicKey,
+  type KeyObject,
+  sign as nodeSign,
+  X509Certificate,
+} from "node:crypto";
 import { allowsCertSign, certificateParts, keyIdentifier, subjectKeyId } from "./der.ts";
 import {
   buildLeafTemplate,
@@ -124,6 +131,10 @@ export const CA_KEY_FILE = "ca.key";
 interface Internals {
   certDer: Uint8Array<ArrayBuffer>;
   signingKey: CryptoKey;
+  /** The same key for `node:crypto`'s synchronous `sign` (see {@link mintLeafSync}). */
+  signer: KeyObject;
+  /** The signature's hash as `node:crypto` names it: "sha256" or "sha384". */
+  signHash: string;
   signingAlgorithm: Algorithm | EcdsaParams;
   /** The key id of its leaves' authorityKeyIdentifier: the CA's own subjectKeyIdentifier. */
   authorityKeyId: Uint8Array;
@@ -280,7 +291,14 @@ export async function loadCa(
     throw new CaError(`Cannot parse certificate in ${certPath}: ${errorText(e)}`, { cause: e });
   }
   const chainPem = certs.map((c) => certificatePem(new Uint8Array(c.raw))).join("");
-  return await makeCa(cert, chainPem, signingKey, signingAlgorithm, authorityKeyId, certPath);
+  return await makeCa(
+    cert,
+    chainPem,
+    { signingKey, signer: key },
+    signingAlgorithm,
+    authorityKeyId,
+    certPath,
+  );
 }
 
 /**
@@ -299,7 +317,13 @@ export async function ephemeralCa(): Promise<CertificateAuthority> {
  * characters X.520 allows; serverAuth only; a random positive 128-bit serial; valid from one
  * hour before `now` for `validityHours`, never beyond the CA's own end. Encoded from the CA
  * object's DER template (./leaf_template.ts) and signed once: no key generation, no ASN.1
- * object model, so it costs about one WebCrypto signature.
+ * object model, so it costs about one signature (~0.6 ms for P-256).
+ *
+ * Synchronous on purpose: `node:crypto`'s `sign`, not WebCrypto's. A TLS resolver that awaits
+ * an async operation lets Deno 2.9.6 lose the answer for handshakes of the same name that
+ * arrive while it resolves: they end with a close_notify (ext/tls/tls_key.rs resubscribes to a
+ * broadcast whose value may already be gone). So the data path's resolvers answer a new name
+ * in the same turn (`LeafCache.lookup`); test/e2e/first_wave_test.ts sends such bursts.
  *
  * @param ca the signing CA
  * @param name a DNS name (case and one trailing dot ignored) or an IPv4/IPv6 literal
@@ -309,11 +333,11 @@ export async function ephemeralCa(): Promise<CertificateAuthority> {
  * @throws {CaError} if the name is not a plain DNS name or IP literal, the validity is not a
  *   positive number, or the CA has expired
  */
-export async function mintLeaf(
+export function mintLeafSync(
   ca: CertificateAuthority,
   name: string,
   opts: MintLeafOptions = {},
-): Promise<MintedLeaf> {
+): MintedLeaf {
   const plan = leafPlan(ca, name, opts);
   const { leafKey } = plan.inner;
   const { template } = leafKey;
@@ -323,8 +347,10 @@ export async function mintLeaf(
     notAfter: plan.notAfter,
     name: plan.name,
   });
+  // IEEE P1363 (raw r||s) for ECDSA, as WebCrypto gives it and the template frames it; RSA
+  // ignores the option (PKCS#1 v1.5).
   const signature = new Uint8Array(
-    await crypto.subtle.sign(plan.inner.signingAlgorithm, plan.inner.signingKey, tbs),
+    nodeSign(plan.inner.signHash, tbs, { key: plan.inner.signer, dsaEncoding: "ieee-p1363" }),
   );
   return {
     certPem: certificatePem(encodeCertificate(template, tbs, signature)) + ca.certPem,
@@ -332,6 +358,27 @@ export async function mintLeaf(
     notBefore: plan.notBefore,
     notAfter: plan.notAfter,
   };
+}
+
+/**
+ * {@link mintLeafSync} for callers that await: the same leaf.
+ *
+ * @param ca the signing CA
+ * @param name as for {@link mintLeafSync}
+ * @param opts as for {@link mintLeafSync}
+ * @returns as {@link mintLeafSync} does
+ * @throws {CaError} (as a rejection) as {@link mintLeafSync} does
+ */
+export function mintLeaf(
+  ca: CertificateAuthority,
+  name: string,
+  opts: MintLeafOptions = {},
+): Promise<MintedLeaf> {
+  try {
+    return Promise.resolve(mintLeafSync(ca, name, opts));
+  } catch (e) {
+    return Promise.reject(e);
+  }
 }
 
 /**
@@ -530,13 +577,23 @@ async function generateCa(
   // Extractable only so the local CA can be written once; the signing copy below is not.
   const keyPem = kind === "local" ? await pkcs8Pem(keys.privateKey) : "";
   const signingKey = await reimportNonExtractable(keys.privateKey);
+  const pkcs8 = new Uint8Array(await crypto.subtle.exportKey("pkcs8", keys.privateKey));
+  const signer = createPrivateKey({ key: Buffer.from(pkcs8), format: "der", type: "pkcs8" });
+  pkcs8.fill(0);
   // Read back as a loaded CA is: one description of a CA, whichever way it came.
   const cert = new X509Certificate(new Uint8Array(created.rawData));
   const authorityKeyId = await keyIdentifier(
     new Uint8Array(await crypto.subtle.exportKey("spki", keys.publicKey)),
   );
   const chainPem = certificatePem(new Uint8Array(cert.raw));
-  const ca = await makeCa(cert, chainPem, signingKey, ECDSA_SHA256, authorityKeyId, undefined);
+  const ca = await makeCa(
+    cert,
+    chainPem,
+    { signingKey, signer },
+    ECDSA_SHA256,
+    authorityKeyId,
+    undefined,
+  );
   return { ca, keyPem };
 }
 
@@ -550,7 +607,7 @@ async function reimportNonExtractable(key: CryptoKey): Promise<CryptoKey> {
 async function makeCa(
   cert: X509Certificate,
   chainPem: string,
-  signingKey: CryptoKey,
+  keys: { signingKey: CryptoKey; signer: KeyObject },
   signingAlgorithm: Algorithm | EcdsaParams,
   authorityKeyId: Uint8Array,
   certPath: string | undefined,
@@ -568,7 +625,16 @@ async function makeCa(
   // Made now (~1 ms, once per CA object) rather than at the first mint: the first handshake for
   // a new name then pays one signature like every other, and nothing runs in the background.
   const leafKey = await newLeafKey(certDer, signingAlgorithm, authorityKeyId);
-  internals.set(ca, { certDer, signingKey, signingAlgorithm, authorityKeyId, leafKey });
+  const hash = "hash" in signingAlgorithm ? String(signingAlgorithm.hash) : "SHA-256";
+  internals.set(ca, {
+    certDer,
+    signingKey: keys.signingKey,
+    signer: keys.signer,
+    signHash: hash.replace("-", "").toLowerCase(),
+    signingAlgorithm,
+    authorityKeyId,
+    leafKey,
+  });
   return ca;
 }
 

@@ -1,6 +1,7 @@
 /**
  * A bounded cache of minted leaf certificates, shaped for `Deno.listenTls`'s per-handshake
- * resolver: `get(serverName)` resolves to `{ cert, key }` PEM strings.
+ * resolver: `lookup(serverName)` returns `{ cert, key }` PEM strings, in the same turn when it
+ * can (always, with the default minter: see `lookup`); `get` is the same as a promise.
  *
  * Minting costs a few milliseconds of CPU, a hit a map lookup, so:
  * - entries live in an LRU of at most `max` names, so a client cycling through names cannot
@@ -24,13 +25,13 @@
  */
 import { LRUCache } from "lru-cache";
 import type { CertificateAuthority, MintedLeaf } from "./ca.ts";
-import { DEFAULT_LEAF_VALIDITY_HOURS, mintLeaf, normalizeLeafName } from "./ca.ts";
+import { DEFAULT_LEAF_VALIDITY_HOURS, mintLeafSync, normalizeLeafName } from "./ca.ts";
 
 /** The PEM pair a TLS resolver returns: the chain (leaf first) and the leaf key. */
 export type LeafPair = { cert: string; key: string };
 
 /** Mints one leaf; the default is {@link mintLeaf} with the cache's CA. */
-export type LeafMinter = (name: string, now: Date) => Promise<MintedLeaf>;
+export type LeafMinter = (name: string, now: Date) => MintedLeaf | Promise<MintedLeaf>;
 
 /** Options of {@link LeafCache}. */
 export interface LeafCacheOptions {
@@ -106,7 +107,7 @@ export class LeafCache {
     }
     this.#entries = new LRUCache<string, Entry>({ max });
     this.#now = opts.now ?? Date.now;
-    this.#mint = opts.mint ?? ((name, now) => mintLeaf(ca, name, { now, validityHours }));
+    this.#mint = opts.mint ?? ((name, now) => mintLeafSync(ca, name, { now, validityHours }));
   }
 
   /**
@@ -119,6 +120,22 @@ export class LeafCache {
    *   (including `""`, a client that sent no SNI), or when minting fails
    */
   async get(name: string): Promise<LeafPair> {
+    return await this.lookup(name);
+  }
+
+  /**
+   * {@link get} without a promise where none is needed: a fresh cached leaf, or one the minter
+   * made synchronously (the default minter does), is returned as is. This is what the data
+   * path's TLS resolvers return: Deno 2.9.6 loses a resolver's answer for handshakes of the
+   * same name that arrive while an asynchronous answer is pending (see `mintLeafSync` in
+   * ./ca.ts), so a new name must be answered in the same turn.
+   *
+   * @param name as for {@link get}
+   * @returns the pair, or a promise of it while an asynchronous minter works
+   * @throws {CaError} (synchronously) for a name that is not a DNS name or IP literal, or when a
+   *   synchronous mint fails
+   */
+  lookup(name: string): LeafPair | Promise<LeafPair> {
     const key = normalizeLeafName(name).value;
     const entry = this.#entries.get(key);
     if (entry !== undefined && this.#now() < entry.renewAt) {
@@ -126,16 +143,18 @@ export class LeafCache {
       return entry.pair;
     }
     this.#misses++;
-    let pending = this.#inFlight.get(key);
-    if (pending === undefined) {
-      // Removed when settled, success or failure: the next caller after that decides afresh,
-      // so a failure is retried rather than remembered. (`finally` runs its callback
-      // asynchronously, so this cannot run before the `set` below, even if a minter throws
-      // synchronously.)
-      pending = this.#mintInto(key).finally(() => this.#inFlight.delete(key));
-      this.#inFlight.set(key, pending);
-    }
-    return await pending;
+    const pending = this.#inFlight.get(key);
+    if (pending !== undefined) return pending;
+    this.#mints++;
+    const minted = this.#mint(key, new Date(this.#now()));
+    if (!(minted instanceof Promise)) return this.#store(key, minted);
+    // Removed when settled, success or failure: the next caller after that decides afresh, so a
+    // failure is retried rather than remembered.
+    const later = minted.then((leaf) => this.#store(key, leaf)).finally(() =>
+      this.#inFlight.delete(key)
+    );
+    this.#inFlight.set(key, later);
+    return later;
   }
 
   /**
@@ -152,9 +171,7 @@ export class LeafCache {
     };
   }
 
-  async #mintInto(key: string): Promise<LeafPair> {
-    this.#mints++;
-    const leaf = await this.#mint(key, new Date(this.#now()));
+  #store(key: string, leaf: MintedLeaf): LeafPair {
     const pair = { cert: leaf.certPem, key: leaf.keyPem };
     this.#entries.set(key, { pair, renewAt: leaf.notAfter.getTime() - this.#renewBeforeMs });
     return pair;

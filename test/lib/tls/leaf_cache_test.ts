@@ -174,3 +174,33 @@ Deno.test("LeafCache constructor rejects settings that cannot work", () => {
     assert.throws(() => new LeafCache(ca, opts), want, name);
   }
 });
+
+Deno.test("LeafCache.lookup() answers a new name and a repeat in the same turn with the real minter", () => {
+  // Deno's TLS resolver loses an asynchronous answer for handshakes of the same name that
+  // arrive while it is pending (lib/tls/ca.ts mintLeafSync): the data path's resolvers return
+  // this, so a first mint must not be a promise.
+  const cache = new LeafCache(ca);
+  const first = cache.lookup("new.test");
+  assert.ok(!(first instanceof Promise), "a new name is answered without a promise");
+  const leaf = new X509Certificate(first.cert.split(/(?<=-----END CERTIFICATE-----\n)/)[0]);
+  assert.ok(leaf.checkHost("new.test"));
+  assert.ok(leaf.verify(new X509Certificate(ca.certPem).publicKey), "signed by the CA");
+  const again = cache.lookup("NEW.test.");
+  assert.equal(again, first, "a repeat is the cached pair");
+  assert.deepEqual(cache.stats(), { hits: 1, misses: 1, mints: 1, size: 1 });
+  assert.throws(() => cache.lookup("bad name"), CaError, "a bad name throws, synchronously");
+});
+
+Deno.test("LeafCache.lookup() with an asynchronous minter shares one promise and stores its leaf", async () => {
+  const mint = fakeMinter();
+  let open!: () => void;
+  mint.gate = new Promise((r) => open = r);
+  const cache = new LeafCache(ca, { mint });
+  const a = cache.lookup("a.test");
+  const b = cache.lookup("a.test");
+  assert.ok(a instanceof Promise && b === a, "one promise for concurrent callers");
+  open();
+  assert.equal((await a).cert, "cert a.test #1");
+  assert.equal(cache.lookup("a.test"), await a, "then answered from the cache, no promise");
+  assert.deepEqual(mint.calls, ["a.test"]);
+});
