@@ -7,8 +7,8 @@
  * container. Measured on a 2-core AMD EPYC (bench/leaf_cache_bench.ts, and medians of 1000
  * interleaved mints), P-256 CA, shared leaf key: @peculiar/x509 2.9-3.4 ms per leaf (median),
  * this template 0.5-0.6 ms, of which the WebCrypto ECDSA signature alone is 0.5-0.6 ms and the
- * encoding plus PEM ~45 µs. So the signature is now the whole cost; a faster signer (not
- * WebCrypto's pure-Rust P-256) would be the next step, not more work here.
+ * encoding plus PEM ~45 µs. So the signature is now the whole cost; a faster signer would be the
+ * next step, not more work here (./ca.ts now signs with `node:crypto`, which measured the same).
  *
  * What it produces is pinned byte for byte against the @peculiar/x509 path it replaced (see
  * `mintLeafReference` in ./ca.ts and test/lib/tls/leaf_template_test.ts): same field order,
@@ -17,9 +17,9 @@
  * principle: it is copied from the CA certificate's own DER (the bytes chain builders compare),
  * where @peculiar/x509 re-encodes the parsed name.
  *
- * Covers every CA key ./ca.ts accepts (ECDSA P-256 and P-384, RSA with SHA-256): the
- * signature is WebCrypto's, only its framing differs (ECDSA's raw r||s becomes a DER
- * `Ecdsa-Sig-Value`). Pure: no I/O, no clock, no randomness; ./ca.ts supplies those.
+ * Covers every CA key ./ca.ts accepts (ECDSA P-256 and P-384, RSA with SHA-256): the caller
+ * signs, and only the framing is done here (ECDSA's raw r||s, as WebCrypto and `node:crypto`'s
+ * `dsaEncoding: "ieee-p1363"` give it, becomes a DER `Ecdsa-Sig-Value`). Pure: no I/O, no clock, no randomness; ./ca.ts supplies those.
  *
  * @module
  */
@@ -206,7 +206,7 @@ export function encodeLeafTbs(t: LeafTemplate, f: LeafFields): Uint8Array<ArrayB
  *
  * @param t the CA's template
  * @param tbs what {@link encodeLeafTbs} returned, unchanged since it was signed
- * @param signature WebCrypto's signature over `tbs`: raw r||s for ECDSA, as is for RSA
+ * @param signature the signature over `tbs`: raw r||s (IEEE P1363) for ECDSA, as is for RSA
  * @returns the Certificate DER
  * @throws {LeafTemplateError} for an ECDSA signature of odd or zero length
  */
@@ -272,7 +272,7 @@ function time(d: Date): Uint8Array {
   return tlv(TAG_GENERALIZED_TIME, ascii(String(y).padStart(4, "0") + rest));
 }
 
-/** WebCrypto's IEEE P1363 r||s as the DER `SEQUENCE { r INTEGER, s INTEGER }` X.509 wants. */
+/** An IEEE P1363 r||s as the DER `SEQUENCE { r INTEGER, s INTEGER }` X.509 wants. */
 function ecdsaSigValue(raw: Uint8Array): Uint8Array {
   if (raw.length === 0 || raw.length % 2 !== 0) {
     throw new LeafTemplateError(`An ECDSA signature of ${raw.length} bytes is not r||s`);
