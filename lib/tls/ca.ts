@@ -323,7 +323,10 @@ export async function ephemeralCa(): Promise<CertificateAuthority> {
  * an async operation lets Deno 2.9.6 lose the answer for handshakes of the same name that
  * arrive while it resolves: they end with a close_notify (ext/tls/tls_key.rs resubscribes to a
  * broadcast whose value may already be gone). So the data path's resolvers answer a new name
- * in the same turn (`LeafCache.lookup`); test/e2e/first_wave_test.ts sends such bursts.
+ * in the same turn (`LeafCache.lookup`); test/e2e/first_wave_test.ts sends such bursts. The
+ * price: the signature blocks the event loop, once per name per leaf validity. Measured with
+ * `node:crypto` `sign` on the 2-core VM: ~0.6 ms for P-256, 2.0 ms for RSA-2048, 15.2 ms for
+ * RSA-4096 (a user's `tls.ca`), which docs/data-path.md passes on.
  *
  * @param ca the signing CA
  * @param name a DNS name (case and one trailing dot ignored) or an IPv4/IPv6 literal
