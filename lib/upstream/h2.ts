@@ -128,7 +128,7 @@ export class H2Sessions {
     const s = new Session(key, authority, session, io);
     const retire = (): void => {
       s.usable = false;
-      if (s.active === 0) session.close();
+      if (s.active === 0) closeIdle(session);
     };
     session.on("goaway", retire);
     session.on("error", () => {
@@ -347,7 +347,7 @@ export class H2Sessions {
     for (const list of this.#byKey.values()) {
       for (const s of list) {
         s.usable = false;
-        if (s.active === 0) s.session.close();
+        if (s.active === 0) closeIdle(s.session);
       }
     }
   }
@@ -367,17 +367,28 @@ export class H2Sessions {
     s.active--;
     if (s.active > 0) return;
     if (!s.usable) {
-      s.session.close();
+      closeIdle(s.session);
       return;
     }
     // An idle session neither keeps the process alive nor lives past the idle timeout.
     s.io.unref?.();
     s.idleTimer = setTimeout(() => {
       s.usable = false;
-      s.session.close();
+      closeIdle(s.session);
     }, this.#opts.idleTimeoutMs);
     Deno.unrefTimer(s.idleTimer as unknown as number);
   }
+}
+
+/**
+ * Ends a session that has no stream left: `destroy()`, not `close()`. A closing session keeps
+ * reading until the peer hangs up, and Deno 2.9.6 can abort the whole process inside nghttp2
+ * when a session that had a stream reset then receives a GOAWAY (denoland/deno#36788); the
+ * peer's answer to our own GOAWAY can be one. With no stream in flight nothing is lost by not
+ * reading further.
+ */
+function closeIdle(session: http2.ClientHttp2Session): void {
+  session.destroy();
 }
 
 /** Writes a body stream to an HTTP/2 stream, honouring its flow control, then ends it. */
