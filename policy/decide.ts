@@ -30,7 +30,7 @@ import {
   ruleRef,
 } from "./compile.ts";
 import { hostMatches, normalizeHostname } from "./host.ts";
-import { normalizePath } from "./path.ts";
+import { normalizePath, pathPart } from "./path.ts";
 import type { Credential, CredentialHost, NetRule, OAuth2Spec } from "./types.ts";
 
 /** A destination as sluice sees it: a normalized name, or an IP address. */
@@ -239,17 +239,11 @@ function requestMatches(rule: NetRule, method: string, path: string): boolean {
  * A new policy (reload) is a new compiled object, so nothing outlives it.
  */
 export function decideRequest(compiled: CompiledPolicy, req: RequestInfo): Decision {
-  const { dest, path } = req;
-  let end = path.indexOf("?");
-  if (end === -1) end = path.length;
-  const hash = path.indexOf("#");
-  if (hash !== -1 && hash < end) end = hash;
+  const { dest } = req;
   // Unambiguous whatever the method holds: its length first; names have no spaces, IPs are
   // bracketed (a name never is), the port is a number and the path comes last.
   const host = dest.kind === "name" ? dest.name : `[${dest.ip.text}]`;
-  const key = `${req.method.length}:${req.method} ${host} ${req.port} ${
-    end === path.length ? path : path.slice(0, end)
-  }`;
+  const key = `${req.method.length}:${req.method} ${host} ${req.port} ${pathPart(req.path)}`;
   let memo = requestMemo.get(compiled);
   if (memo === undefined) requestMemo.set(compiled, memo = new Map());
   const known = memo.get(key);

@@ -42,6 +42,28 @@ function isUnreserved(c: number): boolean {
 }
 
 /**
+ * A request target without its query and fragment: the part {@link normalizePath} reads.
+ *
+ * @param raw The request target as the client sent it.
+ * @returns Everything before the first `?` or `#`.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { pathPart } from "./path.ts";
+ * assert.equal(pathPart("/a#f?q"), "/a");
+ * ```
+ */
+export function pathPart(raw: string): string {
+  let end = raw.length;
+  const q = raw.indexOf("?");
+  if (q !== -1) end = q;
+  const h = raw.indexOf("#");
+  if (h !== -1 && h < end) end = h;
+  return end === raw.length ? raw : raw.slice(0, end);
+}
+
+/**
  * Normalizes a request target's path (origin form, as in `GET /a/b?x HTTP/1.1`):
  * 1. the query and fragment are dropped (`/a?x=/b` is `/a`);
  * 2. percent-escapes of unreserved characters (`A-Z a-z 0-9 - . _ ~`) are
@@ -72,12 +94,7 @@ function isUnreserved(c: number): boolean {
  * ```
  */
 export function normalizePath(raw: string): NormalizedPath {
-  let end = raw.length;
-  const q = raw.indexOf("?");
-  if (q !== -1) end = q;
-  const h = raw.indexOf("#");
-  if (h !== -1 && h < end) end = h;
-  const s = end === raw.length ? raw : raw.slice(0, end);
+  const s = pathPart(raw);
   if (s.charCodeAt(0) !== 0x2f /* / */) {
     if (s === "*") {
       return { ok: false, message: `"*" (OPTIONS *) names the server, not a path` };

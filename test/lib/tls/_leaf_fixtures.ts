@@ -82,13 +82,14 @@ export async function openssl(...args: string[]): Promise<string> {
  *
  * @param dir where to write it
  * @param name file name stem (and CN unless `subject` is given)
- * @param opts key type, subject (openssl `-subj` form) and validity in days
+ * @param opts key type, subject (openssl `-subj` form), validity in days, and the extensions
+ *   (openssl `-addext` values; default a CA limited to signing leaves)
  * @returns the certificate and key paths
  */
 export async function opensslCa(
   dir: string,
   name: string,
-  opts: { key?: "ec" | "p384" | "rsa"; subject?: string; days?: number } = {},
+  opts: { key?: "ec" | "p384" | "rsa"; subject?: string; days?: number; exts?: string[] } = {},
 ): Promise<{ cert: string; key: string }> {
   const key = `${dir}/${name}.key`;
   const cert = `${dir}/${name}.crt`;
@@ -106,10 +107,9 @@ export async function opensslCa(
     key,
     "-subj",
     opts.subject ?? `/CN=${name}`,
-    "-addext",
-    "basicConstraints=critical,CA:TRUE,pathlen:0",
-    "-addext",
-    "keyUsage=critical,keyCertSign,cRLSign",
+    ...(opts.exts ??
+      ["basicConstraints=critical,CA:TRUE,pathlen:0", "keyUsage=critical,keyCertSign,cRLSign"])
+      .flatMap((e) => ["-addext", e]),
     "-days",
     String(opts.days ?? 30),
     "-out",

@@ -16,49 +16,27 @@ import {
   subjectKeyId,
 } from "../../../lib/tls/der.ts";
 import { loadCa, mintLeaf } from "../../../lib/tls/ca.ts";
-import { openssl, withTempDir } from "./_leaf_fixtures.ts";
+import { X509Certificate } from "node:crypto";
+import { openssl, opensslCa, withTempDir } from "./_leaf_fixtures.ts";
 
 x509.cryptoProvider.set(crypto);
-
-const KEYS = {
-  ec: ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
-  p384: ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"],
-  rsa: ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
-} as const;
 
 /** An openssl certificate with exactly the given extensions; returns its DER and file paths. */
 async function made(
   dir: string,
   name: string,
-  key: keyof typeof KEYS,
+  key: "ec" | "p384" | "rsa",
   exts: string[],
-  subject = `/CN=${name}`,
+  subject?: string,
 ): Promise<{ der: Uint8Array<ArrayBuffer>; cert: string; key: string }> {
-  const keyFile = `${dir}/${name}.key`;
-  const cert = `${dir}/${name}.crt`;
-  await openssl("genpkey", ...KEYS[key], "-out", keyFile);
-  const addext = exts.flatMap((e) => ["-addext", e]);
-  await openssl(
-    "req",
-    "-x509",
-    "-new",
-    "-key",
-    keyFile,
-    "-subj",
-    subject,
-    ...addext,
-    "-days",
-    "3",
-    "-out",
-    cert,
-  );
-  await openssl("x509", "-in", cert, "-outform", "DER", "-out", `${cert}.der`);
-  return { der: await Deno.readFile(`${cert}.der`), cert, key: keyFile };
+  const files = await opensslCa(dir, name, { key, exts, subject, days: 3 });
+  const der = new Uint8Array(new X509Certificate(await Deno.readTextFile(files.cert)).raw);
+  return { der, ...files };
 }
 
 const CASES: {
   name: string;
-  key: keyof typeof KEYS;
+  key: "ec" | "p384" | "rsa";
   exts: string[];
   subject?: string;
   ski: boolean;
