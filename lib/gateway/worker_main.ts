@@ -13,8 +13,15 @@
  * @module
  */
 /// <reference lib="deno.worker" />
-import { loadPolicyText } from "../../policy/mod.ts";
-import { auditLine, type AuditRecord, type AuditSink } from "../ops/audit.ts";
+import { type Decision, loadPolicyText } from "../../policy/mod.ts";
+import {
+  auditLine,
+  type AuditRecord,
+  type AuditSink,
+  type DecidedFields,
+  decidedLine,
+  IsoTime,
+} from "../ops/audit.ts";
 import { loadCa } from "../tls/ca.ts";
 import { type Gateway, startGateway } from "./startup.ts";
 import type { FromWorker, ToWorker, WorkerStart } from "./workers.ts";
@@ -36,22 +43,34 @@ class PostedAudit implements AuditSink {
   #batch: string[] = [];
   #scheduled = false;
   #maxConn = 0;
-  #iso = "";
-  #isoMs = NaN;
+  readonly #iso = new IsoTime();
   /** Local connection id n is `base + (n - 1) * step + id` in the audit trail. */
   conn = { base: 0, step: 1, id: 1 };
 
   write(record: AuditRecord): void {
+    this.#renumber(record);
+    this.#batch.push(auditLine(record, this.#time()));
+    this.#queued();
+  }
+
+  writeDecided(decision: Decision, rest: Omit<AuditRecord, DecidedFields>): void {
+    this.#renumber(rest);
+    this.#batch.push(decidedLine(decision, rest, this.#time()));
+    this.#queued();
+  }
+
+  #renumber(record: { conn?: number }): void {
     if (record.conn !== undefined) {
       record.conn = this.conn.base + (record.conn - 1) * this.conn.step + this.conn.id;
       if (record.conn > this.#maxConn) this.#maxConn = record.conn;
     }
-    const ms = Date.now();
-    if (ms !== this.#isoMs) {
-      this.#isoMs = ms;
-      this.#iso = new Date(ms).toISOString();
-    }
-    this.#batch.push(auditLine(record, this.#iso));
+  }
+
+  #time(): string {
+    return this.#iso.format(Date.now());
+  }
+
+  #queued(): void {
     if (this.#batch.length >= AUDIT_BATCH) return this.flush();
     if (!this.#scheduled) {
       this.#scheduled = true;

@@ -19,9 +19,14 @@
  * @module
  */
 import type { Cidr } from "../../policy/address.ts";
-import type { CompiledPolicy } from "../../policy/mod.ts";
+import type { CompiledPolicy, Decision } from "../../policy/mod.ts";
 import type { Credential } from "../../policy/types.ts";
-import type { AuditRecord, AuditSink } from "../ops/audit.ts";
+import {
+  type AuditRecord,
+  type AuditSink,
+  type DecidedFields,
+  writeDecided,
+} from "../ops/audit.ts";
 import { cidrAllowsFromPolicy, cidrDeniesFromPolicy, type CidrRule } from "../enforce/spec.ts";
 import { cidrMatch } from "../enforce/nft_render.ts";
 import { applyNft, removeNft } from "../enforce/netfilter.ts";
@@ -178,6 +183,14 @@ export class RunSummary implements AuditSink {
   readonly deniedHosts = new Map<string, number>();
   constructor(private readonly next?: AuditSink) {}
   write(r: AuditRecord): void {
+    this.#count(r);
+    this.next?.write(r);
+  }
+  writeDecided(decision: Decision, rest: Omit<AuditRecord, DecidedFields>): void {
+    this.#count({ ...rest, verdict: decision.verdict, code: decision.code, reason: "" });
+    if (this.next) writeDecided(this.next, decision, rest);
+  }
+  #count(r: AuditRecord): void {
     // A denied connection and its requests would count twice; count requests,
     // and connections only when no request could follow (passthrough, refused).
     const counts = r.event === "request" || r.event === "dns" ||
@@ -193,7 +206,6 @@ export class RunSummary implements AuditSink {
       }
       if (r.violation) this.violations++;
     }
-    this.next?.write(r);
   }
   close(): Promise<void> {
     return this.next?.close() ?? Promise.resolve();

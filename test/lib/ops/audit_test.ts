@@ -1,5 +1,13 @@
 import { assert, assertEquals, assertMatch } from "../../_assert.ts";
-import { AuditLog, IsoTime } from "../../../lib/ops/audit.ts";
+import {
+  AuditLog,
+  type AuditRecord,
+  type AuditSink,
+  decidedLine,
+  IsoTime,
+  writeDecided,
+} from "../../../lib/ops/audit.ts";
+import type { Decision } from "../../../policy/mod.ts";
 
 Deno.test("AuditLog writes one JSON line per record, time first, to a file it appends to", async () => {
   const dir = await Deno.makeTempDir();
@@ -123,6 +131,103 @@ Deno.test("AuditLog writes the line JSON.stringify({ time, ...record }) gives, f
   }
 });
 
+/** Decisions whose fields need escaping, or are missing parts a record may omit. */
+const decisions: [string, Decision][] = [
+  ["a rule's allow", {
+    verdict: "allow",
+    code: "allow-rule",
+    reason: 'GET a.test:443/x is allowed by rule "a.test"',
+    rule: { list: "allow", index: 0, source: "a.test", at: "/etc/sluice/p.yaml:3" },
+  }],
+  ["the default, with quotes, a newline and non-ASCII in the reason", {
+    verdict: "deny",
+    code: "default",
+    reason: 'POST "ü.test"\n\u2028 matched no rule',
+    rule: { list: "default", index: -1, source: "default: deny", at: "p.yaml" },
+  }],
+];
+
+Deno.test("writeDecided writes the record write() would, through AuditLog, a sink without it, and a file", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    for (const [name, d] of decisions) {
+      const rest = {
+        event: "request" as const,
+        conn: 7,
+        client: "10.0.0.2:5000",
+        sni: undefined,
+        method: "GET",
+        path: "/x",
+        host: 'a"b.test',
+        address: "10.0.0.9",
+        credentials: ["KEY"],
+        status: 200,
+        bytes_down: 11,
+        duration_ms: 0,
+      };
+      const whole: AuditRecord = {
+        ...rest,
+        verdict: d.verdict,
+        code: d.code,
+        reason: d.reason,
+        rule: d.rule.source,
+        rule_at: d.rule.at,
+      };
+      const viaLog = AuditLog.memory();
+      writeDecided(viaLog, d, { ...rest });
+      writeDecided(viaLog, d, { ...rest, conn: 8 });
+      await viaLog.close();
+      assertEquals(viaLog.records.map(({ time: _, ...r }: AuditRecord & { time?: string }) => r), [
+        JSON.parse(JSON.stringify(whole)),
+        JSON.parse(JSON.stringify({ ...whole, conn: 8 })),
+      ], name);
+      // A sink with only write() gets the whole record.
+      const seen: AuditRecord[] = [];
+      const plain: AuditSink = { write: (r) => void seen.push(r), close: () => Promise.resolve() };
+      writeDecided(plain, d, { ...rest });
+      assertEquals(JSON.parse(JSON.stringify(seen[0])), JSON.parse(JSON.stringify(whole)), name);
+      // A file gets one line: the same object, the time first.
+      const path = `${dir}/${d.code}.jsonl`;
+      const file = await AuditLog.open(path, () => new Date("2026-01-02T03:04:05.006Z"));
+      writeDecided(file, d, { ...rest });
+      await file.close();
+      const lines = (await Deno.readTextFile(path)).split("\n");
+      assertEquals(lines.length, 2, name);
+      assertMatch(lines[0], /^\{"time":"2026-01-02T03:04:05\.006Z","verdict":/);
+      assertEquals(
+        JSON.parse(lines[0]),
+        { time: "2026-01-02T03:04:05.006Z", ...JSON.parse(JSON.stringify(whole)) },
+        name,
+      );
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("decidedLine serialises a decision's fields once per decision object", () => {
+  let reads = 0;
+  const base = decisions[0][1];
+  const counted = {
+    verdict: base.verdict,
+    code: base.code,
+    get reason() {
+      reads++;
+      return base.reason;
+    },
+    rule: base.rule,
+  } as Decision;
+  const rest = { event: "request" as const, conn: 1, status: 200 };
+  const first = decidedLine(counted, rest, "T");
+  const second = decidedLine(counted, { ...rest, conn: 2 }, "T");
+  assertEquals(reads, 1);
+  assertEquals(JSON.parse(first).reason, base.reason);
+  assertEquals(JSON.parse(second).conn, 2);
+  // Another object with the same fields is serialised on its own (nothing is keyed by content).
+  decidedLine({ ...counted, reason: "other" }, rest, "T");
+  assertEquals(JSON.parse(decidedLine({ ...base, reason: "other" }, rest, "T")).reason, "other");
+});
+
 Deno.test("AuditLog under load batches lines for at most a few ms, and close() loses none", async () => {
   const dir = await Deno.makeTempDir();
   try {
@@ -151,6 +256,32 @@ Deno.test("AuditLog under load batches lines for at most a few ms, and close() l
     assertEquals(lines.map((l) => JSON.parse(l).conn), Array.from({ length: 60 }, (_, i) => i));
     // The default clock: a valid ISO time on every line.
     assertMatch(lines[59], /^\{"time":"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z","event":"request",/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("AuditLog writes a burst larger than its kept buffer, and non-ASCII, byte for byte", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const path = `${dir}/audit.jsonl`;
+    const log = await AuditLog.open(path);
+    // ~1,000 lines of ~1 KiB in one flush: past the 256 KiB kept buffer, so encoded on its own.
+    const long = "ü→".repeat(400);
+    for (let i = 0; i < 1000; i++) {
+      log.write({ event: "request", conn: i, verdict: "deny", code: "default", reason: long });
+    }
+    await new Promise((r) => setTimeout(r, 20));
+    // Then small batches through the kept buffer, shorter than what it held before.
+    for (let i = 1000; i < 1005; i++) {
+      log.write({ event: "request", conn: i, verdict: "deny", code: "default", reason: "ü" });
+      await new Promise((r) => setTimeout(r, 3));
+    }
+    await log.close();
+    const lines = (await Deno.readTextFile(path)).trimEnd().split("\n");
+    assertEquals(lines.map((l) => JSON.parse(l).conn), Array.from({ length: 1005 }, (_, i) => i));
+    assertEquals(JSON.parse(lines[999]).reason, long);
+    assertEquals(JSON.parse(lines[1004]).reason, "ü");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -9,7 +9,8 @@ import {
   RunSummary,
 } from "../../../lib/run/namespace.ts";
 import { cidrAllowsFromPolicy, cidrDeniesFromPolicy } from "../../../lib/enforce/spec.ts";
-import { loadPolicyText } from "../../../policy/mod.ts";
+import { decideRequest, loadPolicyText } from "../../../policy/mod.ts";
+import { AuditLog, writeDecided } from "../../../lib/ops/audit.ts";
 import { IS_ROOT, run } from "../../e2e/_harness.ts";
 
 const { compiled } = loadPolicyText(
@@ -174,4 +175,32 @@ Deno.test("RunSummary counts requests and violations and names the most denied h
     s.render(describeEnding({ kind: "exited", code: 0 })),
     "sluice: command exited 0; 1 allowed, 2 denied, 1 credential violation\nsluice: most denied: x.test (2)",
   );
+});
+
+Deno.test("RunSummary counts records written with their decision, and passes them on whole", async () => {
+  const log = AuditLog.memory();
+  const s = new RunSummary(log);
+  const allow = decideRequest(compiled, {
+    method: "GET",
+    dest: { kind: "name", name: "a.test" },
+    port: 443,
+    path: "/",
+  });
+  const deny = decideRequest(compiled, {
+    method: "GET",
+    dest: { kind: "name", name: "y.test" },
+    port: 443,
+    path: "/",
+  });
+  writeDecided(s, allow, { event: "request", conn: 1, host: "a.test", status: 200 });
+  writeDecided(s, deny, { event: "request", conn: 2, host: "y.test", status: 403 });
+  await s.close();
+  assertEquals(
+    s.render(describeEnding({ kind: "exited", code: 0 })),
+    "sluice: command exited 0; 1 allowed, 1 denied, 0 credential violations\nsluice: most denied: y.test (1)",
+  );
+  assertEquals(log.records.map((r) => [r.conn, r.verdict, r.code, r.rule]), [
+    [1, "allow", "allow-rule", "a.test"],
+    [2, "deny", "default", "default: deny"],
+  ]);
 });
