@@ -248,7 +248,11 @@ export function decideRequest(compiled: CompiledPolicy, req: RequestInfo): Decis
   if (memo === undefined) requestMemo.set(compiled, memo = new Map());
   const known = memo.get(key);
   if (known !== undefined) return known;
-  const decision = Object.freeze(decideRequestOnce(compiled, req));
+  const once = decideRequestOnce(compiled, req);
+  // Frozen with its rule: shared by every request of this shape, and the audit log keeps its
+  // serialised fields per frozen decision (lib/ops/audit.ts).
+  Object.freeze(once.rule);
+  const decision = Object.freeze(once);
   if (memo.size >= REQUEST_MEMO_SIZE) memo.clear();
   memo.set(key, decision);
   return decision;

@@ -158,15 +158,18 @@ export function makeRequestHandler(
     // A gRPC call: its refusals are gRPC statuses (lib/http2/grpc.ts), its method is audited.
     const grpc = isGrpc(req.headers.get("content-type"));
     if (grpc && parsedUrl) base.rpc = parsedUrl.pathname.slice(1);
+    // An answer sluice gives itself: a gRPC call's refusal is a gRPC status, and it is counted.
+    const answer = (given: Response, verdict: "allow" | "deny", reason: string): Response => {
+      series ??= requestSeries(ctx.metrics);
+      series.requests[verdict][meta.mode].inc();
+      series.duration[verdict].observe((performance.now() - started) / 1000);
+      return grpc && given.status !== 200 ? grpcRefusal(given, reason) : given;
+    };
     const finish = (
       given: Response,
       extra: Partial<AuditRecord> & Pick<AuditRecord, "code" | "reason">,
     ): Response => {
-      const verdict = extra.verdict ?? "deny";
-      const res = grpc && given.status !== 200 ? grpcRefusal(given, extra.reason) : given;
-      series ??= requestSeries(ctx.metrics);
-      series.requests[verdict][meta.mode].inc();
-      series.duration[verdict].observe((performance.now() - started) / 1000);
+      const res = answer(given, extra.verdict ?? "deny", extra.reason);
       ctx.audit.write({
         verdict: "deny",
         ...base,
@@ -176,15 +179,21 @@ export function makeRequestHandler(
       });
       return res;
     };
-    const deny = (d: Decision, extra: Partial<AuditRecord> = {}, status = 403): Response =>
-      finish(denyResponse(d, status), {
-        verdict: "deny",
-        code: d.code,
-        reason: d.reason,
-        rule: d.rule.source,
-        rule_at: d.rule.at,
+    // A refusal by a decision: its fields go with the decision, which the log serialises once
+    // when the policy remembered it (lib/ops/audit.ts), as for an allowed request's record.
+    const deny = (d: Decision, extra: Partial<AuditRecord> = {}, status = 403): Response => {
+      const given = denyResponse(d, status);
+      const res = answer(given, "deny", d.reason);
+      // Every decision that reaches here is a denial; were one not, the record still says what
+      // the client got.
+      writeDecided(ctx.audit, d.verdict === "deny" ? d : { ...d, verdict: "deny" }, {
+        ...base,
         ...extra,
+        status: given.status,
+        duration_ms: Math.round(performance.now() - started),
       });
+      return res;
+    };
     if (!parsedUrl) {
       const reason = `the request names the host ${
         JSON.stringify((req.headers.get("host") ?? "").slice(0, 200))

@@ -108,11 +108,13 @@ export function auditLine(record: AuditRecord, iso: string): string {
 
 /**
  * A decision's fields as JSON members (`"verdict":…,"code":…,"reason":…,"rule":…,"rule_at":…`),
- * made once per decision object. Why: decisions are remembered and shared
+ * kept per frozen decision object. Why: remembered decisions are frozen and shared
  * (policy/decide.ts), and their reason, rule and file:line were the longest strings of an
  * allowed request's line, the reason with quotes to escape. In the running proxy, stringifying
  * them was ~1.7 µs of the ~3.7 µs a request record cost (bench/request_path_bench.ts with the
  * record timed in the sink, 2026-12-02); a remembered decision's members are now one concat.
+ * Only a frozen decision (and rule) is kept: one that can change would leave a stale line, and
+ * one made per request would only fill the map.
  */
 const decidedJson = new WeakMap<Decision, string>();
 
@@ -126,7 +128,9 @@ function decidedMembers(decision: Decision): string {
       rule: decision.rule.source,
       rule_at: decision.rule.at,
     }).slice(1, -1);
-    decidedJson.set(decision, json);
+    if (Object.isFrozen(decision) && Object.isFrozen(decision.rule)) {
+      decidedJson.set(decision, json);
+    }
   }
   return json;
 }

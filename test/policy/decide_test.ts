@@ -353,6 +353,7 @@ Deno.test("decideRequest() returns the same frozen decision for the same shape, 
     decideRequest(compiled, { method, dest: dest(host), port, path });
   const first = ask("GET", "example.com", 443, "/anything?a=1");
   assertEquals(Object.isFrozen(first), true);
+  assertEquals(Object.isFrozen(first.rule), true, "the rule too: the audit log keeps its JSON");
   assertEquals(ask("GET", "example.com", 443, "/anything?b=2") === first, true, "query ignored");
   // Each differs from `first` in one part of the key, and so is decided on its own.
   const others: [string, ReturnType<typeof ask>][] = [

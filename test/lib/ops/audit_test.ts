@@ -205,26 +205,37 @@ Deno.test("writeDecided writes the record write() would, through AuditLog, a sin
   }
 });
 
-Deno.test("decidedLine serialises a decision's fields once per decision object", () => {
-  let reads = 0;
+Deno.test("decidedLine serialises a frozen decision's fields once, and any other every time", () => {
   const base = decisions[0][1];
-  const counted = {
-    verdict: base.verdict,
-    code: base.code,
-    get reason() {
-      reads++;
-      return base.reason;
-    },
-    rule: base.rule,
-  } as Decision;
+  const counted = (freeze: boolean) => {
+    const seen = { reads: 0 };
+    const d = {
+      verdict: base.verdict,
+      code: base.code,
+      get reason() {
+        seen.reads++;
+        return base.reason;
+      },
+      rule: { ...base.rule },
+    };
+    if (freeze) Object.freeze(Object.freeze(d).rule);
+    return Object.assign(seen, { d });
+  };
   const rest = { event: "request" as const, conn: 1, status: 200 };
-  const first = decidedLine(counted, rest, "T");
-  const second = decidedLine(counted, { ...rest, conn: 2 }, "T");
-  assertEquals(reads, 1);
+  // Frozen, as policy/decide.ts remembers them: read once.
+  const frozen = counted(true);
+  const first = decidedLine(frozen.d, rest, "T");
+  const second = decidedLine(frozen.d, { ...rest, conn: 2 }, "T");
+  assertEquals(frozen.reads, 1);
   assertEquals(JSON.parse(first).reason, base.reason);
   assertEquals(JSON.parse(second).conn, 2);
+  // Not frozen: it could change, so it is read (and its change written) every time.
+  const open = counted(false);
+  decidedLine(open.d, rest, "T");
+  open.d.rule.source = "changed";
+  assertEquals(JSON.parse(decidedLine(open.d, rest, "T")).rule, "changed");
+  assertEquals(open.reads, 2);
   // Another object with the same fields is serialised on its own (nothing is keyed by content).
-  decidedLine({ ...counted, reason: "other" }, rest, "T");
   assertEquals(JSON.parse(decidedLine({ ...base, reason: "other" }, rest, "T")).reason, "other");
 });
 
