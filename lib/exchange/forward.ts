@@ -22,7 +22,7 @@
 import { formatHostPort } from "../../policy/address.ts";
 import { type Decision, formatDestination } from "../../policy/mod.ts";
 import { planRequest } from "../../policy/plan.ts";
-import { type AuditRecord, writeDecided } from "../ops/audit.ts";
+import { type AuditRecord, decidedFields, writeDecided } from "../ops/audit.ts";
 import type { Metrics } from "../ops/metrics.ts";
 import { chooseAddress } from "../upstream/connect.ts";
 import type { ProxyContext } from "../gateway/context.ts";
@@ -424,12 +424,9 @@ export function makeRequestHandler(
       clientCert: presented,
     };
     for (const name of applied) ctx.metrics.credentialUses.inc({ credential: name });
+    // The plan allowed the request, so the decision's verdict is "allow".
     const allowAudit: Partial<AuditRecord> & Pick<AuditRecord, "verdict" | "code" | "reason"> = {
-      verdict: "allow",
-      code: decision.code,
-      reason: decision.reason,
-      rule: decision.rule.source,
-      rule_at: decision.rule.at,
+      ...decidedFields(decision),
       address,
       ...(applied.size ? { credentials: [...applied] } : {}),
     };

@@ -72,9 +72,23 @@ export interface AuditSink {
 }
 
 /**
- * Writes a record made of `decision`'s verdict, code, reason and rule (as `rule` and `rule_at`)
- * and `rest`: through the sink's {@link AuditSink.writeDecided} if it has one, else as one
- * record through `write` (the same fields either way).
+ * A decision's fields of a record, in the order its line gives them (the rule as `rule` and
+ * `rule_at`): the one mapping that writeDecided, the log's kept JSON and forward.ts's records use.
+ */
+export function decidedFields(decision: Decision): Pick<AuditRecord, DecidedFields> {
+  return {
+    verdict: decision.verdict,
+    code: decision.code,
+    reason: decision.reason,
+    rule: decision.rule.source,
+    rule_at: decision.rule.at,
+  };
+}
+
+/**
+ * Writes a record made of `decision`'s fields ({@link decidedFields}) and `rest`: through the
+ * sink's {@link AuditSink.writeDecided} if it has one, else as one record through `write` (the
+ * same fields either way).
  */
 export function writeDecided(
   sink: AuditSink,
@@ -82,14 +96,7 @@ export function writeDecided(
   rest: Omit<AuditRecord, DecidedFields>,
 ): void {
   if (sink.writeDecided !== undefined) return sink.writeDecided(decision, rest);
-  sink.write({
-    ...rest,
-    verdict: decision.verdict,
-    code: decision.code,
-    reason: decision.reason,
-    rule: decision.rule.source,
-    rule_at: decision.rule.at,
-  });
+  sink.write({ ...rest, ...decidedFields(decision) });
 }
 
 const encoder = new TextEncoder();
@@ -121,13 +128,7 @@ const decidedJson = new WeakMap<Decision, string>();
 function decidedMembers(decision: Decision): string {
   let json = decidedJson.get(decision);
   if (json === undefined) {
-    json = JSON.stringify({
-      verdict: decision.verdict,
-      code: decision.code,
-      reason: decision.reason,
-      rule: decision.rule.source,
-      rule_at: decision.rule.at,
-    }).slice(1, -1);
+    json = JSON.stringify(decidedFields(decision)).slice(1, -1);
     if (Object.isFrozen(decision) && Object.isFrozen(decision.rule)) {
       decidedJson.set(decision, json);
     }

@@ -25,6 +25,7 @@ import {
   type AuditRecord,
   type AuditSink,
   type DecidedFields,
+  decidedFields,
   writeDecided,
 } from "../ops/audit.ts";
 import { cidrAllowsFromPolicy, cidrDeniesFromPolicy, type CidrRule } from "../enforce/spec.ts";
@@ -187,7 +188,7 @@ export class RunSummary implements AuditSink {
     this.next?.write(r);
   }
   writeDecided(decision: Decision, rest: Omit<AuditRecord, DecidedFields>): void {
-    this.#count({ ...rest, verdict: decision.verdict, code: decision.code, reason: "" });
+    this.#count({ ...rest, ...decidedFields(decision) });
     if (this.next) writeDecided(this.next, decision, rest);
   }
   #count(r: AuditRecord): void {
