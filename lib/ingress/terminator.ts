@@ -28,7 +28,7 @@ import {
 } from "../tls/deno_internal.ts";
 import type { LeafCache } from "../tls/leaf_cache.ts";
 import { setListenerNoDelay } from "../tls/sockopt.ts";
-import { splice } from "./splice.ts";
+import { type Duplex, splice } from "./splice.ts";
 import { checkedRequestStream, type StreamRefusal } from "./request_stream.ts";
 import type { ConnectionDecision } from "../../policy/mod.ts";
 import { parseClientHello } from "../tls/client_hello.ts";
@@ -83,7 +83,18 @@ type Internal = {
   port: number;
   names: Set<string>;
   born: number;
+  /** Names (lower case) whose first handshake on this listener has had its answer back. */
+  warm: Set<string>;
+  /** Names whose first handshake is under way: settles when it has had its answer, or ended. */
+  firstOfName: Map<string, Promise<void>>;
 };
+
+/**
+ * How long the hops of a name wait for that name's first handshake at most. The internal server
+ * answers a ClientHello it has in its buffer at once, whatever the client does, so this only
+ * bounds a stuck listener.
+ */
+const FIRST_OF_NAME_WAIT_MS = 5_000;
 
 /** Options of the terminator. */
 export type TerminatorOptions = {
@@ -184,6 +195,8 @@ export class Terminator implements Connections {
       port: (plain.addr as Deno.NetAddr).port,
       names: new Set(),
       born: 0,
+      warm: new Set(),
+      firstOfName: new Map(),
     };
   }
 
@@ -216,6 +229,8 @@ export class Terminator implements Connections {
       port: (listener.addr as Deno.NetAddr).port,
       names,
       born: now,
+      warm: new Set(),
+      firstOfName: new Map(),
     };
   }
 
@@ -256,8 +271,18 @@ export class Terminator implements Connections {
     const hello = meta.secure ? parseClientHello(first) : undefined;
     const h2 = hello?.kind === "ok" && hello.alpn.includes("h2");
     if (meta.secure) this.#maybeRecycle(h2);
-    const port = meta.secure ? (h2 ? this.#h2.port : this.#tls.port) : this.#plain.port;
-    const hop = await Deno.connect({ hostname: "127.0.0.1", port });
+    const name = hello?.kind === "ok" ? hello.sni?.toLowerCase() : undefined;
+    const gate = name === undefined ? undefined : await this.#firstOfName(h2, name);
+    const answered = gate?.answered;
+    const port = gate?.to.port ??
+      (meta.secure ? (h2 ? this.#h2.port : this.#tls.port) : this.#plain.port);
+    let hop: Deno.TcpConn;
+    try {
+      hop = await Deno.connect({ hostname: "127.0.0.1", port });
+    } catch (e) {
+      answered?.(false);
+      throw e;
+    }
     hop.setNoDelay(true);
     const hopPort = (hop.localAddr as Deno.NetAddr).port;
     const watch = this.#opts.limits ? watchOf(client) : undefined;
@@ -286,11 +311,55 @@ export class Terminator implements Connections {
           refused,
         })
         : client;
-      const r = await splice(a, hop, refused ? undefined : first, clock ?? this.#opts.idleMs ?? 0);
+      const b = answered ? onFirstRead(hop, answered) : hop;
+      const r = await splice(a, b, refused ? undefined : first, clock ?? this.#opts.idleMs ?? 0);
       return { up: r.aToB, down: r.bToA };
     } finally {
       this.#hops.delete(hopPort);
+      answered?.(false);
     }
+  }
+
+  /**
+   * The first handshake of a name on an internal TLS listener goes alone; the hops of that name
+   * that come meanwhile wait for its answer. Deno 2.9.6 loses the resolver's answer for a
+   * handshake of the same name that looks it up after the answer was sent but before Deno
+   * stored it (ext/tls/tls_key.rs resubscribes it to a spent broadcast), and that handshake ends
+   * with a close_notify and no response (test/e2e/first_wave_test.ts). Once the first handshake
+   * has had its first byte back from the listener (its ServerHello, or an alert), Deno has
+   * stored the answer and every later handshake of the name gets it.
+   *
+   * @returns the listener to hop to, and for the hop that goes first, what to call when it has
+   *   had a byte back (`true`) or ended without one
+   */
+  async #firstOfName(
+    h2: boolean,
+    name: string,
+  ): Promise<{ to: Internal; answered?: (answered: boolean) => void }> {
+    let t: Internal;
+    for (;;) {
+      t = h2 ? this.#h2 : this.#tls;
+      if (t.warm.has(name)) return { to: t };
+      const under = t.firstOfName.get(name);
+      if (under === undefined) break;
+      // The listener may have been replaced meanwhile: look again at the current one.
+      await under;
+    }
+    let done!: () => void;
+    const settled = new Promise<void>((resolve) => done = resolve);
+    const timer = setTimeout(() => finish(false), FIRST_OF_NAME_WAIT_MS);
+    Deno.unrefTimer(timer);
+    let finished = false;
+    const finish = (answered: boolean) => {
+      if (finished) return;
+      finished = true;
+      clearTimeout(timer);
+      if (answered) t.warm.add(name);
+      t.firstOfName.delete(name);
+      done();
+    };
+    t.firstOfName.set(name, settled);
+    return { to: t, answered: finish };
   }
 
   /** Stops the internal listeners and waits for served connections to finish. */
@@ -311,4 +380,21 @@ export class Terminator implements Connections {
     this.#draining.add(done);
     done.finally(() => this.#draining.delete(done));
   }
+}
+
+/** `conn`, calling `then(true)` when its first read settles with bytes, `then(false)` otherwise. */
+function onFirstRead(conn: Deno.Conn, then: (answered: boolean) => void): Duplex {
+  let first = true;
+  return {
+    read(p) {
+      if (!first) return conn.read(p);
+      first = false;
+      const r = conn.read(p);
+      r.then((n) => then(n !== null && n > 0), () => then(false));
+      return r;
+    },
+    write: (p) => conn.write(p),
+    close: () => conn.close(),
+    closeWrite: () => conn.closeWrite(),
+  };
 }
