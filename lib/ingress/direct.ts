@@ -207,7 +207,7 @@ export class DirectListener implements Connections {
       resolver: (serverName) => {
         names.add(serverName);
         if (names.size >= (this.#opts.maxNames ?? 4096)) queueMicrotask(() => this.recycle());
-        return this.#resolve(serverName);
+        return onTimerTurn(this.#resolve(serverName));
       },
     });
     // Without this, every streamed response stalls ~40 ms on Nagle + delayed ACK.
@@ -292,4 +292,24 @@ export class DirectListener implements Connections {
     // per handshake (docs/observability.md says so).
     return this.#opts.leaves.lookup(serverName);
   }
+}
+
+/**
+ * The resolver's answer, given to Deno on a timer turn of the event loop rather than in the turn
+ * that asked. Deno 2.9.6 loses the answer for a handshake of the same name that looks it up
+ * after the answer was sent but before Deno stored it (ext/tls/tls_key.rs resubscribes it to a
+ * spent broadcast): it ends with a close_notify and no response. Which handshakes fall in that
+ * window is set by the order of Deno's tasks; answering from the turn that asked leaves the
+ * handshakes Deno queued meanwhile ahead of the store, a timer turn lets them look first.
+ * Measured with test/e2e/first_wave_test.ts (30 names, 32 parallel first connections each)
+ * under two CPU hogs: answered in the asking turn, 6 of 64 runs lost 2 to 27 of their 960
+ * connections; on a timer turn, none of 130 runs lost any (2026-12-02). The cost is one timer
+ * turn on a name's first handshake per listener. It narrows the race; it cannot close it
+ * (docs/data-path.md, known gaps).
+ * The hop path closes it another way (terminator.ts, `#firstOfName`).
+ */
+function onTimerTurn<T>(answer: T | Promise<T>): Promise<T> {
+  return new Promise((resolve, reject) =>
+    setTimeout(() => Promise.resolve(answer).then(resolve, reject), 0)
+  );
 }

@@ -325,12 +325,13 @@ export async function ephemeralCa(): Promise<CertificateAuthority> {
  * object's DER template (./leaf_template.ts) and signed once: no key generation, no ASN.1
  * object model, so it costs about one signature (~0.6 ms for P-256).
  *
- * Synchronous on purpose: `node:crypto`'s `sign`, not WebCrypto's. A TLS resolver that awaits
- * an async operation lets Deno 2.9.6 lose the answer for handshakes of the same name that
- * arrive while it resolves: they end with a close_notify (ext/tls/tls_key.rs resubscribes to a
- * broadcast whose value may already be gone). So the data path's resolvers answer a new name
- * in the same turn (`LeafCache.lookup`); test/e2e/first_wave_test.ts sends such bursts. The
- * price: the signature blocks the event loop, once per name per leaf validity. Measured with
+ * Synchronous on purpose: `node:crypto`'s `sign`, not WebCrypto's. Deno 2.9.6 loses a TLS
+ * resolver's answer for a handshake of the same name that looks it up after the answer was sent
+ * but before Deno stored it (ext/tls/tls_key.rs resubscribes it to a spent broadcast): it ends
+ * with a close_notify. An answer that arrives from WebCrypto's thread lands at a moment Deno's
+ * tasks choose; a synchronous one lets the resolver choose (ingress/direct.ts, `onTimerTurn`;
+ * the hop closes the race in ingress/terminator.ts); test/e2e/first_wave_test.ts sends such
+ * bursts. The price: the signature blocks the event loop, once per name per leaf validity. Measured with
  * `node:crypto` `sign` on the 2-core VM: ~0.6 ms for P-256, 2.0 ms for RSA-2048, 15.2 ms for
  * RSA-4096 (a user's `tls.ca`), which docs/data-path.md passes on.
  *

@@ -1,6 +1,6 @@
 /**
  * A bounded cache of minted leaf certificates, shaped for `Deno.listenTls`'s per-handshake
- * resolver: `lookup(serverName)` returns `{ cert, key }` PEM strings, in the same turn when it
+ * resolver: `lookup(serverName)` returns `{ cert, key }` PEM strings, without a promise when it
  * can (always, with the default minter: see `lookup`); `get` is the same as a promise.
  *
  * Minting costs a few milliseconds of CPU, a hit a map lookup, so:
@@ -125,10 +125,12 @@ export class LeafCache {
 
   /**
    * {@link get} without a promise where none is needed: a fresh cached leaf, or one the minter
-   * made synchronously (the default minter does), is returned as is. This is what the data
-   * path's TLS resolvers return: Deno 2.9.6 loses a resolver's answer for handshakes of the
-   * same name that arrive while an asynchronous answer is pending (see `mintLeafSync` in
-   * ./ca.ts), so a new name must be answered in the same turn.
+   * made synchronously (the default minter does), is returned as is. The data path's TLS
+   * resolvers call this, so a new name costs one signature in the resolver's turn and never an
+   * answer that arrives from another thread at a moment Deno's tasks choose. When the answer
+   * then reaches Deno is the resolvers' choice, against a race in Deno's own cache
+   * (`mintLeafSync` in ./ca.ts): ingress/direct.ts answers on a timer turn, and the hop
+   * (ingress/terminator.ts) lets a name's first handshake go alone.
    *
    * @param name as for {@link get}
    * @returns the pair, or a promise of it while an asynchronous minter works
