@@ -35,6 +35,7 @@ import {
 } from "../run/state.ts";
 import { writeTrustFiles } from "../run/trust.ts";
 import { startGateway } from "../gateway/startup.ts";
+import { startTrimmer } from "../ops/memory.ts";
 import { parseDataPath } from "../gateway/server.ts";
 import { ownTrustSettings } from "../upstream/trust.ts";
 import { stateDirFrom } from "./ca.ts";
@@ -197,6 +198,8 @@ export async function runRun(
       signalTarget("SIGTERM");
       killTimer = setTimeout(() => signalTarget?.("SIGKILL"), 5000);
     };
+    // Freed native memory goes back to the system, as under `sluice serve` (lib/ops/memory.ts).
+    startTrimmer();
     // The same startup as `sluice serve` (lib/gateway/startup.ts), on the host side of the veth.
     const gateway = await startGateway({
       loaded,

@@ -20,6 +20,7 @@ import type { DnsServer } from "../dns/server.ts";
 import type { CompiledPolicy } from "../../policy/mod.ts";
 import { obtainCa, stateDirFrom } from "./ca.ts";
 import { sdNotify } from "../ops/systemd.ts";
+import { startTrimmer } from "../ops/memory.ts";
 import {
   applyRules,
   DEFAULT_REDIRECT,
@@ -272,6 +273,8 @@ export async function runServe(flags: ServeFlags, log: (s: string) => void): Pro
     })
     : await single();
   const { server, dns } = gateway;
+  // Once per process, whatever the number of workers: glibc's heap is the process's.
+  startTrimmer();
 
   // Enforcement goes on only once every listener it redirects to is up, and
   // comes off on every way out: signals, errors, even an uncaught exception.
