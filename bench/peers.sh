@@ -47,7 +47,9 @@
 #                  (the baseline of "p99 added")
 #   NAMES [1000]   distinct SNI names of the sni scenario
 #   IDLE [1000]    idle intercepted connections of the memory measurement
-#   IDLE_SETTLE [2]  seconds the idle connections are held before the RSS is read
+#   IDLE_SETTLE [10]  seconds the idle connections are held before the RSS is read: idle, not
+#                  just opened (sluice gives freed memory back once it has been quiet for 2 s,
+#                  lib/ops/memory.ts; it was 2 s before 2026-12-02)
 #   OUT [/tmp/sluice-peers-<UTC time>]  prefix of the files kept after the run: OUT.raw.tsv (every
 #                  round's numbers), OUT.memory.tsv, OUT.md (the table as printed)
 #   SOAK [0]       seconds of keep-alive soak on sluice after its last round, RSS every 10 s
@@ -505,7 +507,7 @@ idle_cell() { # system -> RSS with IDLE idle intercepted connections
     kill -0 "$cpid" 2>/dev/null || break
     sleep 0.1
   done
-  sleep "${IDLE_SETTLE:-2}" # let the proxy settle (GC, pools) with the connections idle
+  sleep "${IDLE_SETTLE:-10}" # let the proxy settle (GC, pools) with the connections idle
   line=$(grep '^holding' "$dir/idle-$1.log" || echo "holding ? ? (client failed: $(tail -n 1 "$dir/idle-$1.log"))")
   idle_rss=$(rss_mb "$sys_pid")
   if [[ $1 == sluice* ]]; then # where the memory is, from sluice's own /metrics

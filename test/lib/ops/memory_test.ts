@@ -52,8 +52,32 @@ Deno.test({
   name: "startTrimmer() is active here and stops",
   ignore: Deno.build.os !== "linux",
   fn() {
-    const t = startTrimmer(60_000);
+    const t = startTrimmer({ intervalMs: 60_000 });
     assertEquals(t.active, true);
     t.stop();
   },
+});
+
+Deno.test("startTrimmer() trims after quiet intervals only", async () => {
+  // 20 ms intervals: busy means more than 10% of a core, 0.2 ticks of 10 ms. The process's CPU
+  // time is scripted: quiet, busy, busy, quiet, quiet.
+  const readings = [0, 0, 5, 10, 10, 10];
+  let at = 0;
+  const trims: number[] = [];
+  const t = startTrimmer({
+    intervalMs: 20,
+    cpuTicks: () => readings[Math.min(at++, readings.length - 1)],
+    trim: () => {
+      trims.push(at - 1);
+      return Promise.resolve();
+    },
+  });
+  // However slow the machine: until the scripted readings are used up.
+  const deadline = Date.now() + 10_000;
+  while (at < readings.length + 1 && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  t.stop();
+  // Readings 1..5 are the interval ends: 1 quiet, 2 and 3 busy, 4 and 5 quiet, then quiet.
+  assertEquals(trims.slice(0, 3), [1, 4, 5]);
 });
