@@ -138,6 +138,31 @@ export function needsClientHello(compiled: CompiledPolicy): boolean {
   return !compiled.policy.tls.intercept || compiled.policy.tls.passthrough.length > 0;
 }
 
+/**
+ * The host names the policy allows by their exact name (no wildcard, no address), in the order
+ * written, at most `max`: the names a direct data path listener answers before any client asks
+ * (lib/ingress/direct.ts, `warm`). A name also listed under `deny` is left out: nothing would be
+ * served on it.
+ *
+ * ```ts
+ * import { exactAllowedNames, loadPolicyText } from "./mod.ts";
+ * const { compiled } = loadPolicyText(
+ *   "version: 1\nnetwork:\n  allow: [a.test, '*.b.test', 10.0.0.1, c.test:8443]\n",
+ *   "p.yaml",
+ * );
+ * exactAllowedNames(compiled, 10); // ["a.test", "c.test"]
+ * ```
+ */
+export function exactAllowedNames(compiled: CompiledPolicy, max: number): string[] {
+  const outright = (r: NetRule) => r.ports === null && r.methods === null && r.paths === null;
+  const out: string[] = [];
+  for (const name of compiled.allow.exact.keys()) {
+    if (out.length >= max) break;
+    if (!compiled.deny.exact.get(name)?.some(outright)) out.push(name);
+  }
+  return out;
+}
+
 /** Whether TLS to this name is passed through untouched rather than intercepted. */
 export function isPassthrough(compiled: CompiledPolicy, name: string): boolean {
   if (!compiled.policy.tls.intercept) return true;

@@ -300,6 +300,7 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
         hostname: addr.hostname,
         port: addr.port,
         leaves,
+        caPem: exportCaPem(opts.ca),
         watch,
       });
       const bound = direct.start(makeRequestHandler(ctx, () => direct, pool));
@@ -334,6 +335,8 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
     https.watch = undefined;
     https.hop = undefined;
     openHttps({ hostname: bound.hostname, port: bound.port }, c, old.hop !== undefined);
+    // openHttps() set it (TypeScript cannot see that through the call).
+    (https.direct as DirectListener | undefined)?.warm().catch(() => {});
     if (old.hop) {
       listeners.splice(listeners.indexOf(old.hop), 1);
       old.hop.close();
@@ -361,6 +364,8 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
     }
     if (opts.transparentHttps) {
       addrs.transparentHttps = openHttps(opts.transparentHttps, compiled);
+      // Before sluice says it is ready: a workload started then finds these names answered.
+      await https.direct?.warm();
     }
     if (opts.transparentHttp) {
       addrs.transparentHttp = serve(
