@@ -25,6 +25,11 @@
  * drained: after `maxNames` names or `maxAgeMs`, and on every reload (placeholders change with
  * credentials).
  *
+ * A burst of first connections to a new name can lose handshakes to a race in Deno's resolver
+ * cache that no JS here can hold back (docs/data-path.md, known gaps). So each new listener
+ * answers the names the policy lists exactly before any client asks (`warm`), and any other
+ * name on a timer turn (`onTimerTurn`), which narrows the race for those.
+ *
  * Connections are accepted in native code: sluice's JS never holds them. Their deadlines and
  * per-client caps are enforced from the kernel's view of the sockets (socket_watch.ts) when
  * that is available.
