@@ -197,7 +197,10 @@ export class DirectListener implements Connections {
    *
    * Other listeners may share the port (workers, SO_REUSEPORT), and the kernel picks one per
    * connection: a name is tried until this listener's resolver has been asked for it, at most
-   * {@link WARM_ATTEMPTS} times. A handshake that lands on another listener warms that one.
+   * {@link WARM_ATTEMPTS} times, and the whole warm-up gives up after {@link WARM_TOTAL_MS}.
+   * A handshake that lands on another listener warms that one; one that fails is tried again:
+   * right after a recycle it can land in the retired listener's queue, which the kernel resets
+   * when that listener closes (seen in test/e2e/first_wave_test.ts's reload case: 4 of 10).
    *
    * @returns how many names this listener has answered
    */
@@ -207,13 +210,14 @@ export class DirectListener implements Connections {
     const names = exactAllowedNames(this.#opts.ctx.policy(), WARM_MAX_NAMES);
     let warmed = 0;
     let next = 0;
+    const giveUpAt = Date.now() + WARM_TOTAL_MS;
     // A few names at a time: one after another, 200 names took 1.1 s; 8 at a time, 0.35 s.
     const lane = async () => {
       while (next < names.length) {
         const name = names[next++];
         for (let i = 0; i < WARM_ATTEMPTS && !live.names.has(name); i++) {
-          if (this.#closed || this.#live !== live) return;
-          if (!await this.#handshake(name)) break;
+          if (this.#closed || this.#live !== live || Date.now() > giveUpAt) return;
+          await this.#handshake(name);
         }
         if (live.names.has(name)) warmed++;
       }
@@ -222,9 +226,10 @@ export class DirectListener implements Connections {
     return warmed;
   }
 
-  // One TLS handshake with the listener for `name`, from this process over loopback. False when
-  // it failed (the name is refused, or the listener is gone): trying again would not help.
-  async #handshake(name: string): Promise<boolean> {
+  // One TLS handshake with the listener for `name`, from this process over loopback. A failure
+  // is not an answer: the caller looks at whether the listener's resolver was asked (a refused
+  // name is asked all the same).
+  async #handshake(name: string): Promise<void> {
     let conn: Deno.Conn | undefined;
     const timer = setTimeout(() => {
       try {
@@ -240,9 +245,8 @@ export class DirectListener implements Connections {
       const tls = await Deno.startTls(tcp, { hostname: name, caCerts: [this.#opts.caPem] });
       conn = tls;
       await tls.handshake();
-      return true;
     } catch {
-      return false;
+      // Tried again, or given up, by the caller.
     } finally {
       clearTimeout(timer);
       try {
@@ -377,6 +381,8 @@ const WARM_LANES = 8;
 const WARM_ATTEMPTS = 64;
 /** A warm-up handshake that takes longer than this is abandoned. */
 const WARM_HANDSHAKE_MS = 2_000;
+/** The whole warm-up of a listener gives up after this long (the rest get the timer turn). */
+const WARM_TOTAL_MS = 10_000;
 
 /** Where this process reaches a listener bound to `hostname`. */
 function loopbackOf(hostname: string): string {

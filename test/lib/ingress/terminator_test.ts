@@ -12,10 +12,10 @@ import { ephemeralCa, mintLeafSync } from "../../../lib/tls/ca.ts";
 import { LeafCache } from "../../../lib/tls/leaf_cache.ts";
 import { Terminator } from "../../../lib/ingress/terminator.ts";
 import { sniffClientHello } from "../../../lib/ingress/sniff.ts";
+import { firstWaveClient } from "../../e2e/_first_wave.ts";
 
 const NAMES = 30;
 const PARALLEL = 32;
-const CLIENT = new URL("../../e2e/_first_wave_client.ts", import.meta.url).pathname;
 
 Deno.test({
   name: "Terminator: a first burst of hops to new names all get answered, asynchronous leaves too",
@@ -61,21 +61,12 @@ Deno.test({
     const dir = await Deno.makeTempDir({ prefix: "sluice-terminator-" });
     try {
       await Deno.writeTextFile(`${dir}/ca.pem`, ca.certPem);
-      const out = await new Deno.Command(Deno.execPath(), {
-        args: [
-          "run",
-          "-A",
-          CLIENT,
-          String((front.addr as Deno.NetAddr).port),
-          `${dir}/ca.pem`,
-          String(NAMES),
-          String(PARALLEL),
-        ],
-        stdout: "piped",
-        stderr: "piped",
-      }).output();
-      assertEquals(out.code, 0, new TextDecoder().decode(out.stderr));
-      const got = JSON.parse(new TextDecoder().decode(out.stdout).trim());
+      const got = await firstWaveClient(
+        (front.addr as Deno.NetAddr).port,
+        `${dir}/ca.pem`,
+        NAMES,
+        PARALLEL,
+      );
       assertEquals(got, { answered: NAMES * PARALLEL, failures: {} });
       // Each name was minted once, however many hops waited for it.
       assertEquals(leaves.stats().mints, NAMES);
