@@ -89,6 +89,17 @@ export class PlaceholderScanner {
     this.#quickLower = [...new Set(this.#quick.map((q) => q.toLowerCase()))];
   }
 
+  /**
+   * Whether `other` looks for exactly the same placeholders, each for the same credential: a
+   * reload that keeps them cannot change what a name's check finds (the direct data path keeps
+   * its listener then, lib/gateway/server.ts).
+   */
+  samePlaceholders(other: PlaceholderScanner): boolean {
+    if (other.#entries.length !== this.#entries.length) return false;
+    const mine = new Set(this.#entries.map((e) => `${e.name}\0${e.placeholder}`));
+    return other.#entries.every((e) => mine.has(`${e.name}\0${e.placeholder}`));
+  }
+
   /** Whether `s` may hold a placeholder (false means it surely does not). */
   maybe(s: string): boolean {
     const q = this.#quick;

@@ -321,12 +321,23 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
     );
     return https.hop.addr as Deno.NetAddr;
   };
-  /** After a reload: the kind the new policy wants, on the same port; a direct one recycled. */
-  const refreshHttps = (c: CompiledPolicy): void => {
+  /**
+   * After a reload: the kind the new policy wants, on the same port. A direct listener is kept,
+   * with the new policy's listed names answered on it, unless the placeholders changed: Deno
+   * keeps each name's answer for the listener's life, and a name's answer depends on the
+   * placeholders only (a name carrying one is audited as a violation when first seen). Replacing
+   * the listener loses connections: Deno's graceful shutdown closes the ones that have not sent
+   * their first request yet, and the kernel resets those still queued on the old socket
+   * (test/e2e/reload_under_load_test.ts: 81 of ~16,800 connections over ten reloads, before).
+   */
+  const refreshHttps = (c: CompiledPolicy, placeholdersKept: boolean): void => {
     const bound = addrs.transparentHttps;
     if (!bound) return;
     const direct = wantsDirect(c);
-    if (direct && https.direct) return https.direct.recycle();
+    if (direct && https.direct) {
+      if (placeholdersKept) return void https.direct.warm().catch(() => {});
+      return https.direct.recycle();
+    }
     if (!direct && https.hop) return;
     const old = { ...https };
     // The old watch stops at once: the port's new connections are the new listener's.
@@ -409,6 +420,7 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
         metrics.reloads.inc({ result: "failed" });
         throw e;
       }
+      const placeholdersKept = broker.scanner.samePlaceholders(nextBroker.scanner);
       compiled = next;
       trust = nextTrust;
       broker = nextBroker;
@@ -416,7 +428,7 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
       lastReloadOk = 1;
       metrics.reloads.inc({ result: "ok" });
       try {
-        refreshHttps(next);
+        refreshHttps(next, placeholdersKept);
       } catch (e) {
         // The old listener is still open: the port keeps being served.
         opts.log?.(`the transparent HTTPS listener was not refreshed: ${(e as Error).message}`);

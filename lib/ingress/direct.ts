@@ -22,8 +22,9 @@
  * Deno runs the resolver once per distinct name for the listener's life and replays its answer,
  * failures included (deno_internal.ts). So a refused name is audited the first time a listener
  * sees it, and the listener is replaced, new one first on the same port (SO_REUSEPORT), old one
- * drained: after `maxNames` names or `maxAgeMs`, and on every reload (placeholders change with
- * credentials).
+ * drained: after `maxNames` names or `maxAgeMs`, and on a reload that changes the placeholders
+ * (lib/gateway/server.ts, `refreshHttps`: any other reload keeps it, since replacing it loses
+ * connections under load).
  *
  * A burst of first connections to a new name can lose handshakes to a race in Deno's resolver
  * cache that no JS here can hold back (docs/data-path.md, known gaps). So each new listener
@@ -193,7 +194,7 @@ export class DirectListener implements Connections {
    * connections to them never meets Deno's lost-answer race (see {@link onTimerTurn}: the
    * direct path can only narrow it for a name it meets first in a burst). Names a wildcard or an
    * address allows are left to the timer turn. Called at start (awaited before sluice says it
-   * is ready) and after each recycle.
+   * is ready), after a reload that keeps the listener, and after each recycle.
    *
    * Other listeners may share the port (workers, SO_REUSEPORT), and the kernel picks one per
    * connection: a name is tried until this listener's resolver has been asked for it, at most
