@@ -25,7 +25,7 @@
  *
  * @module
  */
-import { granted } from "../tls/sockopt.ts";
+import { openLibc } from "../tls/sockopt.ts";
 
 /** How often the trimmer runs: often enough that an idle process is trimmed within seconds. */
 export const TRIM_INTERVAL_MS = 2_000;
@@ -40,15 +40,7 @@ type Trim = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"]["malloc_trim"];
 let trimFn: Trim | null | undefined;
 
 function getTrim(): Trim | null {
-  if (trimFn !== undefined) return trimFn;
-  trimFn = null;
-  if (Deno.build.os !== "linux" || !granted({ name: "ffi" })) return trimFn;
-  try {
-    // Never closed: it lives as long as the process, like libc itself.
-    trimFn = Deno.dlopen("libc.so.6", SYMBOLS).symbols.malloc_trim;
-  } catch {
-    trimFn = null;
-  }
+  if (trimFn === undefined) trimFn = openLibc(SYMBOLS)?.malloc_trim ?? null;
   return trimFn;
 }
 

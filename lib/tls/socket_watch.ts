@@ -59,7 +59,7 @@
  *
  * @module
  */
-import { canonicalAddress, decodeProcAddress, granted, TcpState } from "./sockopt.ts";
+import { canonicalAddress, decodeProcAddress, granted, openLibc, TcpState } from "./sockopt.ts";
 
 export { TcpState };
 
@@ -150,17 +150,8 @@ let libc: Libc | null | undefined;
 
 function getLibc(): Libc | null {
   if (libc !== undefined) return libc;
-  libc = null;
-  if (
-    Deno.build.os !== "linux" || !granted({ name: "ffi" }) ||
-    !granted({ name: "read", path: "/proc" })
-  ) return libc;
-  try {
-    // Never closed: it lives as long as the process, like libc itself.
-    libc = Deno.dlopen("libc.so.6", LIBC_SYMBOLS).symbols;
-  } catch {
-    libc = null;
-  }
+  // The watch reads /proc as well: without it, no libc either.
+  libc = granted({ name: "read", path: "/proc" }) ? openLibc(LIBC_SYMBOLS) : null;
   return libc;
 }
 

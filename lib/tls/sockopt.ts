@@ -57,17 +57,26 @@ export function granted(descriptor: Deno.PermissionDescriptor): boolean {
   }
 }
 
-/** Open libc once, without ever prompting for a permission. */
-function getLibc(): Libc | null {
-  if (libc !== undefined) return libc;
-  libc = null;
-  if (Deno.build.os !== "linux" || !granted({ name: "ffi" })) return libc;
+/**
+ * libc with the given symbols (socket_watch.ts and ops/memory.ts open it too, each with its
+ * own), or null where it cannot be had: not Linux, no `--allow-ffi`, no libc.so.6. Never prompts
+ * for a permission. The caller keeps the result: each call opens the library again.
+ */
+export function openLibc<S extends Deno.ForeignLibraryInterface>(
+  symbols: S,
+): Deno.DynamicLibrary<S>["symbols"] | null {
+  if (Deno.build.os !== "linux" || !granted({ name: "ffi" })) return null;
   try {
     // Never closed: it lives as long as the process, like libc itself.
-    libc = Deno.dlopen("libc.so.6", LIBC_SYMBOLS).symbols;
+    return Deno.dlopen("libc.so.6", symbols).symbols;
   } catch {
-    libc = null;
+    return null;
   }
+}
+
+/** Open libc once, without ever prompting for a permission. */
+function getLibc(): Libc | null {
+  if (libc === undefined) libc = openLibc(LIBC_SYMBOLS);
   return libc;
 }
 
