@@ -26,6 +26,7 @@
  * @module
  */
 import { openLibc } from "../tls/sockopt.ts";
+import { statField } from "./proc_stat.ts";
 
 /** How often the trimmer runs: often enough that an idle process is trimmed within seconds. */
 export const TRIM_INTERVAL_MS = 2_000;
@@ -73,10 +74,8 @@ export const BUSY_SHARE = 0.1;
 function cpuTicks(): number | undefined {
   try {
     const stat = Deno.readTextFileSync("/proc/self/stat");
-    // The fields after the command name, which is in parentheses and may hold spaces.
-    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    // utime and stime: fields 14 and 15 of proc(5), 12 and 13 after the name.
-    return Number(f[11]) + Number(f[12]);
+    // utime and stime.
+    return Number(statField(stat, 14)) + Number(statField(stat, 15));
   } catch {
     return undefined;
   }

@@ -16,6 +16,7 @@
  */
 import { type RunNet, runNet } from "./namespace.ts";
 import { trySh } from "../ops/command.ts";
+import { statField } from "../ops/proc_stat.ts";
 
 /** Where markers live. Root-only (0700). */
 export const RUN_STATE_DIR = "/run/sluice/runs";
@@ -37,10 +38,7 @@ export type RunMarker = {
 /** The start time of a live process, or undefined when there is none. */
 export async function processStart(pid: number): Promise<string | undefined> {
   try {
-    const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
-    // The command name (field 2) is in parentheses and may contain spaces: split after it.
-    const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return rest[19]; // field 22 overall
+    return statField(await Deno.readTextFile(`/proc/${pid}/stat`), 22);
   } catch {
     return undefined;
   }
