@@ -346,8 +346,6 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
     https.watch = undefined;
     https.hop = undefined;
     openHttps({ hostname: bound.hostname, port: bound.port }, c, old.hop !== undefined);
-    // openHttps() set it (TypeScript cannot see that through the call).
-    (https.direct as DirectListener | undefined)?.warm().catch(() => {});
     if (old.hop) {
       listeners.splice(listeners.indexOf(old.hop), 1);
       old.hop.close();
@@ -376,7 +374,7 @@ export async function startServer(opts: ServerOptions): Promise<Server> {
     if (opts.transparentHttps) {
       addrs.transparentHttps = openHttps(opts.transparentHttps, compiled);
       // Before sluice says it is ready: a workload started then finds these names answered.
-      await https.direct?.warm();
+      await https.direct?.warmed();
     }
     if (opts.transparentHttp) {
       addrs.transparentHttp = serve(

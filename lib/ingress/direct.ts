@@ -93,6 +93,8 @@ export class DirectListener implements Connections {
   #closed = false;
   readonly #draining = new Set<Promise<void>>();
   #ageTimer?: ReturnType<typeof setInterval>;
+  /** The warm-up of the listener opened last (start, recycle). */
+  #warming: Promise<number> = Promise.resolve(0);
 
   constructor(opts: DirectOptions) {
     this.#opts = opts;
@@ -112,7 +114,13 @@ export class DirectListener implements Connections {
     // Age is checked on a slow timer: the resolver only runs for names not seen yet.
     this.#ageTimer = setInterval(() => this.#maybeRecycle(), 60_000);
     Deno.unrefTimer(this.#ageTimer);
+    this.#warming = this.warm().catch(() => 0);
     return addr;
+  }
+
+  /** Settles when the current listener's warm-up ({@link warm}) is over: how many it answered. */
+  warmed(): Promise<number> {
+    return this.#warming;
   }
 
   /** What the request handler knows of a direct connection: its peer, and nothing of its name. */
@@ -185,7 +193,7 @@ export class DirectListener implements Connections {
     } finally {
       this.#recycling = false;
     }
-    this.warm().catch(() => {});
+    this.#warming = this.warm().catch(() => 0);
   }
 
   /**
@@ -193,8 +201,9 @@ export class DirectListener implements Connections {
    * before a client asks, one loopback handshake each, so that a workload's first burst of
    * connections to them never meets Deno's lost-answer race (see {@link onTimerTurn}: the
    * direct path can only narrow it for a name it meets first in a burst). Names a wildcard or an
-   * address allows are left to the timer turn. Called at start (awaited before sluice says it
-   * is ready), after a reload that keeps the listener, and after each recycle.
+   * address allows are left to the timer turn. Every listener this object opens warms itself
+   * (start, recycle: see {@link warmed}); a reload that keeps the listener calls it again for
+   * the names it adds.
    *
    * Other listeners may share the port (workers, SO_REUSEPORT), and the kernel picks one per
    * connection: a name is tried until this listener's resolver has been asked for it, at most
