@@ -30,7 +30,9 @@
 #   ROUNDS [5]     rounds; the issue asks for at least 5 (fewer is fine for a quick check)
 #   SECS [10]      seconds per wrk cell and of the fixed-rate latency cell
 #   SYSTEMS ["direct sluice sluice-hop squid mitmproxy sluice-workers squid-workers"]
-#                  direct: nginx itself through the same redirect; sluice: its default data path
+#                  direct: nginx itself through the same redirect; floor, floor-fetch (only when
+#                  named): the floor of sluice's design, bench/lib/floor_proxy.ts, with sluice's
+#                  upstream pool or with Deno's fetch upstream; sluice: its default data path
 #                  (and --workers $BASE_WORKERS); sluice-hop: `serve --data-path hop` (row
 #                  "sluice (hop)", --workers $BASE_WORKERS too); sluice-workers:
 #                  `serve --workers $WORKERS`; squid-workers: squid.conf `workers $WORKERS`
@@ -119,8 +121,8 @@ done
   { echo "bench/peers.sh: ROUNDS, WORKERS and SECS must be at least 1" >&2; exit 1; }
 for sys in $SYSTEMS; do
   case $sys in
-    direct | sluice | sluice-hop | sluice-workers | squid | squid-workers | mitmproxy) ;;
-    *) echo "bench/peers.sh: unknown system '$sys' in SYSTEMS (direct sluice sluice-hop sluice-workers squid squid-workers mitmproxy)" >&2; exit 1 ;;
+    direct | floor | floor-fetch | sluice | sluice-hop | sluice-workers | squid | squid-workers | mitmproxy) ;;
+    *) echo "bench/peers.sh: unknown system '$sys' in SYSTEMS (direct floor floor-fetch sluice sluice-hop sluice-workers squid squid-workers mitmproxy)" >&2; exit 1 ;;
   esac
 done
 mkdir -p "$(dirname "$OUT")"
@@ -130,7 +132,7 @@ CONNS=16
 WARM=2
 CLIENT_UID=64123 # the client's uid: the only traffic the REDIRECT rule matches
 FRONT=192.0.2.10
-declare -A PORT=([direct]=443 [sluice]=15443 [sluice-hop]=15443 [sluice-workers]=15443 [squid]=3129 [squid-workers]=3129 [mitmproxy]=8080)
+declare -A PORT=([direct]=443 [floor]=15443 [floor-fetch]=15443 [sluice]=15443 [sluice-hop]=15443 [sluice-workers]=15443 [squid]=3129 [squid-workers]=3129 [mitmproxy]=8080)
 
 ns="sluice-peers-$$"
 dir=$(mktemp -d /tmp/sluice-peers.XXXXXX)
@@ -170,7 +172,7 @@ for tool in wrk nft ip ss openssl nginx setpriv curl awk getconf timeout; do
 done
 
 # ---------------------------------------------------------------- peers: install what is missing
-declare -A AVAILABLE=([direct]=1 [sluice]=1)
+declare -A AVAILABLE=([direct]=1 [floor]=1 [floor-fetch]=1 [sluice]=1)
 if [[ " $CELLS " == *" h2 "* ]] && ! command -v h2load >/dev/null; then
   apt-get update -q >/dev/null 2>&1 || true
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nghttp2-client >/dev/null 2>&1 || true
@@ -330,6 +332,16 @@ start_squid() { # [workers]: without, one process (squid -N); with N, SMP: a mas
   # probed directly: see docs/performance.md).
   wait_listen "${PORT[squid]}" 30 "$sys_pid"
 }
+start_floor() { # pool | fetch: bench/lib/floor_proxy.ts, the design's floor without sluice
+  log "floor proxy, upstream client: $1"
+  # shellcheck disable=SC2086 # SLUICE_DENO_FLAGS is a list of flags
+  bg_inns env FLOOR_UPSTREAM="$1" "$DENO" run -A $SLUICE_DENO_FLAGS "$repo/bench/lib/floor_proxy.ts" \
+    --listen "127.0.0.1:${PORT[floor]}" --upstream "$FRONT:443" --ca-cert "$dir/ca.pem" --ca-key "$dir/ca.key" \
+    >>"$dir/floor.log" 2>&1 &
+  sys_pid=$!
+  pids+=("$sys_pid")
+  wait_listen "${PORT[floor]}" 60 "$sys_pid"
+}
 start_mitmproxy() {
   mkdir -p "$dir/mitm"
   cat "$dir/ca.key" "$dir/ca.pem" >"$dir/mitm/mitmproxy-ca.pem"
@@ -342,6 +354,8 @@ start_mitmproxy() {
 start_system() { # name
   case $1 in
     direct) sys_pid=$nginx_pid ;;
+    floor) start_floor pool ;;
+    floor-fetch) start_floor fetch ;;
     sluice) start_sluice "$base_workers" ;;
     sluice-hop) start_sluice "--data-path hop${base_workers:+ $base_workers}" ;;
     sluice-workers) start_sluice "--workers $WORKERS" ;;
@@ -364,6 +378,7 @@ stop_system() { # name [seconds to exit]
 system_log() {
   case $1 in
     sluice*) tail -n 20 "$dir/sluice.log" ;;
+    floor*) tail -n 20 "$dir/floor.log" ;;
     squid*) tail -n 20 "$dir/squid.log" "$dir/squid/cache.log" 2>/dev/null ;;
     mitmproxy) tail -n 20 "$dir/mitm.log" ;;
     *) tail -n 20 "$dir/nginx-error.log" ;;

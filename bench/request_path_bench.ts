@@ -37,12 +37,25 @@ import { UpstreamPool } from "../lib/upstream/client.ts";
 import { hostResolver } from "../lib/upstream/resolver.ts";
 import { loadTrust } from "../lib/upstream/trust.ts";
 import { loadPolicyText } from "../policy/mod.ts";
+import { ephemeralCa, exportCaPem, mintLeafSync } from "../lib/tls/ca.ts";
 
 const dir = await Deno.makeTempDir({ prefix: "sluice-request-path-bench-" });
 
+// --direct: the request as the direct data path hands it over (a transparent TLS connection
+// whose name is known only from the authority) and a TLS upstream, for both handlers.
+const direct = Deno.args.includes("--direct");
+const upstreamCa = direct ? await ephemeralCa() : undefined;
+if (upstreamCa) await Deno.writeTextFile(`${dir}/upstream-ca.pem`, exportCaPem(upstreamCa));
+const upstreamLeaf = upstreamCa ? mintLeafSync(upstreamCa, "bench.test") : undefined;
+
 // The upstream: a small JSON answer, whole with its head (the common keep-alive API case).
 const upstream = Deno.serve(
-  { hostname: "127.0.0.1", port: 0, onListen: () => {} },
+  {
+    hostname: "127.0.0.1",
+    port: 0,
+    onListen: () => {},
+    ...(upstreamLeaf ? { cert: upstreamLeaf.certPem, key: upstreamLeaf.keyPem } : {}),
+  },
   () => new Response('{"ok":true}', { headers: { "content-type": "application/json" } }),
 );
 const upPort = upstream.addr.port;
@@ -51,7 +64,7 @@ const { compiled } = loadPolicyText(
   `version: 1
 network:
   allow: ["bench.test:${upPort}", "127.0.0.1:${upPort}"]
-`,
+${direct ? `tls:\n  upstream: { ca: [${dir}/upstream-ca.pem] }\n` : ""}`,
   `${dir}/policy.yaml`,
 );
 const broker = (await buildBrokerage(compiled, new Uint8Array(32))).broker;
@@ -84,7 +97,9 @@ const ctx: ProxyContext = {
   broker: () => broker,
 };
 // Explicit-proxy plain HTTP: the request names its host, sluice decides and forwards it.
-const hop: HopMeta = { conn: 1, client: "127.0.0.1:1", mode: "explicit", secure: false };
+const hop: HopMeta = direct
+  ? { client: "127.0.0.1:1", mode: "transparent", secure: true, nameUnknown: true }
+  : { conn: 1, client: "127.0.0.1:1", mode: "explicit", secure: false };
 const connections: Connections = {
   meta: () => hop,
   bodyStarted: () => {},
@@ -103,8 +118,9 @@ const minimalTarget = {
   host: "bench.test",
   port: upPort,
   address: "127.0.0.1",
-  tls: false,
+  tls: direct,
   verify: true,
+  caCerts: upstreamCa ? [exportCaPem(upstreamCa)] : undefined,
 };
 const minimalServer = Deno.serve(
   { hostname: "127.0.0.1", port: 0, onListen: () => {} },
@@ -229,6 +245,7 @@ if (import.meta.main) {
       rounds: { type: "string", default: "5" },
       conns: { type: "string", default: "1,16" },
       only: { type: "string" },
+      direct: { type: "boolean" },
     },
   });
   const total = Number(values.requests);

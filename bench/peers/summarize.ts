@@ -64,6 +64,8 @@ for (const line of Deno.readTextFileSync(rawPath).split("\n")) {
 const workers = workersArg;
 const label = (sys: string): string =>
   ({
+    "floor": "floor (pool)",
+    "floor-fetch": "floor (fetch)",
     "sluice-hop": "sluice (hop)",
     "sluice-workers": `sluice --workers ${workers}`,
     "squid-workers": `squid workers ${workers}`,
