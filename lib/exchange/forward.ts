@@ -40,6 +40,8 @@ import { isHttp2, setTrailers } from "../http2/meta.ts";
 
 /** Request headers a proxy must not pass on (besides hop-by-hop ones). */
 const PROXY_ONLY = new Set(["proxy-authorization", "proxy-connection", "proxy-authenticate"]);
+/** Request fields never forwarded besides the hop-by-hop ones: the proxy's own, and Host. */
+const NOT_FORWARDED: ReadonlySet<string> = new Set([...PROXY_ONLY, "host"]);
 
 /**
  * The fields with the client's accept-encoding (and grpc-accept-encoding) replaced by
@@ -84,6 +86,15 @@ function headerFields(headers: Headers): [string, string][] {
     fields.push([name, value]);
   });
   return fields;
+}
+
+/**
+ * The value of a field in {@link headerFields}' list, as `Headers.get` gives it (that list has
+ * one entry per name, repeats joined, and set-cookie is never asked for here): null if absent.
+ */
+function fieldValue(fields: readonly [string, string][], name: string): string | null {
+  for (let i = 0; i < fields.length; i++) if (fields[i][0] === name) return fields[i][1];
+  return null;
 }
 
 /**
@@ -155,8 +166,11 @@ export function makeRequestHandler(
       method: req.method,
       path: parsedUrl?.pathname,
     };
+    // The request's fields, read once: each `req.headers.get` converts its argument and walks
+    // the header list again, and an allowed request reads several of them.
+    const fields = headerFields(req.headers);
     // A gRPC call: its refusals are gRPC statuses (lib/http2/grpc.ts), its method is audited.
-    const grpc = isGrpc(req.headers.get("content-type"));
+    const grpc = isGrpc(fieldValue(fields, "content-type"));
     if (grpc && parsedUrl) base.rpc = parsedUrl.pathname.slice(1);
     // An answer sluice gives itself: a gRPC call's refusal is a gRPC status, and it is counted.
     const answer = (given: Response, verdict: "allow" | "deny", reason: string): Response => {
@@ -239,7 +253,6 @@ export function makeRequestHandler(
       ? (meta.target?.port ?? 443)
       : (url.port ? Number(url.port) : meta.secure ? 443 : 80);
     base.port = port;
-    const fields = headerFields(req.headers);
     const plan = planRequest(compiled, {
       secure: meta.secure,
       connectionHost: meta.sni ?? (meta.target ? formatDestination(meta.target.dest) : undefined),
@@ -280,10 +293,7 @@ export function makeRequestHandler(
     // the rest where each credential's `in` allows. The Host sent is the one decided on:
     // the client's own Host header never reaches the upstream (no domain fronting).
     const bare = dest.kind === "name" ? dest.name : dest.ip.text;
-    let headers = removeHopByHop(fields).filter(([name]) => {
-      const lower = name.toLowerCase();
-      return !PROXY_ONLY.has(lower) && lower !== "host";
-    });
+    let headers = removeHopByHop(fields, undefined, NOT_FORWARDED);
     const allowed: Credential[] = plan.substitute;
     const violation = (c: Credential, where: string): Response =>
       violated(c, {
@@ -300,7 +310,7 @@ export function makeRequestHandler(
       });
     // oauth2 credentials about to be used: sluice obtains the access token first (one fetch
     // shared by every request waiting for it; lib/credentials/oauth2.ts). No token, no request.
-    const minted = broker.minted(
+    const minted = allowed.length === 0 ? NOTHING : broker.minted(
       allowed.filter((c) =>
         c.inject || plan.found.has(c.name) || (req.body !== null && c.in.includes("body"))
       ),
@@ -325,10 +335,14 @@ export function makeRequestHandler(
     // Filled by loops, not `new Set(iterable)`: the iterable form showed in the request path's
     // CPU profile, for a set that is empty on most requests.
     const applied = new Set<string>();
-    for (const name of rewritten.substituted) applied.add(name);
-    for (const name of rewritten.injected) applied.add(name);
+    if (rewritten.substituted.length) {
+      for (const name of rewritten.substituted) {
+        applied.add(name);
+      }
+    }
+    if (rewritten.injected.length) { for (const name of rewritten.injected) applied.add(name); }
 
-    const lengthHeader = req.headers.get("content-length");
+    const lengthHeader = fieldValue(fields, "content-length");
     let bodyLength = lengthHeader !== null && /^\d+$/.test(lengthHeader)
       ? Number(lengthHeader)
       : undefined;
@@ -423,7 +437,9 @@ export function makeRequestHandler(
       verify: trust.verify,
       clientCert: presented,
     };
-    for (const name of applied) ctx.metrics.credentialUses.inc({ credential: name });
+    if (applied.size) {
+      for (const name of applied) ctx.metrics.credentialUses.inc({ credential: name });
+    }
     // The plan allowed the request, so the decision's verdict is "allow".
     const allowAudit: Partial<AuditRecord> & Pick<AuditRecord, "verdict" | "code" | "reason"> = {
       ...decidedFields(decision),
@@ -445,7 +461,8 @@ export function makeRequestHandler(
       });
     };
 
-    if (isWebSocketUpgrade(req)) {
+    // Only a request with an Upgrade field can be one: most requests skip the Headers reads.
+    if (fieldValue(fields, "upgrade") !== null && isWebSocketUpgrade(req)) {
       // The handshake was decided like any GET above (host, path, credentials in its
       // headers); from the 101 on, messages are relayed until either side closes, and the
       // session counts as in flight (graceful drain) until then. With credentials in the

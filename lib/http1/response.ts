@@ -328,22 +328,27 @@ export function isKeepAlive(
   return version === "HTTP/1.1" || tokens.has("keep-alive");
 }
 
+/** What {@link connectionTokens} gives for fields without a Connection field: one shared set. */
+const NO_TOKENS: ReadonlySet<string> = new Set();
+
 /**
  * The lowercased option names listed in all Connection header fields.
  *
  * @param headers header fields
- * @returns the set of tokens, empty when there is no Connection field
+ * @returns the set of tokens, empty when there is no Connection field (one shared empty set:
+ *   it is read on every request and response head, which mostly have none)
  */
-export function connectionTokens(headers: readonly [string, string][]): Set<string> {
-  const out = new Set<string>();
+export function connectionTokens(headers: readonly [string, string][]): ReadonlySet<string> {
+  let out: Set<string> | undefined;
   for (const [name, value] of headers) {
     if (name.length !== 10 || name.toLowerCase() !== "connection") continue;
+    out ??= new Set<string>();
     for (const part of value.split(",")) {
       const t = trimOws(part).toLowerCase();
       if (t.length > 0) out.add(t);
     }
   }
-  return out;
+  return out ?? NO_TOKENS;
 }
 
 /**
@@ -369,16 +374,19 @@ const HOP_BY_HOP_SET = new Set(HOP_BY_HOP_HEADERS);
  *
  * @param headers header fields in order
  * @param keep lowercased names to keep even so (e.g. `["connection", "upgrade"]` for a 101)
+ * @param drop lowercased names to leave out as well (the caller's own, in the same pass)
  * @returns the end-to-end fields, order preserved
  */
 export function removeHopByHop(
   headers: readonly [string, string][],
   keep?: readonly string[],
+  drop?: ReadonlySet<string>,
 ): [string, string][] {
   const named = connectionTokens(headers);
   const out: [string, string][] = [];
   for (const h of headers) {
     const lower = h[0].toLowerCase();
+    if (drop?.has(lower)) continue;
     if ((HOP_BY_HOP_SET.has(lower) || named.has(lower)) && !keep?.includes(lower)) continue;
     out.push([h[0], h[1]]);
   }
