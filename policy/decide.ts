@@ -319,6 +319,34 @@ export function decideAddress(
   port: number,
   host?: string,
 ): Decision {
+  // Remembered as decideRequest's are: the answer depends only on the policy, the address, the
+  // port and the name it was resolved for (in the reason). Every request to a name is decided
+  // again on the address dialled, and on keep-alive traffic that is the same few addresses.
+  // Neither a name nor an address holds a space, and a name is never empty.
+  const key = `${address.text} ${port} ${host ?? ""}`;
+  let memo = addressMemo.get(compiled);
+  if (memo === undefined) addressMemo.set(compiled, memo = new Map());
+  const known = memo.get(key);
+  if (known !== undefined) return known;
+  const once = decideAddressOnce(compiled, address, port, host);
+  Object.freeze(once.rule);
+  const decision = Object.freeze(once);
+  if (memo.size >= ADDRESS_MEMO_SIZE) memo.clear();
+  memo.set(key, decision);
+  return decision;
+}
+
+/** How many address, port and name triples {@link decideAddress} remembers per policy. */
+export const ADDRESS_MEMO_SIZE = 1024;
+
+const addressMemo = new WeakMap<CompiledPolicy, Map<string, Decision>>();
+
+function decideAddressOnce(
+  compiled: CompiledPolicy,
+  address: Ip,
+  port: number,
+  host: string | undefined,
+): Decision {
   const ip = unmapIp(address);
   const label = host ? `${host} (${ip.text})` : ip.text;
   const deny = first(

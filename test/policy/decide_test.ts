@@ -13,7 +13,7 @@ import {
   loadPolicyText,
   parseDestinationHost,
 } from "../../policy/mod.ts";
-import { REQUEST_MEMO_SIZE } from "../../policy/decide.ts";
+import { ADDRESS_MEMO_SIZE, REQUEST_MEMO_SIZE } from "../../policy/decide.ts";
 
 const FILE = "test/fixtures/policies/decide.yaml";
 const { compiled } = loadPolicyText(Deno.readTextFileSync(FILE), FILE);
@@ -412,6 +412,54 @@ for (const [name, ipText, port, verdict, code] of addresses) {
     assertEquals({ verdict: d.verdict, code: d.code }, { verdict, code });
   });
 }
+
+Deno.test("decideAddress() remembers: a repeated address gets what a fresh policy decides", () => {
+  const text = Deno.readTextFileSync(FILE);
+  const ask = (c: typeof compiled, ipText: string, port: number, host?: string) =>
+    decideAddress(c, parseIp(ipText)!, port, host);
+  for (let round = 0; round < 3; round++) {
+    if (round === 2) {
+      // Fill the memory past its size: it is forgotten all at once, then refilled.
+      for (let i = 0; i <= ADDRESS_MEMO_SIZE; i++) {
+        ask(compiled, "93.184.216.34", 443, `n${i}.test`);
+      }
+    }
+    for (const [name, ipText, port] of addresses) {
+      for (const host of [undefined, "metadata-alias.example.org", "other.example"]) {
+        const fresh = loadPolicyText(text, FILE).compiled;
+        assertEquals(
+          ask(compiled, ipText, port, host),
+          ask(fresh, ipText, port, host),
+          `${name}, ${host ?? "no name"}, round ${round}`,
+        );
+      }
+    }
+  }
+});
+
+Deno.test("decideAddress() returns the same frozen decision for the same triple, and tells triples apart", () => {
+  const ask = (ipText: string, port: number, host?: string) =>
+    decideAddress(compiled, parseIp(ipText)!, port, host);
+  const first = ask("10.1.2.3", 443, "a.example");
+  assertEquals(Object.isFrozen(first), true);
+  assertEquals(Object.isFrozen(first.rule), true);
+  assertEquals(ask("10.1.2.3", 443, "a.example") === first, true);
+  // Each differs from `first` in one part of the key, and so is decided on its own: the reason
+  // names the host it was resolved for.
+  const others: [string, ReturnType<typeof ask>][] = [
+    ["address", ask("10.1.2.4", 443, "a.example")],
+    ["port", ask("10.1.2.3", 8443, "a.example")],
+    ["host", ask("10.1.2.3", 443, "b.example")],
+    ["no host", ask("10.1.2.3", 443)],
+  ];
+  for (const [what, d] of others) assertEquals(d === first, false, what);
+  assertEquals(others[2][1].reason.includes("b.example"), true, "the reason names its own host");
+  assertEquals(others[3][1].reason.includes("a.example"), false);
+  // The allowed CIDR's port decides too (the table's 192.168.1.10 8080 / 8081 pair, remembered).
+  assertEquals(ask("192.168.1.10", 8080).verdict, "allow");
+  assertEquals(ask("192.168.1.10", 8081).verdict, "deny");
+  assertEquals(ask("192.168.1.10", 8080).verdict, "allow");
+});
 
 Deno.test("decideAddress() allows private addresses when private: allow", () => {
   const { compiled: open } = loadPolicyText(
