@@ -114,6 +114,23 @@ function sluiceRule(compiled: CompiledPolicy, source: string): RuleRef {
   return { ...compiled.defaultRef, source, at: "sluice" };
 }
 
+/** What a policy without credentials decides for every request: nothing to substitute. */
+const NO_CREDENTIALS: { substitute: Credential[]; violations: Credential[] } = Object.freeze({
+  substitute: Object.freeze([]) as unknown as Credential[],
+  violations: Object.freeze([]) as unknown as Credential[],
+});
+
+/** A refusal with its decision (a function of the module: not a closure made per request). */
+function refuse(
+  status: 400 | 403,
+  code: Decision["code"],
+  reason: string,
+  rule: RuleRef,
+  extra: Partial<Refusal> = {},
+): Refusal {
+  return { verdict: "deny", status, decision: { verdict: "deny", code, reason, rule }, ...extra };
+}
+
 /**
  * Plans one request; pure.
  *
@@ -131,19 +148,6 @@ function sluiceRule(compiled: CompiledPolicy, source: string): RuleRef {
  * ```
  */
 export function planRequest(compiled: CompiledPolicy, input: PlanInput): Plan {
-  const refuse = (
-    status: 400 | 403,
-    code: Decision["code"],
-    reason: string,
-    rule: RuleRef,
-    extra: Partial<Refusal> = {},
-  ): Refusal => ({
-    verdict: "deny",
-    status,
-    decision: { verdict: "deny", code, reason, rule },
-    ...extra,
-  });
-
   // 1. The host.
   const parsed = parseDestinationHost(input.host);
   if (parsed.kind === "invalid") {
@@ -163,22 +167,32 @@ export function planRequest(compiled: CompiledPolicy, input: PlanInput): Plan {
   if (named) return named;
 
   // 3. Host headers: each must name this authority.
-  const hosts = input.headers.filter(([n]) => n.length === 4 && n.toLowerCase() === "host");
-  if (hosts.length > 1) {
+  // Counted in a loop, not filtered into a list: this runs on every request.
+  let hostFields = 0;
+  let hostValue: string | undefined;
+  for (let i = 0; i < input.headers.length; i++) {
+    const [n, v] = input.headers[i];
+    if (n.length === 4 && n.toLowerCase() === "host") {
+      hostFields++;
+      hostValue ??= v;
+    }
+  }
+  if (hostFields > 1) {
     return refuse(
       400,
       "host-mismatch",
-      `the request has ${hosts.length} Host headers; one is allowed`,
+      `the request has ${hostFields} Host headers; one is allowed`,
       sluiceRule(compiled, "one Host header"),
       { host },
     );
   }
   const defaultPort = input.secure ? 443 : 80;
-  for (const [, value] of hosts) {
+  if (hostValue !== undefined) {
+    const value = hostValue;
     const named = hostHeaderTarget(value, defaultPort);
     if (!named || named.host !== host || named.port !== port) {
       for (const n of input.scanner.inName(value)) {
-        return violation(compiled, refuse, n, ["header host"], host, port);
+        return violation(compiled, n, ["header host"], host, port);
       }
       return refuse(
         403,
@@ -214,11 +228,13 @@ export function planRequest(compiled: CompiledPolicy, input: PlanInput): Plan {
   const address = dest.kind === "ip" ? decideAddress(compiled, dest.ip, port) : undefined;
   if (address?.verdict === "deny") return { verdict: "deny", status: 403, decision: address, host };
 
-  // 7. Credentials.
+  // 7. Credentials (none to decide in a policy without any).
   const found = input.scanner.scanRequest(target, input.headers);
-  const creds = decideCredentials(compiled, dest, port, [...found.keys()]);
+  const creds = compiled.credentials.length === 0
+    ? NO_CREDENTIALS
+    : decideCredentials(compiled, dest, port, [...found.keys()]);
   let substitute = creds.substitute;
-  const violating = [...creds.violations];
+  const violating = creds.violations.length ? [...creds.violations] : [];
   if (!input.secure) {
     // Over plain HTTP a real value would cross the network in clear text: only credentials
     // whose hosts name this host AND this port explicitly.
@@ -231,7 +247,7 @@ export function planRequest(compiled: CompiledPolicy, input: PlanInput): Plan {
   }
   if (violating.length) {
     const c = violating[0];
-    return violation(compiled, refuse, c.name, found.get(c.name) ?? [], host, port, input.secure);
+    return violation(compiled, c.name, found.get(c.name) ?? [], host, port, input.secure);
   }
   return {
     verdict: "allow",
@@ -250,13 +266,6 @@ export function planRequest(compiled: CompiledPolicy, input: PlanInput): Plan {
 /** A refusal for a credential's placeholder headed where it may not go. */
 function violation(
   compiled: CompiledPolicy,
-  refuse: (
-    status: 400 | 403,
-    code: Decision["code"],
-    reason: string,
-    rule: RuleRef,
-    extra?: Partial<Refusal>,
-  ) => Refusal,
   name: string,
   places: readonly string[],
   host: string,
