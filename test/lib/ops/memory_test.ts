@@ -38,8 +38,11 @@ Deno.test({
       libc.symbols.free(chunks[CHUNKS - 1]);
       const grew = held - before, kept = freed - trimmed;
       assert(grew > 40 * MiB, `the chunks made the process grow (${grew / MiB} MiB)`);
+      // Half the chunks, not all: RSS is the whole process's, and under a loaded CI run other
+      // threads allocate meanwhile, some of it from the freed chunks (once 37.9 of 48 MiB came
+      // back). Without the trim nothing comes back, so half still tells the two apart.
       assert(
-        kept > 40 * MiB,
+        kept > 24 * MiB,
         `free() kept the pages and the trim returned them (${kept / MiB} MiB)`,
       );
     } finally {
