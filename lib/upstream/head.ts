@@ -42,6 +42,13 @@ export type BodyPlan =
 /** A request ready to send: its head, its body plan, and whether it asked for `close`. */
 export type BuiltHead = { head: Uint8Array; plan: BodyPlan; close: boolean };
 
+/** The body plan of a request without a body: one object, not one per request. */
+const NO_BODY: BodyPlan = Object.freeze({ kind: "none" });
+
+function refuseRequest(where: string, what: string): never {
+  throw new UpstreamError("protocol", `Cannot send request to ${where}: ${what}`);
+}
+
 /**
  * Validate the request and build its head; throws UpstreamError("protocol") for bad input.
  *
@@ -55,48 +62,53 @@ export function buildHead(
   req: UpstreamRequest,
   where: string,
 ): BuiltHead {
-  const refuse = (what: string): never => {
-    throw new UpstreamError("protocol", `Cannot send request to ${where}: ${what}`);
-  };
-  if (!TOKEN.test(req.method)) refuse(`invalid method ${JSON.stringify(req.method)}`);
+  if (!TOKEN.test(req.method)) refuseRequest(where, `invalid method ${JSON.stringify(req.method)}`);
   if (req.path.length === 0 || BAD_PATH.test(req.path)) {
-    refuse(`invalid request-target ${JSON.stringify(req.path)}`);
+    refuseRequest(where, `invalid request-target ${JSON.stringify(req.path)}`);
+  }
+  // Host first when the caller gave none (not spliced in afterwards: a copy of the head).
+  let hasHost = false;
+  for (let i = 0; i < req.headers.length && !hasHost; i++) {
+    const name = req.headers[i][0];
+    hasHost = name.length === 4 && name.toLowerCase() === "host";
   }
   let s = `${req.method} ${req.path} HTTP/1.1\r\n`;
-  let hasHost = false;
+  if (!hasHost) s += `Host: ${hostHeader(t)}\r\n`;
   for (const [name, value] of req.headers) {
-    if (!TOKEN.test(name)) refuse(`invalid header name ${JSON.stringify(name)}`);
+    if (!TOKEN.test(name)) refuseRequest(where, `invalid header name ${JSON.stringify(name)}`);
     if (BAD_VALUE.test(value)) {
-      refuse(`header ${name} has a control character or a non-latin1 char in its value`);
+      refuseRequest(
+        where,
+        `header ${name} has a control character or a non-latin1 char in its value`,
+      );
     }
-    const lower = name.length === 4 || name.length === 14 || name.length === 17
-      ? name.toLowerCase()
-      : "";
+    const lower = name.length === 14 || name.length === 17 ? name.toLowerCase() : "";
     if (lower === "content-length" || lower === "transfer-encoding") continue;
-    if (lower === "host") hasHost = true;
     s += `${name}: ${value}\r\n`;
   }
-  if (!hasHost) s = s.replace("\r\n", `\r\nHost: ${hostHeader(t)}\r\n`);
   let plan: BodyPlan;
   const body = req.body;
   if (body === null) {
     if (req.bodyLength !== undefined && req.bodyLength !== 0) {
-      refuse(`bodyLength ${req.bodyLength} given without a body`);
+      refuseRequest(where, `bodyLength ${req.bodyLength} given without a body`);
     }
     if (METHODS_WITH_BODY.has(req.method)) s += "Content-Length: 0\r\n";
-    plan = { kind: "none" };
+    plan = NO_BODY;
   } else if (body instanceof Uint8Array) {
     if (req.bodyLength !== undefined && req.bodyLength !== body.length) {
-      refuse(`bodyLength ${req.bodyLength} differs from the body's ${body.length} bytes`);
+      refuseRequest(
+        where,
+        `bodyLength ${req.bodyLength} differs from the body's ${body.length} bytes`,
+      );
     }
     if (body.length > 0 || METHODS_WITH_BODY.has(req.method)) {
       s += `Content-Length: ${body.length}\r\n`;
     }
-    plan = body.length > 0 ? { kind: "bytes", data: body } : { kind: "none" };
+    plan = body.length > 0 ? { kind: "bytes", data: body } : NO_BODY;
   } else {
     const n = req.bodyLength;
     if (n !== undefined) {
-      if (!Number.isSafeInteger(n) || n < 0) refuse(`invalid bodyLength ${n}`);
+      if (!Number.isSafeInteger(n) || n < 0) refuseRequest(where, `invalid bodyLength ${n}`);
       s += `Content-Length: ${n}\r\n`;
     } else {
       s += "Transfer-Encoding: chunked\r\n";
