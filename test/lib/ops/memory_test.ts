@@ -54,8 +54,11 @@ Deno.test({
       libc.symbols.free(chunks[CHUNKS - 1]);
       assert(held > 40 * MiB, `the chunks' pages are resident (${held / MiB} MiB)`);
       assert(freed > 40 * MiB, `free() kept their pages (${freed / MiB} MiB)`);
+      // What came back, not what is left: in a process shared with other test modules, other
+      // allocations lie between the chunks (one CI run: 65.8 MiB resident in the range, 17.4
+      // after the trim, so all 48 MiB of the chunks came back). Two thirds of them, for a margin.
       assert(
-        trimmed < freed / 4,
+        freed - trimmed > 32 * MiB,
         `the trim returned them (${freed / MiB} MiB before, ${trimmed / MiB} MiB after)`,
       );
     } finally {
