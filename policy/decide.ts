@@ -244,24 +244,40 @@ export function decideRequest(compiled: CompiledPolicy, req: RequestInfo): Decis
   // bracketed (a name never is), the port is a number and the path comes last.
   const host = dest.kind === "name" ? dest.name : `[${dest.ip.text}]`;
   const key = `${req.method.length}:${req.method} ${host} ${req.port} ${pathPart(req.path)}`;
-  let memo = requestMemo.get(compiled);
-  if (memo === undefined) requestMemo.set(compiled, memo = new Map());
-  const known = memo.get(key);
-  if (known !== undefined) return known;
-  const once = decideRequestOnce(compiled, req);
-  // Frozen with its rule: shared by every request of this shape, and the audit log keeps its
-  // serialised fields per frozen decision (lib/ops/audit.ts).
-  Object.freeze(once.rule);
-  const decision = Object.freeze(once);
-  if (memo.size >= REQUEST_MEMO_SIZE) memo.clear();
-  memo.set(key, decision);
-  return decision;
+  return requestMemo.get(compiled, key) ??
+    requestMemo.keep(compiled, key, decideRequestOnce(compiled, req));
+}
+
+/**
+ * Decisions remembered per compiled policy under a key the caller makes from everything the
+ * decision depends on; forgotten all at once when `size` keys are held. A kept decision is frozen
+ * with its rule: it is shared by every later caller, and the audit log keeps its serialised
+ * fields per frozen decision (lib/ops/audit.ts). Lookup and keeping are apart, so a hit costs
+ * no closure.
+ */
+class DecisionMemo {
+  readonly #byPolicy = new WeakMap<CompiledPolicy, Map<string, Decision>>();
+  constructor(readonly size: number) {}
+
+  get(compiled: CompiledPolicy, key: string): Decision | undefined {
+    return this.#byPolicy.get(compiled)?.get(key);
+  }
+
+  keep(compiled: CompiledPolicy, key: string, once: Decision): Decision {
+    let memo = this.#byPolicy.get(compiled);
+    if (memo === undefined) this.#byPolicy.set(compiled, memo = new Map());
+    Object.freeze(once.rule);
+    const decision = Object.freeze(once);
+    if (memo.size >= this.size) memo.clear();
+    memo.set(key, decision);
+    return decision;
+  }
 }
 
 /** How many request shapes {@link decideRequest} remembers per policy. */
 export const REQUEST_MEMO_SIZE = 1024;
 
-const requestMemo = new WeakMap<CompiledPolicy, Map<string, Decision>>();
+const requestMemo = new DecisionMemo(REQUEST_MEMO_SIZE);
 
 function decideRequestOnce(compiled: CompiledPolicy, req: RequestInfo): Decision {
   const name = formatDestination(req.dest);
@@ -324,22 +340,14 @@ export function decideAddress(
   // again on the address dialled, and on keep-alive traffic that is the same few addresses.
   // Neither a name nor an address holds a space, and a name is never empty.
   const key = `${address.text} ${port} ${host ?? ""}`;
-  let memo = addressMemo.get(compiled);
-  if (memo === undefined) addressMemo.set(compiled, memo = new Map());
-  const known = memo.get(key);
-  if (known !== undefined) return known;
-  const once = decideAddressOnce(compiled, address, port, host);
-  Object.freeze(once.rule);
-  const decision = Object.freeze(once);
-  if (memo.size >= ADDRESS_MEMO_SIZE) memo.clear();
-  memo.set(key, decision);
-  return decision;
+  return addressMemo.get(compiled, key) ??
+    addressMemo.keep(compiled, key, decideAddressOnce(compiled, address, port, host));
 }
 
 /** How many address, port and name triples {@link decideAddress} remembers per policy. */
 export const ADDRESS_MEMO_SIZE = 1024;
 
-const addressMemo = new WeakMap<CompiledPolicy, Map<string, Decision>>();
+const addressMemo = new DecisionMemo(ADDRESS_MEMO_SIZE);
 
 function decideAddressOnce(
   compiled: CompiledPolicy,
