@@ -4,7 +4,7 @@
  *
  * - a resolver-backed `Deno.listenTls`, served by Deno's native HTTP server
  *   (`serveHttpOnListener`), as sluice's direct data path is: the resolver answers each name
- *   with a leaf minted from the bench CA on its first handshake;
+ *   from sluice's leaf cache, minted from the bench CA on its first handshake;
  * - each request forwarded to one upstream, unchanged but for the hop-by-hop fields, either
  *   through sluice's own {@link UpstreamPool} (`FLOOR_UPSTREAM=pool`, the default) or through
  *   Deno's `fetch` (`FLOOR_UPSTREAM=fetch`: hyper and rustls in Rust, to see whether another
@@ -20,7 +20,9 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { loadCa, mintLeafSync } from "../../lib/tls/ca.ts";
+import { removeHopByHop } from "../../lib/http1/response.ts";
+import { loadCa } from "../../lib/tls/ca.ts";
+import { LeafCache } from "../../lib/tls/leaf_cache.ts";
 import { listenTlsWithResolver, serveHttpOnListener } from "../../lib/tls/deno_internal.ts";
 import { setListenerNoDelay } from "../../lib/tls/sockopt.ts";
 import { UpstreamPool } from "../../lib/upstream/client.ts";
@@ -50,28 +52,12 @@ const [upAddress, upPort] = values.upstream.split(":");
 
 const ca = await loadCa(values["ca-cert"], values["ca-key"]);
 const caPem = await Deno.readTextFile(values["ca-cert"]);
-// A leaf per name, minted on the name's first handshake and kept: Deno asks once per name
-// anyway, and minting is not what this row measures.
-const leaves = new Map<string, { cert: string; key: string }>();
-function leafFor(name: string): { cert: string; key: string } {
-  let pair = leaves.get(name);
-  if (pair === undefined) {
-    const leaf = mintLeafSync(ca, name);
-    leaves.set(name, pair = { cert: leaf.certPem, key: leaf.keyPem });
-  }
-  return pair;
-}
+// sluice's own leaf cache: a leaf per name, minted on its first handshake (Deno asks once per
+// name anyway; minting is not what this row measures).
+const leaves = new LeafCache(ca);
 
-const HOP_BY_HOP = new Set([
-  "connection",
-  "keep-alive",
-  "proxy-connection",
-  "transfer-encoding",
-  "te",
-  "trailer",
-  "upgrade",
-  "host",
-]);
+/** Host besides the hop-by-hop fields: the pool writes the target's. */
+const NOT_FORWARDED: ReadonlySet<string> = new Set(["host"]);
 
 const pool = new UpstreamPool();
 const client = Deno.createHttpClient({ caCerts: [caPem] });
@@ -79,10 +65,9 @@ const client = Deno.createHttpClient({ caCerts: [caPem] });
 async function viaPool(req: Request): Promise<Response> {
   const url = new URL(req.url);
   // forEach, not for-of: Deno 2.9's Headers iterator re-sorts on every step.
-  const headers: [string, string][] = [];
-  req.headers.forEach((v, n) => {
-    if (!HOP_BY_HOP.has(n)) headers.push([n, v]);
-  });
+  const fields: [string, string][] = [];
+  req.headers.forEach((v, n) => void fields.push([n, v]));
+  const headers = removeHopByHop(fields, undefined, NOT_FORWARDED);
   const up = await pool.request(
     {
       host: url.hostname,
@@ -112,7 +97,7 @@ const listener = listenTlsWithResolver({
   hostname: listenHost,
   port: Number(listenPort),
   alpnProtocols: ["http/1.1"],
-  resolver: leafFor,
+  resolver: (name) => leaves.lookup(name),
 });
 setListenerNoDelay(listener);
 const handler = mode === "pool" ? viaPool : viaFetch;
